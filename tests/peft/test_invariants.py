@@ -62,13 +62,14 @@ def test_adapter_equals_merged_equals_unmerged(model, ids):
 
 def test_base_state_dict_names_unchanged_and_only_adapter_trains(model, ids):
     before = {k: v.clone() for k, v in model.state_dict().items()}
+    q_class = type(model.blocks[0].attn.q_proj)
     targets = add_adapter(model, LoraConfig(r=2))
     assert targets == [f"blocks.{i}.attn.{p}" for i in range(2) for p in ("q_proj", "v_proj")]
     after = model.state_dict()
     assert set(before) <= set(after)
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert all(".adapters.default.lora_" in k for k in set(after) - set(before))
-    assert type(model.blocks[0].attn.q_proj) is torch.nn.Linear
+    assert type(model.blocks[0].attn.q_proj) is q_class  # the module is not wrapped or replaced
     trainable, total = count_parameters(model)
     assert trainable == 2 * (2 * 64 + 64 * 2 + 2 * 64 + 32 * 2)  # 2 layers x (q: A+B, v: A+B), GQA v is 32 wide
     assert {n for n, p in model.named_parameters() if p.requires_grad} == \

@@ -14,6 +14,7 @@ from torch import nn
 
 from lmlab.core.cache import KVCache
 from lmlab.core.config import ModelConfig
+from lmlab.core.linear import Linear
 from lmlab.core.hooks import BLOCK_HOOKS, HookPoint, run_with_cache
 from lmlab.core.hooks import hooks as hooks_cm
 from lmlab.core.rope import apply_rotary_prepared, inverse_frequencies, prepare_rotary, rotary_tables
@@ -57,10 +58,10 @@ class Attention(nn.Module):
         c = config
         self.config, self.layer = c, layer
         self.n_heads, self.n_kv, self.d_head = c.n_heads, c.kv_heads, c.head_dim
-        self.q_proj = nn.Linear(c.d_model, c.n_heads * c.head_dim, bias=c.qkv_bias)
-        self.k_proj = nn.Linear(c.d_model, c.kv_heads * c.head_dim, bias=c.qkv_bias)
-        self.v_proj = nn.Linear(c.d_model, c.kv_heads * c.head_dim, bias=c.qkv_bias)
-        self.o_proj = nn.Linear(c.n_heads * c.head_dim, c.d_model, bias=c.attn_out_bias)
+        self.q_proj = Linear(c.d_model, c.n_heads * c.head_dim, bias=c.qkv_bias)
+        self.k_proj = Linear(c.d_model, c.kv_heads * c.head_dim, bias=c.qkv_bias)
+        self.v_proj = Linear(c.d_model, c.kv_heads * c.head_dim, bias=c.qkv_bias)
+        self.o_proj = Linear(c.n_heads * c.head_dim, c.d_model, bias=c.attn_out_bias)
         self.window = c.window_for_layer(layer)
         p = f"blocks.{layer}.attn."
         self.hook_q, self.hook_k, self.hook_v = points[p + "q"], points[p + "k"], points[p + "v"]
@@ -115,9 +116,9 @@ class MLP(nn.Module):
         c = config
         self.gated = c.mlp_type == "gated"
         if self.gated:
-            self.gate_proj = nn.Linear(c.d_model, c.d_mlp, bias=c.mlp_bias)
-        self.up_proj = nn.Linear(c.d_model, c.d_mlp, bias=c.mlp_bias)
-        self.down_proj = nn.Linear(c.d_mlp, c.d_model, bias=c.mlp_bias)
+            self.gate_proj = Linear(c.d_model, c.d_mlp, bias=c.mlp_bias)
+        self.up_proj = Linear(c.d_model, c.d_mlp, bias=c.mlp_bias)
+        self.down_proj = Linear(c.d_mlp, c.d_model, bias=c.mlp_bias)
         self.act = ACTIVATION_FNS[c.activation]
         p = f"blocks.{layer}.mlp."
         self.hook_pre, self.hook_post, self.hook_out = points[p + "pre"], points[p + "post"], points[p + "out"]
@@ -203,7 +204,7 @@ class Transformer(nn.Module):
         self.pos_embed = nn.Embedding(config.max_seq_len, config.d_model) if config.pos_type == "learned" else None
         self.blocks = nn.ModuleList(Block(config, i, self.hook_points) for i in range(config.n_layers))
         self.ln_final = make_norm(config)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=config.lm_head_bias)
+        self.lm_head = Linear(config.d_model, config.vocab_size, bias=config.lm_head_bias)
         self._inv_freq: dict[torch.device, tuple[ModelConfig, torch.Tensor]] = {}  # see _inverse_frequencies
         self.tie_weights()
         self.eval()

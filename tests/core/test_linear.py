@@ -1,0 +1,103 @@
+"""The oneDNN inference path of ``lmlab.core.linear`` agrees with F.linear and is only taken when safe."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lmlab.core import linear as lin
+from lmlab.core.config import ModelConfig
+from lmlab.core.model import Transformer
+
+
+@pytest.fixture
+def count_onednn(monkeypatch):
+    calls = []
+    real = lin._onednn_linear
+    monkeypatch.setattr(lin, "_onednn_ok", lin._probe())  # probed before counting starts
+
+    def counting(x, w, b):
+        calls.append(tuple(x.shape))
+        return real(x, w, b)
+
+    monkeypatch.setattr(lin, "_onednn_linear", counting)
+    return calls
+
+
+def _onednn_available() -> bool:
+    return lin._probe()
+
+
+@pytest.mark.parametrize("shape", [(1, 64), (8, 64), (2, 7, 64), (3, 1, 64)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_inference_path_matches_f_linear(shape, bias, count_onednn):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=g)
+    layer = lin.Linear(64, 96, bias=bias)
+    with torch.no_grad():
+        got = layer(x)
+        want = F.linear(x, layer.weight, layer.bias)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert got.shape == want.shape
+    assert len(count_onednn) == (1 if _onednn_available() else 0)
+
+
+def test_non_contiguous_input(count_onednn):
+    x = torch.randn(4, 10, 64)[:, ::3]
+    layer = lin.Linear(64, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+
+
+def test_training_path_is_f_linear_bit_for_bit(count_onednn):
+    x = torch.randn(5, 64, requires_grad=True)
+    layer = lin.Linear(64, 32)
+    y = layer(x)
+    assert torch.equal(y, F.linear(x, layer.weight, layer.bias))
+    y.sum().backward()
+    assert layer.weight.grad is not None and x.grad is not None
+    assert count_onednn == []
+
+
+def test_frozen_weight_but_input_needs_grad_uses_f_linear(count_onednn):
+    layer = lin.Linear(64, 32).requires_grad_(False)
+    x = torch.randn(5, 64, requires_grad=True)
+    layer(x).sum().backward()  # would fail if the fast (non-differentiable) op had been used
+    assert x.grad is not None and count_onednn == []
+
+
+def test_switch_off_and_other_dtypes_fall_back(monkeypatch, count_onednn):
+    layer = lin.Linear(64, 32)
+    with torch.no_grad():
+        monkeypatch.setattr(lin, "FAST_INFERENCE", False)
+        x = torch.randn(3, 64)
+        assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))
+        monkeypatch.setattr(lin, "FAST_INFERENCE", True)
+        layer64 = lin.Linear(64, 32).double()
+        x64 = torch.randn(3, 64, dtype=torch.float64)
+        assert torch.equal(layer64(x64), F.linear(x64, layer64.weight, layer64.bias))
+    assert count_onednn == []
+
+
+def test_failing_probe_means_f_linear(monkeypatch):
+    def broken(x, w, b):
+        raise RuntimeError("no oneDNN here")
+
+    monkeypatch.setattr(lin, "_onednn_linear", broken)
+    monkeypatch.setattr(lin, "_onednn_ok", None)
+    layer = lin.Linear(16, 8)
+    x = torch.randn(2, 16)
+    with torch.no_grad():
+        assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))
+    assert lin._onednn_ok is False
+
+
+def test_model_logits_same_with_and_without_fast_path(monkeypatch):
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.llama_like(vocab_size=97, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2))
+    model.init_weights()
+    ids = torch.randint(0, 97, (2, 11))
+    with torch.no_grad():
+        fast = model(ids)
+        monkeypatch.setattr(lin, "FAST_INFERENCE", False)
+        slow = model(ids)
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
