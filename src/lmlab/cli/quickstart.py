@@ -53,13 +53,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
-def run(args: argparse.Namespace) -> int:
+def train_world_model(out: Path, steps: int = 500, seed: int = 0, vocab_size: int = 1024,
+                      overrides: list[str] | None = None, progress: bool = True, say=print) -> tuple:
+    """The recipe end to end into ``out``: world, tokenizer, shards, training, HF checkpoint in ``out/model``.
+
+    Returns ``(model, tokenizer, world, report)``; ``report`` holds the recall figures against the ground
+    truth. ``out`` is replaced if it exists. The shipped reference checkpoint (``lmlab.reference``) is this
+    function's output at the defaults.
+    """
     import torch
 
     import lmlab
     from lmlab.config_io import load_config
     from lmlab.core.tokenizer import train_bpe
-    from lmlab.data.recall import greedy_continuations, recall
+    from lmlab.data.recall import recall
     from lmlab.data.shards import PackedBlocks, TokenShards, build_shards
     from lmlab.data.world import WorldConfig, build_world
     from lmlab.errors import LmlabError
@@ -67,17 +74,14 @@ def run(args: argparse.Namespace) -> int:
     from lmlab.train.loop import Trainer
     from lmlab.train.run import build_model
 
-    if args.steps < 1:
-        raise LmlabError(f"--steps must be positive, got {args.steps}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    out = Path(args.out)
+    if steps < 1:
+        raise LmlabError(f"--steps must be positive, got {steps}")
+    out = Path(out)
     if out.exists():
         shutil.rmtree(out)
     started = time.time()
-    say = lambda msg: print(f"[{time.time() - started:6.1f}s] {msg}", flush=True)  # noqa: E731
 
-    world = build_world(WorldConfig.quickstart(seed=args.seed))
+    world = build_world(WorldConfig.quickstart(seed=seed))
     world.write(out / "world")
     # Biographies alone let a small model memorise sentence order instead of facts (56% recall at loss
     # 0.01 in our runs); adding each fact as its own sentence under each training template fixes that.
@@ -86,19 +90,19 @@ def run(args: argparse.Namespace) -> int:
     docs = world.training_documents() + sentences
     say(f"world: {len(world.facts)} facts, {len(docs)} training documents -> {out / 'world'}")
 
-    tokenizer = train_bpe(docs, vocab_size=args.vocab_size)
+    tokenizer = train_bpe(docs, vocab_size=vocab_size)
     tokens_per_epoch = sum(len(ids) + 1 for ids in tokenizer.encode_batch(docs))
-    index = build_shards(shuffled_epochs(docs, tokens_per_epoch, args.steps, seed=args.seed), tokenizer, out / "shards")
+    index = build_shards(shuffled_epochs(docs, tokens_per_epoch, steps, seed=seed), tokenizer, out / "shards")
     say(f"tokenizer: {len(tokenizer)} tokens; corpus: {tokens_per_epoch} tokens per epoch, "
         f"{index.splits['train'].tokens} in shuffled epochs")
 
     cfg = load_config(TrainConfig, None, RECIPE + [f"data.path={out / 'shards'}", f"run.out_dir={out / 'train'}",
-                                                   f"run.max_steps={args.steps}", f"run.progress={not args.no_progress}"]
-                      + list(args.set))
+                                                   f"run.max_steps={steps}", f"run.progress={progress}"]
+                      + list(overrides or []))
     torch.manual_seed(cfg.run.seed)
     shards = TokenShards(out / "shards", "train")
     model = build_model(cfg, shards.vocab_size)
-    say(f"model: Llama-style, {model.num_parameters() / 1e6:.2f}M parameters; training {args.steps} steps")
+    say(f"model: Llama-style, {model.num_parameters() / 1e6:.2f}M parameters; training {steps} steps")
     data = PackedBlocks(shards, cfg.data.block_size, seed=cfg.data.seed)
     summary = Trainer(model, cfg, data).fit()
     say(f"trained: final loss {summary['final_loss']:.3f}, {summary['tokens_per_s']:.0f} tokens/s")
@@ -109,10 +113,26 @@ def run(args: argparse.Namespace) -> int:
         "train_fact_recall": recall(model, tokenizer, world.probes("train")),
         "heldout_paraphrase_recall": recall(model, tokenizer, world.probes("heldout")),
         "two_hop_accuracy": recall(model, tokenizer, world.two_hop_probes()),
-        "n_facts": len(world.facts), "parameters": model.num_parameters(), "steps": args.steps,
+        "n_facts": len(world.facts), "parameters": model.num_parameters(), "steps": steps, "seed": seed,
+        "vocab_size": vocab_size, "overrides": list(overrides or []),
         "final_loss": summary["final_loss"], "seconds": round(time.time() - started, 1),
     }
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return model, tokenizer, world, report
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from lmlab.data.recall import greedy_continuations
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    started = time.time()
+    say = lambda msg: print(f"[{time.time() - started:6.1f}s] {msg}", flush=True)  # noqa: E731
+    model, tokenizer, world, report = train_world_model(out, args.steps, args.seed, args.vocab_size, args.set,
+                                                        progress=not args.no_progress, say=say)
     print()
     print("Fact recall against the ground truth (greedy, exact match):")
     print(f"  training templates      {report['train_fact_recall']:6.1%}   ({len(world.probes('train'))} probes)")
@@ -128,5 +148,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"  lmlab chat {out / 'model'}")
     print(f"  lmlab info {out / 'model'}")
     print(f"  python -c \"import transformers; transformers.AutoModelForCausalLM.from_pretrained('{out / 'model'}')\"")
+    print("  python -c \"import lmlab.reference as r; print(r.load_reference().record)\"   # the shipped model")
     say(f"done; report in {out / 'report.json'}")
     return 0
