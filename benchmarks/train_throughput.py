@@ -58,7 +58,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from matmul_peak import measure_matmul_peak  # noqa: E402
 
-# name -> sizes. "quickstart" is the model `lmlab quickstart` trains (RECIPE in lmlab/cli/quickstart.py,
+# name -> sizes. "quickstart" is the model `lmlab quickstart` trains (RECIPE in lmlab/train/world_recipe.py,
 # vocab = its BPE upper bound); d512 / d768 are sizes where CPU matmuls are large enough to be efficient.
 CONFIGS = {
     "quickstart": dict(vocab=1024, d_model=128, n_layers=4, n_heads=4, n_kv_heads=None, seq=128, batch=16),

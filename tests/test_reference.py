@@ -52,7 +52,7 @@ def test_missing_or_corrupt_record_is_a_clear_error(tmp_path):
 def test_recipe_from_scratch_reaches_recorded_quality(tmp_path):
     import torch
 
-    from lmlab.cli.quickstart import train_world_model
+    from lmlab.train.world_recipe import train_world_model
 
     record = read_record()
     torch.set_num_threads(1)

@@ -4,7 +4,7 @@ Why: method work (editing a fact, steering, compressing the cache, ...) needs a 
 known, and training one takes minutes. ``load_reference()`` returns it at once, with the world it was
 trained on (regenerated from its seed; the world is deterministic) and the quality recorded when it was built.
 
-It is exactly what ``lmlab quickstart`` trains at its defaults (``lmlab.cli.quickstart.train_world_model``:
+It is exactly what ``lmlab quickstart`` trains at its defaults (``lmlab.train.world_recipe.train_world_model``:
 0.9M-parameter Llama-style model, BPE tokenizer, 500 steps). Rebuild it -- after a change to the world, the
 recipe or the trainer -- with
 
@@ -67,11 +67,8 @@ def load_reference(path: Path = ASSET_DIR, dtype=None) -> Reference:
 
 
 def sha256(file: Path) -> str:
-    h = hashlib.sha256()
     with open(file, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def build_reference(out: Path = ASSET_DIR, steps: int = 500, seed: int = 0, progress: bool = True) -> dict:
@@ -81,7 +78,7 @@ def build_reference(out: Path = ASSET_DIR, steps: int = 500, seed: int = 0, prog
     import torch
 
     import lmlab
-    from lmlab.cli.quickstart import train_world_model
+    from lmlab.train.world_recipe import train_world_model
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
