@@ -63,3 +63,16 @@ def test_cli_reports_user_errors_in_one_line(tmp_path, shard_dir, capsys):
         run_training(None, _sets(shard_dir, tmp_path, "data.block_size=128"), progress=False)
     with pytest.raises(LmlabError, match="data.path: required"):
         run_training(None, [f"run.out_dir={tmp_path}"], progress=False)
+
+
+def test_tensorboard_events_hold_the_logged_scalars(tmp_path, shard_dir):
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    run_training(None, _sets(shard_dir, tmp_path, "run.max_steps=5", "run.tensorboard=true"), progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    events = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert {"loss", "lr", "val_loss"} <= set(events.Tags()["scalars"])
+    logged = [(e.step, e.value) for e in events.Scalars("loss")]
+    want = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    assert [s for s, _ in logged] == [s for s, _ in want] == list(range(1, 6))
+    assert [v for _, v in logged] == pytest.approx([v for _, v in want], rel=1e-6)  # stored as float32
