@@ -167,6 +167,10 @@ def run_case(name: str, dtype_name: str, batches: list[int], args, bandwidth: fl
         hf.save_pretrained(path)
     hf = hf.to(dtype)
     ours = lmlab.load(path, dtype=dtype)
+    if args.pack:  # opt-in: a oneDNN-blocked copy of every weight (memory x2), see lmlab.core.linear
+        from lmlab.core.linear import pack_for_inference
+
+        pack_for_inference(ours)
     n_params = sum(p.numel() for p in hf.parameters())
     rows = []
     for batch in batches:
@@ -278,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bandwidth", type=float, default=None, metavar="GBPS",
                    help="memory read bandwidth for the bound, as measured by benchmarks/bandwidth.py on a quiet "
                         "machine (default: measure it now)")
+    p.add_argument("--pack", action="store_true",
+                   help="lmlab side: lmlab.core.linear.pack_for_inference (prepacked weights, twice the memory)")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
     if args.quick:

@@ -101,3 +101,52 @@ def test_model_logits_same_with_and_without_fast_path(monkeypatch):
         monkeypatch.setattr(lin, "FAST_INFERENCE", False)
         slow = model(ids)
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+
+
+def _tiny_model(dtype=torch.float32):
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.llama_like(vocab_size=97, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2))
+    return model.init_weights().to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_weights_give_the_same_logits_and_generations(dtype):
+    if not _onednn_available():
+        pytest.skip("oneDNN linear not available in this torch build")
+    import copy
+
+    import lmlab
+
+    model = _tiny_model(dtype)
+    ids = torch.randint(0, 97, (2, 11), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        want = model(ids)
+        greedy = lmlab.generate(model, ids.tolist(), max_new_tokens=8)
+        added = lin.pack_for_inference(model)
+        assert added == sum(m.weight.numel() * m.weight.element_size() for m in model.modules()
+                            if isinstance(m, lin.Linear))
+        got = model(ids)
+        copy.deepcopy(model)  # copies drop the packed tensors instead of failing on them
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(got.float(), want.float(), rtol=tol, atol=tol)
+    if dtype == torch.float32:
+        assert lmlab.generate(model, ids.tolist(), max_new_tokens=8) == greedy
+
+
+def test_packed_copy_is_dropped_when_the_weight_changes_and_unused_for_training():
+    if not _onednn_available():
+        pytest.skip("oneDNN linear not available in this torch build")
+    model = _tiny_model()
+    lin.pack_for_inference(model)
+    q = model.blocks[0].attn.q_proj
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        q.weight.mul_(2.0)  # in place, as a LoRA merge does
+        torch.testing.assert_close(q(x), F.linear(x, q.weight), rtol=1e-5, atol=1e-5)
+    assert q._packed is None
+    k = model.blocks[0].attn.k_proj
+    y = k(x.requires_grad_())  # grad mode: the parameter path, differentiable
+    y.sum().backward()
+    assert k.weight.grad is not None and k._packed is not None
+    lin.unpack(model)
+    assert all(m._packed is None for m in model.modules() if isinstance(m, lin.Linear))
