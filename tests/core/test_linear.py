@@ -150,3 +150,14 @@ def test_packed_copy_is_dropped_when_the_weight_changes_and_unused_for_training(
     assert k.weight.grad is not None and k._packed is not None
     lin.unpack(model)
     assert all(m._packed is None for m in model.modules() if isinstance(m, lin.Linear))
+
+
+def test_packing_a_model_built_in_inference_mode():
+    if not _onednn_available():
+        pytest.skip("oneDNN linear not available in this torch build")
+    with torch.inference_mode():
+        model = _tiny_model()
+        ids = torch.randint(0, 97, (1, 5))
+        want = model(ids)
+        lin.pack_for_inference(model)
+        torch.testing.assert_close(model(ids), want, rtol=1e-5, atol=1e-5)

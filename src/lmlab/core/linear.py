@@ -52,6 +52,14 @@ def _onednn_available() -> bool:
     return _onednn_ok
 
 
+def _version(t: torch.Tensor) -> int | None:
+    """The in-place-modification counter; None for inference-mode tensors, which keep none."""
+    try:
+        return t._version
+    except RuntimeError:
+        return None
+
+
 def _inference_call(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     """Whether this call may skip autograd and PyTorch's dispatch: plain CPU tensors, nothing needing grad."""
     return (FAST_INFERENCE and type(x) is torch.Tensor and type(weight) in _PLAIN and x.is_cpu and weight.is_cpu
@@ -72,13 +80,13 @@ def fast_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 class Linear(nn.Linear):
     """``nn.Linear`` with :func:`fast_linear` as its forward, and an optional prepacked inference weight."""
 
-    _packed: tuple[int, int, torch.Tensor] | None = None  # (weight._version, weight.data_ptr(), packed copy)
+    _packed: tuple[int | None, int, torch.Tensor] | None = None  # (weight._version, weight.data_ptr(), packed copy)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._packed is not None:
             version, ptr, packed = self._packed
             w, b = self.weight, self.bias
-            if version != w._version or ptr != w.data_ptr():
+            if version != _version(w) or ptr != w.data_ptr():
                 self._packed = None  # the weight changed (LoRA merge, load_state_dict, ...): drop the stale copy
             elif x.dtype == w.dtype and (b is None or b.dtype == w.dtype) and _inference_call(x, w, b):
                 return _onednn_linear(x, packed, b)
@@ -106,7 +114,7 @@ def pack_for_inference(model: nn.Module, batch_hint: int = 1) -> int:
         if (isinstance(module, Linear) and type(w) in _PLAIN and w.is_cpu
                 and w.dtype in (torch.float32, torch.bfloat16)):
             packed = torch.ops.mkldnn._reorder_linear_weight(w.detach(), batch_hint)
-            module._packed = (w._version, w.data_ptr(), packed)
+            module._packed = (_version(w), w.data_ptr(), packed)
             added += w.numel() * w.element_size()
     return added
 
