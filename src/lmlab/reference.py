@@ -102,6 +102,7 @@ def build_reference(out: Path = ASSET_DIR, steps: int = 500, seed: int = 0, prog
     }
     (staged / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
     old = out.with_name(f".{out.name}.old")
+    shutil.rmtree(old, ignore_errors=True)  # left over from an interrupted rebuild
     if out.exists():
         os.replace(out, old)
     os.replace(staged, out)
