@@ -85,6 +85,8 @@ def test_generate_greedy_matches_library(model_dir):
     assert result.stdout.rstrip("\n") == "alpha beta" + tok.decode(expected[len(ids):])
     by_ids = run("generate", model_dir, "--ids", ",".join(map(str, ids)), "--max-new-tokens", 3)
     assert by_ids.returncode == 0 and len(by_ids.stdout.split()) == 3
+    packed = run("generate", model_dir, "--prompt", "alpha beta", "--max-new-tokens", 8, "--pack")
+    assert packed.returncode == 0 and packed.stdout == result.stdout  # prepacked weights: same greedy text
 
 
 def test_convert_roundtrip_and_dtype(model_dir, tmp_path):

@@ -18,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import lmlab
 
-    model, tokenizer = load_model_and_tokenizer(args.model, args.dtype)
+    model, tokenizer = load_model_and_tokenizer(args.model, args.dtype, pack=args.pack)
     cfg = generation_config(args, tokenizer)
     messages = [{"role": "system", "content": args.system}] if args.system else []
     interactive = sys.stdin.isatty()

@@ -27,7 +27,8 @@ def _parse_ids(text: str) -> list[int]:
 def run(args: argparse.Namespace) -> int:
     from lmlab.core.generate import stream_generate
 
-    model, tokenizer = load_model_and_tokenizer(args.model, args.dtype, need_tokenizer=args.prompt is not None)
+    model, tokenizer = load_model_and_tokenizer(args.model, args.dtype, need_tokenizer=args.prompt is not None,
+                                                pack=args.pack)
     if args.prompt is not None:
         ids = tokenizer.encode(args.prompt)
         if not ids:
