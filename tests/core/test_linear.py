@@ -91,22 +91,20 @@ def test_failing_probe_means_f_linear(monkeypatch):
     assert lin._onednn_ok is False
 
 
-def test_model_logits_same_with_and_without_fast_path(monkeypatch):
+def _tiny_model(dtype=torch.float32):
     torch.manual_seed(0)
     model = Transformer(ModelConfig.llama_like(vocab_size=97, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2))
-    model.init_weights()
+    return model.init_weights().to(dtype)
+
+
+def test_model_logits_same_with_and_without_fast_path(monkeypatch):
+    model = _tiny_model()
     ids = torch.randint(0, 97, (2, 11))
     with torch.no_grad():
         fast = model(ids)
         monkeypatch.setattr(lin, "FAST_INFERENCE", False)
         slow = model(ids)
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
-
-
-def _tiny_model(dtype=torch.float32):
-    torch.manual_seed(0)
-    model = Transformer(ModelConfig.llama_like(vocab_size=97, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2))
-    return model.init_weights().to(dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
