@@ -100,3 +100,33 @@ def test_logits_processor_pipeline_is_applied(pair):
     out = lmlab.generate(ours, torch.tensor([[1, 2, 3]]), max_new_tokens=10, logits_processors=[only_odd],
                          stop_token_ids=[])
     assert all(t % 2 == 1 for t in out[0, 3:].tolist())
+
+
+def test_seeded_sampling_equals_transformers_at_batch_1(pair):
+    """One row with its own generator draws exactly what transformers draws from the global RNG seeded alike."""
+    hf, ours = pair
+    prompt = torch.randint(0, VOCAB, (1, 5), generator=torch.Generator().manual_seed(9))
+    kw = dict(max_new_tokens=16, do_sample=True, temperature=0.8, top_k=20, top_p=0.9)
+    torch.manual_seed(123)
+    ref = hf.generate(prompt, attention_mask=torch.ones_like(prompt), **kw)
+    out = lmlab.generate(ours, prompt, max_new_tokens=16, temperature=0.8, top_k=20, top_p=0.9, seed=123,
+                         stop_token_ids=[])
+    assert torch.equal(out, ref)
+
+
+def test_config_and_keyword_options_together_are_refused(pair):
+    _, ours = pair
+    cfg = lmlab.core.generate.GenerationConfig(max_new_tokens=4)
+    with pytest.raises(lmlab.LmlabError, match="either a GenerationConfig or keyword options, not both.*temperature"):
+        lmlab.generate(ours, [[1, 2]], cfg, temperature=0.5)
+    with pytest.raises(lmlab.LmlabError, match="not both"):
+        list(stream_generate(ours, [[1, 2]], cfg, temperature=0.5))
+
+
+def test_seeded_rows_do_not_depend_on_their_batch_mates(pair):
+    _, ours = pair
+    g = torch.Generator().manual_seed(10)
+    prompts = [torch.randint(0, VOCAB, (n,), generator=g).tolist() for n in (4, 7, 5)]
+    kw = dict(max_new_tokens=10, temperature=1.0, stop_token_ids=[])
+    batched = lmlab.generate(ours, prompts, seed=50, **kw)
+    assert batched == [lmlab.generate(ours, [p], seed=50 + r, **kw)[0] for r, p in enumerate(prompts)]

@@ -137,3 +137,62 @@ def test_cache_overflow_is_a_clear_error(model):
     cache = model.new_cache(1, 4)
     with pytest.raises(LmlabError, match="KV cache is full"):
         model(ids(B=1, T=5), cache=cache)
+
+
+class CountingEvictionPolicy(CachePolicy):
+    """Keeps everything until it has seen ``budget`` tokens in total, then keeps only the last 2 slots: a
+    policy with state that accumulates over forwards."""
+
+    def __init__(self, budget: int):
+        self.budget, self.total = budget, 0
+
+    def evict(self, cache):
+        self.total += int(cache._pending.max())
+        if self.total > self.budget and int(cache.n_slots.max()) > 2:
+            n = int(cache.n_slots.max())
+            cache.compact(torch.arange(n - 2, n).expand(cache.batch_size, 2))
+
+
+def test_a_policy_shared_between_generations_carries_no_state():
+    """Issue 10 item 6: each cache works on its own copy of the policy it is given."""
+    import lmlab
+
+    cfg = ModelConfig.llama_like(vocab_size=50, d_model=32, n_layers=2, n_heads=4, max_seq_len=64)
+    model = Transformer(cfg).init_weights(std=0.3, seed=1)  # sharp enough that eviction changes the tokens
+
+    shared = CountingEvictionPolicy(budget=10)
+    prompt = ids(B=1, T=6, seed=3)
+    kw = dict(max_new_tokens=8, stop_token_ids=[])
+    first = lmlab.generate(model, prompt, cache_policy=shared, **kw)
+    second = lmlab.generate(model, prompt, cache_policy=shared, **kw)
+    fresh = lmlab.generate(model, prompt, cache_policy=CountingEvictionPolicy(budget=10), **kw)
+    assert torch.equal(first, fresh) and torch.equal(second, fresh)
+    assert shared.total == 0
+    assert not torch.equal(fresh, lmlab.generate(model, prompt, **kw))  # the policy does change the output
+    cache = model.new_cache(1, 16, policy=shared)
+    assert cache.policy is not shared and cache.policy.total == 0
+
+
+def test_append_and_select_rows_keep_each_row_exact(model):
+    a, b = ids(B=1, T=5, seed=4), ids(B=2, T=7, seed=5)
+    ca, cb = model.new_cache(1, 12), model.new_cache(2, 20)
+    model(a, cache=ca)
+    model(b, cache=cb)
+    ca.append_rows(cb)
+    assert ca.capacity == 20 and ca.batch_size == 3 and ca.n_slots.tolist() == [5, 7, 7]
+    nxt = torch.tensor([[3], [4], [5]])
+    out = model(nxt, cache=ca)[:, -1]
+    torch.testing.assert_close(out[0], model(torch.cat([a, nxt[:1]], 1))[0, -1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out[1:], model(torch.cat([b, nxt[1:]], 1))[:, -1], atol=1e-5, rtol=1e-5)
+    ca.select_rows(torch.tensor([2]))
+    out = model(torch.tensor([[6]]), cache=ca)[:, -1]
+    ref = model(torch.cat([b[1:], torch.tensor([[5, 6]])], 1))[:, -1]
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_shared_block_norm_needs_a_parallel_residual():
+    """Issue 10 item 7: refused when the config is built, not deep inside forward."""
+    with pytest.raises(LmlabError, match="shared_block_norm .* needs parallel_residual=True"):
+        ModelConfig.llama_like(vocab_size=50, d_model=32, n_layers=1, n_heads=4, shared_block_norm=True)
+    ModelConfig.llama_like(vocab_size=50, d_model=32, n_layers=1, n_heads=4, shared_block_norm=True,
+                           parallel_residual=True)
