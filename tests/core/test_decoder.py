@@ -331,3 +331,17 @@ def test_bad_arguments_are_one_line_errors(model):
         dec.step()
     with pytest.raises(LmlabError, match="top_p must be in"):
         dec.add([[1]], SamplingParams(temperature=1.0, top_p=0.0))
+
+
+def test_a_hook_failing_inside_a_decode_forward_makes_the_decoder_refuse_to_continue(model):
+    def boom(x, name):
+        if current_context().phase == "decode":
+            raise RuntimeError("hook failed")
+
+    dec = Decoder(model, max_len=16)
+    dec.add([[1, 2, 3]], max_new_tokens=4, stop_token_ids=[])
+    with model.hooks([("embed", boom)]):
+        with pytest.raises(RuntimeError, match="hook failed"):
+            dec.step()
+    with pytest.raises(LmlabError, match="unusable after a model forward failed during a step"):
+        dec.step()

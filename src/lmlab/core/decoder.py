@@ -125,6 +125,7 @@ class Decoder:
         self._history = _History(max_len, self.pad, dev)
         self._sampler = RowSampler([], [], dev)
         self._min_deadline: int | None = None
+        self._broken: str | None = None  # set when a decode forward raised after the step was committed
 
     # -- inspection -----------------------------------------------------------------------------------------
     @property
@@ -135,6 +136,11 @@ class Decoder:
     def active(self) -> list[int]:
         """Request ids of the active rows, in batch order."""
         return self._ids.tolist()
+
+    def _check_usable(self) -> None:
+        if self._broken is not None:
+            raise LmlabError(f"Decoder: unusable after a model forward failed during a step ({self._broken}); "
+                             "start a new Decoder")
 
     # -- joining ---------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -148,6 +154,7 @@ class Decoder:
         row (``len(prompts) * num_samples``, grouped by prompt). ``num_samples=N``: each prompt is prefilled
         once and its cache row forked N ways; the ids come back grouped by prompt (prompt-major).
         """
+        self._check_usable()
         rows = [list(map(int, p)) for p in prompts]
         n = len(rows)
         if n == 0:
@@ -185,7 +192,14 @@ class Decoder:
             plist = [p for p in plist for _ in range(num_samples)]
             lengths = lengths.repeat_interleave(num_samples)
         # nothing of the running batch has changed so far: a processor refusing the rows leaves it intact
-        notify(self.logits_processors, "start", rows, [max_new_tokens] * total, ids)
+        try:
+            notify(self.logits_processors, "start", rows, [max_new_tokens] * total, ids)
+        except LmlabError:
+            try:  # processors that did start these rows forget them again
+                notify(self.logits_processors, "finish", ids)
+            except LmlabError:
+                pass
+            raise
         self._next_id += total
         self._join_rows(ids, rows, lengths, cache, logits, plist, gens, max_new_tokens, stop_token_ids, stop_strings)
         return ids
@@ -268,6 +282,7 @@ class Decoder:
     @torch.no_grad()
     def step(self) -> StepOutput:
         """Choose one token for every active row, retire the rows that stopped, forward the others."""
+        self._check_usable()
         if self.num_active == 0:
             raise LmlabError("Decoder.step: no active rows (add requests first)")
         logits = self._logits.float()  # [B, V]
@@ -296,8 +311,13 @@ class Decoder:
         else:
             tokens_next = tokens
         if self.num_active:
-            with forward_context(phase="decode", row_ids=self._ids, prompt_lengths=self._prompt_len):
-                self._logits = self.model(tokens_next[:, None], cache=self.cache)[:, -1]  # [B', V]
+            try:
+                with forward_context(phase="decode", row_ids=self._ids, prompt_lengths=self._prompt_len):
+                    self._logits = self.model(tokens_next[:, None], cache=self.cache)[:, -1]  # [B', V]
+            except Exception as e:
+                # the cache has already taken this step's tokens: the rows cannot be decoded consistently
+                self._broken = f"{type(e).__name__}: {e}"
+                raise
         return StepOutput(row_ids=row_ids, tokens=tokens, finished=finished)
 
     def _stopped(self, tokens: torch.Tensor) -> torch.Tensor | None:

@@ -126,6 +126,9 @@ def stream_generate(model, input_ids, config: GenerationConfig | None = None, *,
             num_samples=cfg.num_samples)  # request ids 0..n_rows-1 = output rows
     while dec.num_active:
         out = dec.step()
+        if len(out.tokens) == n_rows:  # every row still active: ids 0..n_rows-1 in order
+            yield out.tokens
+            continue
         step = torch.full((n_rows,), pad, dtype=torch.long, device=out.tokens.device)
         step[out.row_ids] = out.tokens
         yield step
