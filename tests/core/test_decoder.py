@@ -45,7 +45,8 @@ def gen(seed: int) -> torch.Generator:
 
 def run_alone(model, p, params, max_new, seed=None, **kw) -> list[int]:
     dec = Decoder(model, max_len=64, **kw)
-    (rid,) = dec.add([p], params, max_new_tokens=max_new, stop_token_ids=[], generators=[gen(seed) if seed is not None else None])
+    (rid,) = dec.add([p], params, max_new_tokens=max_new, stop_token_ids=[],
+                     generators=[gen(seed) if seed is not None else None])
     out = []
     while dec.num_active:
         out.append(dec.step().as_dict()[rid])
@@ -199,7 +200,8 @@ def test_guide_processor_in_lock_step_equals_the_uncached_mixture(model, guide):
     })
     for rid, p, n in [(0, prompts[0], 6), (1, prompts[1], 6), (2, prompts[2], 6), (3, late, 7)]:
         assert tokens[rid] == mixture_reference(model, guide, p, n, 2.0)
-    assert tokens[0] != run_alone(model, prompts[0], SamplingParams(), 6) or tokens[2] != run_alone(model, prompts[2], SamplingParams(), 6)
+    base = [run_alone(model, prompts[i], SamplingParams(), 6) for i in range(3)]
+    assert [tokens[i] for i in range(3)] != base  # the guide does change the tokens
     assert proc.rows == [] and proc.cache.batch_size == 0
 
 
@@ -234,7 +236,8 @@ def test_a_request_beyond_capacity_is_refused_by_name_and_others_continue(model)
     dec = Decoder(model, max_len=16)
     dec.add([prompt(5, 15)], max_new_tokens=8, stop_token_ids=[])
     first = [dec.step().tokens.item()]
-    with pytest.raises(LmlabError, match=r"^request 1: prompt of 12 tokens \+ max_new_tokens 8 = 20 exceeds the decoder's max_len 16$"):
+    msg = r"^request 1: prompt of 12 tokens \+ max_new_tokens 8 = 20 exceeds the decoder's max_len 16$"
+    with pytest.raises(LmlabError, match=msg):
         dec.add([prompt(12, 16)], max_new_tokens=8)
     assert dec.num_active == 1
     while dec.num_active:

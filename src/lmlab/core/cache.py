@@ -200,7 +200,8 @@ class KVCache:
     def append_rows(self, other: "KVCache") -> None:
         """Append the rows of ``other`` (same model, dtype, device) after this cache's rows: a prefilled request
         joins a running batch. The slot dimension grows to the larger of the two capacities."""
-        if (other.k.shape[0], other.k.shape[2], other.k.shape[4]) != (self.k.shape[0], self.k.shape[2], self.k.shape[4]):
+        layout = lambda c: (c.k.shape[0], c.k.shape[2], c.k.shape[4])  # noqa: E731 - layers, kv heads, d_head
+        if layout(other) != layout(self):
             raise LmlabError(f"KVCache.append_rows: cache shapes {tuple(other.k.shape)} and {tuple(self.k.shape)} "
                              "are not of the same model")
         if other.k.dtype != self.k.dtype or other.k.device != self.k.device:
@@ -223,7 +224,8 @@ class KVCache:
         if extra == 0:
             return self.k, self.v, self.slot_pos
         pad_kv = lambda t: torch.cat([t, t.new_zeros(*t.shape[:3], extra, t.shape[4])], dim=3)  # noqa: E731
-        return pad_kv(self.k), pad_kv(self.v), torch.cat([self.slot_pos, self.slot_pos.new_full((self.batch_size, extra), -1)], 1)
+        empty = self.slot_pos.new_full((self.batch_size, extra), -1)
+        return pad_kv(self.k), pad_kv(self.v), torch.cat([self.slot_pos, empty], 1)
 
     def _refresh_uniform(self) -> None:
         first = int(self.n_slots[0]) if self.batch_size else 0

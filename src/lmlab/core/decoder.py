@@ -144,7 +144,8 @@ class Decoder:
 
     # -- joining ---------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def add(self, prompts: Sequence[Sequence[int]], params: SamplingParams | Sequence[SamplingParams] = SamplingParams(),
+    def add(self, prompts: Sequence[Sequence[int]],
+            params: SamplingParams | Sequence[SamplingParams] = SamplingParams(),
             *, max_new_tokens: int = 32, stop_token_ids: Sequence[int] | None = None,
             stop_strings: Sequence[str] = (), generators=None, num_samples: int = 1) -> list[int]:
         """Prefill ``prompts`` (token-id lists) and add them to the running batch; returns their request ids.
@@ -250,7 +251,8 @@ class Decoder:
         new = torch.full((total, width), -1, dtype=torch.long, device=dev)
         new[:, :len(stops)] = torch.tensor(stops, dtype=torch.long, device=dev)
         self._stop = torch.cat([old, new])
-        self._logits = logits if self._logits is None or self._logits.shape[0] == 0 else torch.cat([self._logits, logits])
+        running = self._logits is not None and self._logits.shape[0] > 0
+        self._logits = torch.cat([self._logits, logits]) if running else logits
         self._params += plist
         self._gens += gens
         self._stop_strings += [tuple(stop_strings)] * total
