@@ -291,6 +291,8 @@ class Decoder:
         if self._sampler.needs_seen:
             logits = self._sampler.penalise(logits, self._seen)
         if self.logits_processors:
+            if logits is self._logits:
+                logits = logits.clone()  # a processor editing in place and then raising must not touch our state
             info = StepInfo(row_ids=self._ids, prompt_lengths=self._prompt_len, new_tokens=self.steps - self._join,
                             step=self.steps)
             logits = run_processors(self.logits_processors, self._history.view(self._width), logits, info)
