@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from lmlab import LmlabError
+from lmlab.core.cache import CachePolicy
 from lmlab.core.config import ModelConfig
 from lmlab.core.decoder import Decoder
 from lmlab.core.generate import generate
@@ -348,3 +349,28 @@ def test_a_hook_failing_inside_a_decode_forward_makes_the_decoder_refuse_to_cont
             dec.step()
     with pytest.raises(LmlabError, match="unusable after a model forward failed during a step"):
         dec.step()
+
+
+class KeepLast(CachePolicy):
+    """A bounded cache: 8 slots, at most the 6 most recent tokens kept after every forward."""
+
+    def capacity(self, max_len):
+        return 8
+
+    def evict(self, cache):
+        n = int(cache.n_slots.max())
+        if n > 6:
+            cache.compact(torch.arange(n - 6, n).expand(cache.batch_size, 6))
+
+
+def test_chunked_prefill_streams_a_long_prompt_through_a_bounded_cache(model):
+    long_prompt = prompt(20, 25)
+    with pytest.raises(LmlabError, match="^request 0: KV cache is full: capacity 8 tokens, needs 20$"):
+        Decoder(model, max_len=32, cache_policy=KeepLast()).add([long_prompt], max_new_tokens=4)
+    dec = Decoder(model, max_len=32, cache_policy=KeepLast(), prefill_chunk_size=2)
+    dec.add([long_prompt], max_new_tokens=4, stop_token_ids=[])
+    assert dec.cache.capacity == 8 and dec.cache.n_slots.tolist() == [6]
+    assert dec.cache.slot_pos[0, :6].tolist() == list(range(14, 20))
+    while dec.num_active:
+        dec.step()
+        assert dec.cache is None or int(dec.cache.n_slots.max()) <= 6

@@ -184,8 +184,12 @@ class Decoder:
         lengths = torch.tensor([len(r) for r in rows], device=self.device)
         head_ids = torch.tensor(ids[::num_samples], device=self.device)  # with N > 1 the prefill reports sample 0
         cache = self.model.new_cache(n, self.max_len, policy=self.cache_policy)
-        with forward_context(phase="prefill", row_ids=head_ids, prompt_lengths=lengths):
-            logits = self._prefill(rows, lengths, cache)  # [n, V]
+        try:
+            with forward_context(phase="prefill", row_ids=head_ids, prompt_lengths=lengths):
+                logits = self._prefill(rows, lengths, cache)  # [n, V], in a cache of their own
+        except LmlabError as e:  # e.g. a prompt that does not fit a bounded cache: the running rows are untouched
+            named = f"request {ids[0]}" if total == 1 else f"requests {ids[0]}..{ids[-1]}"
+            raise LmlabError(f"{named}: {e}") from e
         if num_samples > 1:
             cache = cache.fork(repeats=num_samples)
             logits = logits.repeat_interleave(num_samples, dim=0)
