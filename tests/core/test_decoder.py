@@ -374,3 +374,31 @@ def test_chunked_prefill_streams_a_long_prompt_through_a_bounded_cache(model):
     while dec.num_active:
         dec.step()
         assert dec.cache is None or int(dec.cache.n_slots.max()) <= 6
+
+
+class DigitsTokenizer:
+    """decode(ids) -> the ids as space-separated numbers: enough for stop strings."""
+
+    def decode(self, ids):
+        return " ".join(map(str, ids))
+
+
+def test_each_row_stops_on_its_own_conditions(model):
+    p = prompt(5, 26)
+    free = run_alone(model, p, SamplingParams(), 12)
+    stop_tok = free[4]
+    cut = free.index(stop_tok) + 1
+    dec = Decoder(model, max_len=32, tokenizer=DigitsTokenizer())
+    dec.add([p], max_new_tokens=12, stop_token_ids=[stop_tok])  # request 0: a stop token
+    dec.add([p], max_new_tokens=12, stop_token_ids=[])  # request 1: runs to max_new_tokens
+    dec.add([p], max_new_tokens=12, stop_token_ids=[], stop_strings=[f"{free[1]} {free[2]}"])  # 2: a stop string
+    dec.add([p], max_new_tokens=5, stop_token_ids=[])  # request 3: a shorter budget
+    got, finished_at = {i: [] for i in range(4)}, {}
+    while dec.num_active:
+        out = dec.step()
+        for rid, t in out.as_dict().items():
+            got[rid].append(t)
+        for rid in out.finished:
+            finished_at[rid] = dec.steps
+    assert got == {0: free[:cut], 1: free, 2: free[:3], 3: free[:5]}
+    assert finished_at == {0: cut, 1: 12, 2: 3, 3: 5}
