@@ -331,6 +331,8 @@ def test_bad_arguments_are_one_line_errors(model):
         dec.add([[]])
     with pytest.raises(LmlabError, match="2 generators for 1 rows"):
         dec.add([[1]], generators=[gen(0), gen(1)])
+    with pytest.raises(LmlabError, match=r"^request 0: token id 50 is outside the model's vocabulary \[0, 50\)$"):
+        dec.add([[1, 50]])
     with pytest.raises(LmlabError, match="no active rows"):
         dec.step()
     with pytest.raises(LmlabError, match="top_p must be in"):

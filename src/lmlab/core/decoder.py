@@ -176,7 +176,11 @@ class Decoder:
         total = n * num_samples
         gens = self._generators(generators, total)
         ids = list(range(self._next_id, self._next_id + total))
+        vocab = self.model.config.vocab_size
         for i, r in enumerate(rows):
+            if min(r) < 0 or max(r) >= vocab:
+                raise LmlabError(f"request {ids[i * num_samples]}: token id {min(r) if min(r) < 0 else max(r)} "
+                                 f"is outside the model's vocabulary [0, {vocab})")
             if len(r) + max_new_tokens > self.max_len:
                 rid = ids[i * num_samples]
                 raise LmlabError(f"request {rid}: prompt of {len(r)} tokens + max_new_tokens {max_new_tokens} = "
