@@ -404,3 +404,10 @@ def test_each_row_stops_on_its_own_conditions(model):
             finished_at[rid] = dec.steps
     assert got == {0: free[:cut], 1: free, 2: free[:3], 3: free[:5]}
     assert finished_at == {0: cut, 1: 12, 2: 3, 3: 5}
+
+
+@torch.no_grad()
+def test_generate_takes_a_stateful_processor_through_its_config(model, guide):
+    prompts = [prompt(3, 27), prompt(6, 28)]
+    out = generate(model, prompts, max_new_tokens=5, stop_token_ids=[], logits_processors=[GuideProcessor(guide, 1.5)])
+    assert [r[len(p):] for r, p in zip(out, prompts)] == [mixture_reference(model, guide, p, 5, 1.5) for p in prompts]
