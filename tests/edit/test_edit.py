@@ -234,3 +234,10 @@ def test_read_edits_in_counterfact_easyedit_and_lmlab_forms(tmp_path):
     path.write_text(json.dumps({"prompt": "Nobody lives in", "subject": "Cy Dorn", "target_new": "X"}) + "\n")
     with pytest.raises(LmlabError, match=r"edits.jsonl:1: subject 'Cy Dorn' does not occur"):
         read_edits(path)
+
+
+def test_model_built_under_inference_mode_is_refused_in_one_line(tok, tmp_path):
+    with torch.inference_mode():
+        model = _model(tok)
+    with pytest.raises(LmlabError, match="inference_mode"):
+        edit(model, tok, REQS[:1], method="rome", corpus=TEXTS, stats_dir=tmp_path, **FAST)

@@ -52,7 +52,8 @@ class AlphaEditConfig(SpreadConfig):
     """AlphaEdit settings. Defaults from the reference ``hparams/AlphaEdit/gpt2-xl.json`` /
     ``EleutherAI_gpt-j-6B.json``: MEMIT's (layers at GPT-J's {3..8}/28, ``v_num_grad_steps=25``, ``v_lr=0.5``,
     ``clamp_norm_factor=0.75``, ``kl_factor=0.0625``, ...) plus ``nullspace_threshold=2e-2`` (eigenvalues of
-    ``C`` below it span the null space) and ``L2=10`` (alpha, the ridge term)."""
+    ``C`` below it span the null space) and ``L2=10`` (alpha, the ridge term). MEMIT's ``lambda C`` term is
+    replaced by the projection, so there is no ``mom2_update_weight``."""
 
     nullspace_threshold: float = 2e-2
     L2: float = 10.0

@@ -35,6 +35,9 @@ def edit(model: nn.Module, tokenizer, requests: EditRequest | Sequence[EditReque
     stats = second_moments(model, tokenizer, layers, corpus, cfg.mom2_n_samples, stats_dir) if cfg.needs_stats else {}
     names = [f"blocks.{layer}.mlp.down_proj.weight" for layer in layers]
     params = dict(model.named_parameters())
+    if any(p.is_inference() for p in model.parameters()):
+        raise LmlabError("edit: the model's weights were created under torch.inference_mode, which forbids the "
+                         "gradients editing needs; load the model outside inference_mode")
     originals = {n: params[n].detach().clone() for n in names}
     was_training = model.training
     model.eval()

@@ -41,7 +41,6 @@ class SpreadConfig(LocateEditConfig):
     layers: tuple | None = None
     v_num_grad_steps: int = 25
     clamp_norm_factor: float = 0.75
-    mom2_update_weight: float = 15000.0
     context_template_length_params: tuple = ((10, 5),)
 
     needs_stats = True
@@ -90,6 +89,8 @@ class MemitConfig(SpreadConfig):
     ``v_lr=0.5``, ``v_weight_decay=0.5``, ``clamp_norm_factor=0.75``, ``kl_factor=0.0625``,
     ``mom2_update_weight=15000`` (lambda), ``mom2_n_samples=100000``, ``context_template_length_params=((10, 5),)``
     (5 prefixes of 10 tokens + the bare prompt; keys averaged per group, then over groups)."""
+
+    mom2_update_weight: float = 15000.0
 
     def layer_update(self, i, layer, K, resid, C, state):
         return memit_update(C, K, resid, self.mom2_update_weight)
