@@ -241,3 +241,14 @@ def test_model_built_under_inference_mode_is_refused_in_one_line(tok, tmp_path):
         model = _model(tok)
     with pytest.raises(LmlabError, match="inference_mode"):
         edit(model, tok, REQS[:1], method="rome", corpus=TEXTS, stats_dir=tmp_path, **FAST)
+
+
+def test_ngram_entropy_by_hand():
+    import math
+
+    from lmlab.edit.evaluate import ngram_entropy
+
+    h2 = -(0.6 * math.log2(0.6) + 0.4 * math.log2(0.4))  # bigrams ab x3, ba x2
+    h3 = 1.0  # trigrams aba x2, bab x2
+    assert ngram_entropy("a b a b a b") == pytest.approx((2 / 3 * h2 + 4 / 3 * h3) / 2)
+    assert ngram_entropy("x x x x x x x") == 0.0 and ngram_entropy("") == 0.0
