@@ -1,7 +1,7 @@
 """lmlab: language-model methods over one compact, Hugging Face-compatible transformer.
 
 The public entry points are re-exported here: ``load``, ``save``, ``generate``, ``load_tokenizer``,
-``ModelConfig``, ``Transformer``, ``KVCache``.
+``sequence_logprobs``, ``ModelConfig``, ``Transformer``, ``KVCache``, ``WeightDelta``.
 """
 
 from __future__ import annotations
@@ -44,6 +44,13 @@ def load_tokenizer(path):
     return _load(path)
 
 
+def sequence_logprobs(model, input_ids, **kwargs: Any):
+    """Differentiable log p(completion | prompt) per row, [B]; see ``lmlab.core.logprobs.sequence_logprobs``."""
+    from lmlab.core.logprobs import sequence_logprobs as _sequence_logprobs
+
+    return _sequence_logprobs(model, input_ids, **kwargs)
+
+
 def __getattr__(name: str):
     if name == "Transformer":
         from lmlab.core.model import Transformer
@@ -57,8 +64,12 @@ def __getattr__(name: str):
         from lmlab.core.cache import KVCache
 
         return KVCache
+    if name == "WeightDelta":
+        from lmlab.core.delta import WeightDelta
+
+        return WeightDelta
     raise AttributeError(name)
 
 
-__all__ = ["LmlabError", "load", "save", "generate", "load_tokenizer", "Transformer", "ModelConfig", "KVCache",
-           "__version__"]
+__all__ = ["LmlabError", "load", "save", "generate", "load_tokenizer", "sequence_logprobs", "Transformer",
+           "ModelConfig", "KVCache", "WeightDelta", "__version__"]

@@ -242,7 +242,8 @@ class Transformer(nn.Module):
           attend only within their segment) apply to cache-less forwards; ``positions`` [B, T] overrides
           the default 0..T-1 (or the cache's running positions).
         - ``start_at_layer=k`` takes ``residual`` [B, T, d_model] as the input of block k; ``stop_at_layer=k``
-          returns the residual stream entering block k instead of logits.
+          returns the residual stream entering block k instead of logits (``stop_at_layer=n_layers``: the
+          stream after the last block, before ``ln_final``, with no lm_head computed).
         - ``logits_at`` [B] (for generation): logits [B, 1, vocab] of one position per row only, which spares
           the lm_head over the rest of a prompt. With hooks on ``ln_final`` or ``logits`` the full logits are
           computed (the hooks see what they always see) and the positions picked afterwards.
@@ -306,7 +307,7 @@ class Transformer(nn.Module):
         finally:
             if cache is not None:
                 cache.end()
-        if stop < n_layers:
+        if stop_at_layer is not None:  # a partial forward: the residual stream, no ln_final / lm_head
             return x
         rows = None if logits_at is None else torch.arange(B, device=x.device)
         hooked = self.hook_points["ln_final"].active or self.hook_points["logits"].active
