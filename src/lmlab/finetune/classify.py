@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmlab.errors import LmlabError
-from lmlab.train.objectives import IGNORE_INDEX, register_objective
+from lmlab.train.objectives import IGNORE_INDEX
 
 
 @dataclass
@@ -95,9 +95,12 @@ class SequenceClassifier(nn.Module):
         return self.score(h[torch.arange(B, device=h.device), last])  # [B, n_labels]
 
 
-@register_objective("classify")
 class ClassificationObjective:
-    """Cross-entropy of ``model(input_ids, attention_mask)`` against ``labels`` ([B], or [B, T] with -100)."""
+    """Cross-entropy of ``model(input_ids, attention_mask)`` against ``labels`` ([B], or [B, T] with -100).
+    Registered as ``classify`` (``lmlab.train.objective_registry``)."""
+
+    def loss_units(self, batch: Any) -> int:
+        return int((batch["labels"] != IGNORE_INDEX).sum())  # the labels the cross-entropy averages over
 
     def __call__(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]:
         logits = model(batch["input_ids"], batch.get("attention_mask"))
