@@ -55,6 +55,9 @@ def coerce_value(tp: Any, value: Any, key: str, source: str) -> Any:
             return None
         if isinstance(value, str) and value.strip().lower() in ("null", "none", "~") and type(None) in args:
             return None
+        for arg in args:  # a value that already has one of the types keeps it ("q_proj" stays a str)
+            if isinstance(arg, type) and arg is not type(None) and type(value) is arg:
+                return value
         errors = []
         for arg in (a for a in args if a is not type(None)):
             try:

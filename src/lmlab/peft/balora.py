@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmlab.errors import LmlabError
-from lmlab.peft import register_method
+from lmlab.peft.registry import register_method
 from lmlab.peft.inject import active_adapter, disable_adapters
 from lmlab.peft.lora import LoraConfig
 
