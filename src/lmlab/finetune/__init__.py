@@ -10,9 +10,11 @@ Importing this package registers the ``sft``, ``sft_regularized`` and ``classify
 
 from lmlab.finetune.hft import HalfFineTuning, HFTConfig, hft_groups
 from lmlab.finetune.objectives import RegularizedObjective, SFTObjective, sft_token_losses
-from lmlab.finetune.regularizers import (EWC, MIGU, EWCConfig, HierarchicalImportance, HLERConfig,
-                                         InterpolationConfig, MIGUConfig, ReplayConfig, fisher_diagonal,
-                                         interpolate_weights, mix_replay, record_si_importance)
+from lmlab.finetune.ewc import EWC, EWCConfig, fisher_diagonal
+from lmlab.finetune.hierarchical import HierarchicalImportance, HLERConfig, record_si_importance
+from lmlab.finetune.interpolation import InterpolationConfig, interpolate_weights
+from lmlab.finetune.migu import MIGU, MIGUConfig
+from lmlab.finetune.replay import ReplayConfig, mix_replay
 from lmlab.finetune.classify import ClassificationObjective, ClassifierConfig, SequenceClassifier
 from lmlab.finetune.sft import (SFTData, SFTExample, load_chat_jsonl, pack_examples, tokenize_conversation,
                                 validate_conversation)

@@ -39,7 +39,7 @@ from lmlab.peft.inject import (
     active_adapter, adapted_modules, adapter_configs, adapter_dtype, adapter_state_dict, add_adapter, attach,
     check_new_name, mark_trainable, require_adapter, set_adapter,
 )
-from lmlab.peft.lora import LoraAdapter, LoraConfig, lora_scaling
+from lmlab.peft.lora import LoraAdapter, LoraConfig
 
 PREFIX = "base_model.model."
 CONFIG_FILE = "adapter_config.json"
