@@ -93,7 +93,8 @@ class _PairwiseMargin:
 
 
 def test_pairwise_batches_report_tokens(tmp_path, model_factory, config_factory):
-    pair = {"chosen_input_ids": torch.zeros(2, 5, dtype=torch.long), "rejected_input_ids": torch.ones(2, 7, dtype=torch.long)}
+    pair = {"chosen_input_ids": torch.zeros(2, 5, dtype=torch.long),
+            "rejected_input_ids": torch.ones(2, 7, dtype=torch.long)}
     assert batch_tokens(pair) == 2 * 5 + 2 * 7
     from lmlab.train.loop import Trainer
 

@@ -20,10 +20,10 @@ class EWCConfig:
     """Elastic Weight Consolidation (Kirkpatrick et al. 2017, PNAS, "Overcoming catastrophic forgetting in
     neural networks"): penalty ``lam/2 * Σ_i F_i (θ_i - θ*_i)²`` with F the diagonal Fisher of the old task at
     θ*. The Fisher here is the *empirical* Fisher: per-example squared gradients of the old-task loss,
-    averaged over the examples of ``fisher_batches`` batches (``fisher_diagonal``), the common practical choice. ``lam`` has no universal default: it depends on
-    the Fisher's scale (batch size, loss normalisation); 1e3..1e5 is typical for per-batch-mean losses on
-    small models (Xiang et al. 2023, "Language Models Meet World Models: Embodied Experiences Enhance
-    Language Models", who pair EWC with LoRA, tune it). ``normalize``: divide F by
+    averaged over the examples of ``fisher_batches`` batches (``fisher_diagonal``), the common practical
+    choice. ``lam`` has no universal default: it depends on the Fisher's scale (loss normalisation); it is
+    tuned per task (Xiang et al. 2023, "Language Models Meet World Models: Embodied Experiences Enhance
+    Language Models", who pair EWC with LoRA, tune it); 1e3 is our starting point. ``normalize``: divide F by
     its mean so ``lam`` is scale-free (not in the paper; default off)."""
 
     lam: float = 1000.0

@@ -22,6 +22,28 @@ class InterpolationConfig:
 
     alpha: float = 0.5
 
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise LmlabError(f"interpolate.alpha must be in [0, 1], got {self.alpha}")
+
+
+class WeightInterpolation:
+    """The fine-tuning method ``interpolate`` (``lmlab.finetune.method_registry``): after training (and
+    after an adapter is merged), ``θ <- (1-α) θ_base + α θ_ft``."""
+
+    name = "interpolate"
+    config_class = InterpolationConfig
+    role = "merge"
+    needs_base = True
+
+    def __init__(self, config: InterpolationConfig | None = None) -> None:
+        self.config = config or InterpolationConfig()
+
+    def finish(self, model: nn.Module, base: nn.Module | None = None) -> None:
+        if base is None:
+            raise LmlabError("interpolate: needs the base model (a copy taken before training)")
+        interpolate_weights(base, model, self.config.alpha)
+
 
 @torch.no_grad()
 def interpolate_weights(base: nn.Module | Mapping[str, torch.Tensor], tuned: nn.Module, alpha: float,

@@ -32,9 +32,13 @@ class MIGUConfig:
 
 
 class MIGU:
-    """``migu = MIGU(cfg).attach(model)``; train as usual; ``migu.detach()`` removes the hooks."""
+    """``migu = MIGU(cfg).attach(model)``; train as usual; ``migu.detach()`` removes the hooks. In a recipe:
+    ``methods: {migu: {ratio: 0.5}}`` (``lmlab.finetune.method_registry``)."""
 
     name = "migu"
+    config_class = MIGUConfig
+    role = "gradient"  # masks gradients; combines with any choice of trainable weights
+    needs_base = False
 
     def __init__(self, config: MIGUConfig | None = None) -> None:
         self.config = config or MIGUConfig()
@@ -55,6 +59,12 @@ class MIGU:
         if not found:
             raise LmlabError(f"MIGU: no nn.Linear named like {self.config.targets}")
         return self
+
+    def prepare(self, model: nn.Module) -> None:
+        self.attach(model)
+
+    def finish(self, model: nn.Module, base: nn.Module | None = None) -> None:
+        self.detach()
 
     def detach(self) -> None:
         for h in self._handles:

@@ -13,6 +13,7 @@ from lmlab.train.run import build_data, build_model, run_training
 
 __all__ = [
     "DataSection", "DistributedSection", "ModelSection", "OptimSection", "RunSection", "TrainConfig", "Trainer",
-    "available_objectives", "build_data", "build_objective", "build_model", "cosine_lr", "get_objective", "make_schedule",
+    "available_objectives", "build_data", "build_model", "build_objective", "cosine_lr", "get_objective",
+    "make_schedule",
     "register_objective", "run_training", "wsd_lr",
 ]
