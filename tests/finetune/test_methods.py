@@ -133,7 +133,7 @@ def test_mix_replay_ratio():
 
 
 def test_hierarchical_importance(tok, tiny, convs):
-    from lmlab.finetune.regularizers import HierarchicalImportance, HLERConfig, record_si_importance
+    from lmlab.finetune.hierarchical import HierarchicalImportance, HLERConfig, record_si_importance
 
     data = SFTData(convs, tok, block_size=128)
     before = {n: p.detach().clone() for n, p in tiny.named_parameters()}
