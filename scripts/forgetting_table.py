@@ -146,7 +146,7 @@ def main(argv=None) -> int:
     for method in args.methods.split(","):
         model = copy.deepcopy(base).train()
         data = SFTData(convs, tok, block_size=128, seed=0)
-        objective, extra_cleanup, label, lr = SFTObjective(), None, method, None
+        objective, extra_cleanup, label, lr, callbacks = SFTObjective(), None, method, None, []
         trainable = sum(p.numel() for p in model.parameters())
         if method == "wise":
             if tuned_full is None:
@@ -167,7 +167,7 @@ def main(argv=None) -> int:
             label, lr = f"LoRA r=8 (all linear, lr {args.lora_lr:g})", args.lora_lr
         elif method == "hft":
             hft = HalfFineTuning(HFTConfig(stage_steps=max(1, args.steps // 4), seed=0))
-            objective = RegularizedObjective(SFTObjective(), hooks=[hft])
+            callbacks = [hft]  # re-selects at the start of optimizer steps 0, k, 2k, ...
             hft.select(model, 0)
             trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
             for p in model.parameters():
@@ -196,7 +196,7 @@ def main(argv=None) -> int:
             label = f"replay ({args.replay_ratio:.0%} old-corpus blocks mixed in)"
         else:
             raise SystemExit(f"unknown method {method}")
-        trainer = Trainer(model, cfg(method, lr), data, objective=objective, progress=False)
+        trainer = Trainer(model, cfg(method, lr), data, objective=objective, progress=False, callbacks=callbacks)
         t0 = time.perf_counter()
         summary = trainer.fit()
         elapsed = time.perf_counter() - t0

@@ -18,7 +18,7 @@ def test_finetune_verb_end_to_end(tok, tiny, convs, tmp_path, kind):
     cfg = load_config(FinetuneConfig, "configs/finetune-hft.yaml" if kind == "hft" else "configs/finetune-lora.yaml",
                       [f"model.init_from={tmp_path / 'base'}", f"data.path={chat}", "run.max_steps=2",
                        f"run.out_dir={tmp_path / 'out'}", "data.batch_size=2", "run.progress=false",
-                       "interpolate_alpha=0.5"])
+                       "methods.interpolate.alpha=0.5"])
     summary = run_finetune(cfg, progress=False)
     assert summary["steps"] == 2 and summary["assistant_tokens"] > 0
     m = lmlab.load(tmp_path / "out" / "model")
@@ -28,5 +28,5 @@ def test_finetune_verb_end_to_end(tok, tiny, convs, tmp_path, kind):
 def test_config_errors():
     with pytest.raises(LmlabError, match="data.path is required"):
         load_config(FinetuneConfig, None, [])
-    with pytest.raises(LmlabError, match="unknown key 'method.rank'"):
-        load_config(FinetuneConfig, None, ["data.path=x", "method.rank=3"])
+    with pytest.raises(LmlabError, match="unknown key 'methods.lora.rank'"):
+        load_config(FinetuneConfig, None, ["data.path=x", "methods.lora.rank=3"])

@@ -40,7 +40,7 @@ def test_hft_frozen_params_unchanged_after_steps(tok, tiny, convs, tmp_path):
     stages = []
     orig = hft.select
     hft.select = lambda m, stage=0: stages.append((stage, set(orig(m, stage)))) or stages[-1][1]
-    trainer = Trainer(tiny, _cfg(tmp_path, steps=2), data, objective=RegularizedObjective(SFTObjective(), hooks=[hft]))
+    trainer = Trainer(tiny, _cfg(tmp_path, steps=2), data, objective=SFTObjective(), callbacks=[hft])
     trainer.fit()
     assert [s for s, _ in stages] == [0]
     frozen = stages[0][1]
@@ -49,15 +49,31 @@ def test_hft_frozen_params_unchanged_after_steps(tok, tiny, convs, tmp_path):
             assert torch.equal(p, before[n]), n  # no update, no weight decay
         else:
             assert not torch.equal(p, before[n]), n
-    # a new stage every stage_steps optimizer steps (grad_accum micro-batches each); eval forwards don't count
-    h2 = HalfFineTuning(HFTConfig(stage_steps=2, grad_accum=2))
+
+
+def test_hft_stages_follow_the_trainers_optimizer_steps(tok, tiny, convs, tmp_path):
+    # a new stage every stage_steps optimizer steps, counted by the Trainer (not from forward calls, so
+    # grad_accum and evaluation forwards cannot shift it, and a resumed run continues the right stage)
+    data = SFTData(convs * 4, tok, block_size=128, pack=False)
+    hft = HalfFineTuning(HFTConfig(stage_steps=2, seed=0))
     seen = []
-    for _ in range(9):
-        h2.before_forward(tiny)
-        seen.append(h2.stage)
-    with torch.no_grad():
-        h2.before_forward(tiny)
-    assert seen == [0, 0, 0, 0, 1, 1, 1, 1, 2] and h2.calls == 9
+    orig = hft.select
+    hft.select = lambda m, stage=0: seen.append(stage) or orig(m, stage)
+    cfg = _cfg(tmp_path, steps=5)
+    cfg.data.grad_accum, cfg.run.eval_every, cfg.run.ckpt_every = 2, 1, 3
+    val = [next(data.batches(2))]
+    Trainer(tiny, cfg, data, val, objective=SFTObjective(), callbacks=[hft]).fit(stop_at=3)
+    assert seen == [0, 1]  # steps 0-1 stage 0, step 2 stage 1
+    hft.finish(tiny)  # every weight trainable again, as a fresh process would load it
+    assert all(p.requires_grad for p in tiny.parameters())
+    resumed = HalfFineTuning(HFTConfig(stage_steps=2, seed=0))
+    again = []
+    orig2 = resumed.select
+    resumed.select = lambda m, stage=0: again.append(stage) or orig2(m, stage)
+    Trainer(tiny, cfg, data, val, objective=SFTObjective(), callbacks=[resumed]).fit(resume=True)
+    assert again == [1, 2]  # resumed at step 3 (stage 1), step 4 starts stage 2
+    with pytest.raises(Exception, match="before_forward"):
+        RegularizedObjective(SFTObjective(), hooks=[hft])  # HFT is a Trainer callback now
 
 
 def test_ewc_penalty_zero_at_anchor_and_quadratic(tok, tiny, convs):
@@ -117,7 +133,7 @@ def test_mix_replay_ratio():
 
 
 def test_hierarchical_importance(tok, tiny, convs):
-    from lmlab.finetune.regularizers import HierarchicalImportance, HLERConfig, record_si_importance
+    from lmlab.finetune.hierarchical import HierarchicalImportance, HLERConfig, record_si_importance
 
     data = SFTData(convs, tok, block_size=128)
     before = {n: p.detach().clone() for n, p in tiny.named_parameters()}

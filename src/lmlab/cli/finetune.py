@@ -1,7 +1,8 @@
 """``lmlab finetune CONFIG [--set key=value ...]``: supervised fine-tuning on chat JSONL (see configs/finetune-*.yaml).
 
-Loss on assistant tokens only, conversations packed with segment-restricted attention; full fine-tuning,
-LoRA or HFT, optionally MIGU and WiSE-FT interpolation. Writes ``<run.out_dir>/model`` (HF checkpoint +
+Loss on assistant tokens only, conversations packed with segment-restricted attention; the recipe's
+``methods`` (any of ``lmlab.finetune.method_registry``: lora / balora / adapters / hft, migu, interpolate,
+each with its settings under its name; none = full fine-tuning). Writes ``<run.out_dir>/model`` (HF checkpoint +
 tokenizer) and ``<run.out_dir>/config.yaml``.
 """
 
@@ -26,8 +27,8 @@ def run_finetune(cfg, progress: bool | None = None) -> dict:
 
     import lmlab
     from lmlab.config_io import save_config
-    from lmlab.finetune import (MIGU, HalfFineTuning, HFTConfig, MIGUConfig, RegularizedObjective, SFTData,
-                                SFTObjective, interpolate_weights, load_chat_jsonl)
+    from lmlab.finetune import SFTData, load_chat_jsonl
+    from lmlab.finetune.method_registry import ROLES
     from lmlab.train.config import DataSection, TrainConfig
     from lmlab.train.loop import Trainer
 
@@ -40,29 +41,27 @@ def run_finetune(cfg, progress: bool | None = None) -> dict:
         raise LmlabError(f"data.block_size {d.block_size} exceeds the model's max_seq_len {model.config.max_seq_len}")
     data = SFTData(load_chat_jsonl(d.path), tok, d.block_size, pack=d.pack, shuffle=d.shuffle, seed=d.seed,
                    truncate=d.truncate)
-    base = copy.deepcopy(model) if cfg.interpolate_alpha < 1.0 else None
-    hooks, m = [], cfg.method
-    if m.kind == "lora":
-        from lmlab.peft import LoraConfig, add_adapter
-        add_adapter(model, LoraConfig(r=m.lora_r, alpha=m.lora_alpha, target_modules=list(m.lora_targets)))
-    elif m.kind == "hft":
-        hooks.append(HalfFineTuning(HFTConfig(stage_steps=m.hft_stage_steps, grad_accum=d.grad_accum, seed=m.hft_seed)))
-    migu = MIGU(MIGUConfig(ratio=cfg.migu_ratio)).attach(model) if cfg.migu_ratio > 0 else None
-    objective = RegularizedObjective(SFTObjective(), hooks=hooks) if hooks else SFTObjective()
+    methods = cfg.build_methods()
+    base = copy.deepcopy(model) if any(m.needs_base for m in methods) else None
+    callbacks = []
+    for m in methods:
+        if hasattr(m, "prepare"):
+            m.prepare(model)
+        if hasattr(m, "callbacks"):
+            callbacks += m.callbacks()
     tcfg = TrainConfig(data=DataSection(kind="random", block_size=d.block_size, batch_size=d.batch_size,
                                         grad_accum=d.grad_accum, shuffle=d.shuffle, seed=d.seed),
                        optim=cfg.optim, run=cfg.run)
     out = Path(cfg.run.out_dir)
     save_config(cfg, out / "finetune_config.yaml")
-    summary = Trainer(model, tcfg, data, objective=objective, progress=progress).fit()
-    if migu is not None:
-        migu.detach()
-    if m.kind == "lora" and m.merge_lora:
-        from lmlab.peft import merge_and_unload
-        merge_and_unload(model)
-    if base is not None:
-        interpolate_weights(base, model, cfg.interpolate_alpha)
-    if m.kind != "lora" or m.merge_lora:
+    summary = Trainer(model, tcfg, data, progress=progress, callbacks=callbacks).fit()
+    for role in ROLES:  # gradient masks off, then adapters merged, then merges with the base
+        for m in methods:
+            if m.role == role and hasattr(m, "finish"):
+                m.finish(model, base)
+    from lmlab.peft import list_adapters
+
+    if not list_adapters(model):
         lmlab.save(model.eval(), out / "model", tokenizer=tok)
         summary["model"] = str(out / "model")
     else:

@@ -1,13 +1,21 @@
 """FinetuneConfig: an SFT recipe (``configs/finetune-*.yaml``) for ``lmlab finetune``.
 
-Reuses the Trainer's ``optim`` / ``run`` sections; ``data`` points at chat JSONL; ``method`` picks full
-fine-tuning, LoRA or HFT; ``migu`` / ``interpolate`` add MIGU's gradient mask or WiSE-FT-style merging.
+Reuses the Trainer's ``optim`` / ``run`` sections; ``data`` points at chat JSONL; ``methods`` names the
+methods to combine, each with its settings under its name (``lmlab.finetune.method_registry``)::
+
+    methods:
+      lora: {r: 8, alpha: 16, target_modules: [q_proj, v_proj]}
+      migu: {ratio: 0.5}
+      interpolate: {alpha: 0.5}
+
+No method = full fine-tuning. ``merge_adapter``: merge a mergeable adapter into the weights at the end
+(a plain checkpoint is written), else the adapter is saved alone.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any
 
 from lmlab.errors import LmlabError
 from lmlab.train.config import OptimSection, RunSection
@@ -37,37 +45,29 @@ class FTDataSection:
 
 
 @dataclass
-class FTMethodSection:
-    """``kind``: "full" | "lora" | "hft". LoRA fields follow ``lmlab.peft.LoraConfig``; HFT fields follow
-    ``lmlab.finetune.hft.HFTConfig`` (``hft_stage_steps`` 0 = one stage for the run)."""
-
-    kind: Literal["full", "lora", "hft"] = "full"
-    lora_r: int = 8
-    lora_alpha: float = 16.0
-    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
-                                                             "gate_proj", "up_proj", "down_proj"])
-    merge_lora: bool = True
-    hft_stage_steps: int = 0
-    hft_seed: int = 0
-
-
-@dataclass
 class FinetuneConfig:
     model: FTModelSection = field(default_factory=FTModelSection)
     data: FTDataSection = field(default_factory=FTDataSection)
-    method: FTMethodSection = field(default_factory=FTMethodSection)
+    methods: dict[str, Any] = field(default_factory=dict)  # {name: {settings}}; {} = full fine-tuning
+    merge_adapter: bool = True
     optim: OptimSection = field(default_factory=lambda: OptimSection(lr=1e-4, warmup_steps=10, weight_decay=0.0))
     run: RunSection = field(default_factory=lambda: RunSection(out_dir="runs/finetune", max_steps=200,
                                                                objective="sft", eval_every=0, ckpt_every=0))
-    migu_ratio: float = 0.0  # > 0: attach MIGU with this top ratio (lmlab.finetune.regularizers.MIGUConfig)
-    interpolate_alpha: float = 1.0  # < 1: WiSE-FT merge with the base model after training
 
     def __post_init__(self) -> None:
         if not self.data.path:
             raise LmlabError("finetune config: data.path is required (chat JSONL)")
-        if not 0.0 <= self.migu_ratio <= 1.0:
-            raise LmlabError(f"finetune config: migu_ratio must be in [0, 1], got {self.migu_ratio}")
-        if not 0.0 <= self.interpolate_alpha <= 1.0:
-            raise LmlabError(f"finetune config: interpolate_alpha must be in [0, 1], got {self.interpolate_alpha}")
-        if self.interpolate_alpha < 1.0 and self.method.kind == "lora" and not self.method.merge_lora:
-            raise LmlabError("finetune config: interpolate_alpha < 1 with LoRA needs method.merge_lora: true")
+        self.build_methods()  # every method name and setting is checked when the recipe is read
+
+    def build_methods(self) -> list[Any]:
+        """Fresh method objects for ``methods`` (parsed through config_io by the method registry)."""
+        from lmlab.finetune.method_registry import build_methods
+
+        built = build_methods(self.methods)
+        for m in built:
+            if hasattr(m, "merge"):
+                m.merge = self.merge_adapter
+        roles = {m.role for m in built}
+        if "merge" in roles and any(m.role == "params" and getattr(m, "merge", True) is False for m in built):
+            raise LmlabError("finetune config: methods.interpolate with an adapter needs merge_adapter: true")
+        return built

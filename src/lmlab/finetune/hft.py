@@ -12,7 +12,10 @@ The abstract's claims: less forgetting than full fine-tuning, ~30% less training
 Freezing is done with ``requires_grad=False``, so frozen weights get no gradient at all: the optimiser skips
 them (AdamW skips parameters whose ``grad`` is None, also for weight decay) and the backward pass does not
 compute their weight gradients, which is where the time saving comes from. Build the optimiser over all
-parameters *before* the first selection (the Trainer does: HFT selects at the first forward).
+parameters *before* the first selection: pass the method to the Trainer as a callback
+(``Trainer(..., callbacks=[hft])``); it selects at the start of the first optimizer step and redraws at the
+start of step ``k * stage_steps``, counted by the Trainer (so resuming at step N continues N's stage).
+In a recipe: ``methods: {hft: {stage_steps: 15}}`` (``lmlab.finetune.method_registry``).
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ import random
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
 from torch import nn
 
 from lmlab.errors import LmlabError
@@ -30,12 +32,10 @@ from lmlab.errors import LmlabError
 @dataclass
 class HFTConfig:
     """``stage_steps``: optimizer steps per stage (0 = one stage for the whole run); the paper redraws
-    per epoch. ``grad_accum``: micro-batches per optimizer step (to count steps from forwards).
-    ``fraction``: share of each group frozen (paper: 0.5). ``others``: "train" | "freeze" for embed,
-    ln_final and lm_head (not covered by the paper's per-layer selection)."""
+    per epoch. ``fraction``: share of each group frozen (paper: 0.5). ``others``: "train" | "freeze" for
+    embed, ln_final and lm_head (not covered by the paper's per-layer selection)."""
 
     stage_steps: int = 0
-    grad_accum: int = 1
     fraction: float = 0.5
     others: Literal["train", "freeze"] = "train"
     seed: int = 0
@@ -43,8 +43,8 @@ class HFTConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.fraction < 1.0:
             raise LmlabError(f"hft.fraction must be in (0, 1), got {self.fraction}")
-        if self.stage_steps < 0 or self.grad_accum < 1:
-            raise LmlabError("hft.stage_steps must be >= 0 and hft.grad_accum >= 1")
+        if self.stage_steps < 0:
+            raise LmlabError(f"hft.stage_steps must be >= 0, got {self.stage_steps}")
         if self.others not in ("train", "freeze"):
             raise LmlabError(f"hft.others must be 'train' or 'freeze', got {self.others!r}")
 
@@ -65,15 +65,17 @@ def hft_groups(model: nn.Module) -> dict[str, list[list[str]]]:
 
 
 class HalfFineTuning:
-    """``hft = HalfFineTuning(cfg); hft.select(model, stage)`` or pass it as a hook to RegularizedObjective
-    (``before_forward`` redraws every ``stage_steps`` optimizer steps)."""
+    """``hft = HalfFineTuning(cfg); hft.select(model, stage)``, or ``Trainer(..., callbacks=[hft])``
+    (``on_step_start`` redraws every ``stage_steps`` optimizer steps)."""
 
     name = "hft"
+    config_class = HFTConfig
+    role = "params"  # chooses which weights train (lmlab.finetune.method_registry)
+    needs_base = False
 
     def __init__(self, config: HFTConfig | None = None) -> None:
         self.config = config or HFTConfig()
         self.stage = -1
-        self.calls = 0
         self.frozen: set[str] = set()
 
     def select(self, model: nn.Module, stage: int = 0) -> set[str]:
@@ -97,15 +99,24 @@ class HalfFineTuning:
         self.frozen, self.stage = frozen, stage
         return frozen
 
-    def before_forward(self, model: nn.Module) -> None:
-        if not torch.is_grad_enabled():  # evaluation forwards do not count as training steps
-            return
-        c = self.config
-        step = self.calls // c.grad_accum
-        self.calls += 1
-        stage = step // c.stage_steps if c.stage_steps else 0
+    def stage_of(self, step: int) -> int:
+        """The stage of optimizer step ``step`` (0-based count of steps already taken)."""
+        return step // self.config.stage_steps if self.config.stage_steps else 0
+
+    def on_step_start(self, trainer) -> None:
+        """Trainer callback: before the first forward of each optimizer step, redraw when a stage begins."""
+        stage = self.stage_of(trainer.step)
         if stage != self.stage:
-            self.select(model, stage)
+            self.select(trainer.module, stage)
+
+    def callbacks(self) -> list:
+        return [self]
+
+    def finish(self, model: nn.Module, base: nn.Module | None = None) -> None:
+        """After training: every parameter trainable again (the model is handed back as it came)."""
+        for p in model.parameters():
+            p.requires_grad_(True)
+        self.stage = -1
 
     def trainable_fraction(self, model: nn.Module) -> float:
         total = sum(p.numel() for p in model.parameters())
