@@ -17,10 +17,12 @@ if TYPE_CHECKING:
 
 
 def load(path, dtype=None, device="cpu") -> "Transformer":
-    """Load a Hugging Face checkpoint directory (config.json + safetensors) as an lmlab Transformer."""
+    """Load a Hugging Face checkpoint directory (config.json + safetensors), or a model id found in the local
+    Hugging Face cache (downloaded when the network allows), as an lmlab Transformer."""
     from lmlab.io.checkpoint import load_model
+    from lmlab.io.hub import resolve_model_path
 
-    return load_model(path, dtype=dtype, device=device)
+    return load_model(resolve_model_path(path), dtype=dtype, device=device)
 
 
 def save(model, path, tokenizer=None):
@@ -38,10 +40,11 @@ def generate(model, input_ids, config=None, **kwargs: Any):
 
 
 def load_tokenizer(path):
-    """Load a ``tokenizer.json`` directory as an ``lmlab.core.tokenizer.Tokenizer``."""
+    """Load a ``tokenizer.json`` directory (or a cached Hugging Face model id) as a ``lmlab.core.tokenizer.Tokenizer``."""
     from lmlab.core.tokenizer import load_tokenizer as _load
+    from lmlab.io.hub import resolve_model_path
 
-    return _load(path)
+    return _load(resolve_model_path(path))
 
 
 def __getattr__(name: str):
