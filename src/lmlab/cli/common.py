@@ -16,11 +16,12 @@ def add_model_argument(p: argparse.ArgumentParser) -> None:
                    help="load weights in this dtype (default: as stored)")
 
 
-def load_model_and_tokenizer(path: str, dtype: str | None, need_tokenizer: bool = True, pack: bool = False):
+def load_model_and_tokenizer(path: str, dtype: str | None, need_tokenizer: bool = True, pack: bool | None = False):
     """The model and (if the directory has one) its tokenizer, checked to fit the embedding.
 
     ``path`` may be a Hugging Face model id, resolved from the local cache (``lmlab.io.hub``).
-    ``pack``: prepack the weights for faster CPU decoding (``lmlab.core.linear.pack_for_inference``)."""
+    ``pack``: prepack the weights for CPU decoding (``lmlab.core.linear.pack_for_inference``); None = only
+    where it wins, i.e. bf16 weights on CPU (see ``PACK_HELP``)."""
     import lmlab
     from lmlab.core.linear import pack_for_inference
     from lmlab.core.tokenizer import check_fits_embedding
@@ -28,6 +29,10 @@ def load_model_and_tokenizer(path: str, dtype: str | None, need_tokenizer: bool 
 
     local = resolve_model_path(path)
     model = lmlab.load(local, dtype=dtype)
+    if pack is None:
+        import torch
+
+        pack = model.dtype == torch.bfloat16 and model.device.type == "cpu"
     if pack:
         pack_for_inference(model)
     tokenizer = None
@@ -39,10 +44,17 @@ def load_model_and_tokenizer(path: str, dtype: str | None, need_tokenizer: bool 
     return model, tokenizer
 
 
+# Measured in BENCHMARKS.md (decode tables, GPT-2 and Llama ~130M, batch 1 and 8): packed vs unpacked lmlab is
+# 1.28-1.61x in bf16 but 0.85-1.05x in fp32 (slower in three of four configurations), so the default packs bf16 only.
+PACK_HELP = ("prepack weights in oneDNN's layout for CPU decoding (a second copy of the weights). Against unpacked "
+             "lmlab: 1.28-1.61x faster in bf16, 0.85-1.05x in fp32 (BENCHMARKS.md); default: bf16 weights only")
+
+
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--pack", action="store_true",
-                   help="prepack weights with oneDNN for CPU decoding; costs a second copy of the weights. Against "
-                        "unpacked lmlab it is 0.85-1.61x (BENCHMARKS.md): a gain in bf16, often a loss in fp32")
+    pack = p.add_mutually_exclusive_group()
+    pack.add_argument("--pack", dest="pack", action="store_const", const=True, default=None, help=PACK_HELP)
+    pack.add_argument("--no-pack", dest="pack", action="store_const", const=False,
+                      help="never prepack (default: prepack bf16 weights only)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=None)

@@ -28,6 +28,19 @@ VERBS = {
 }
 
 
+def show_defaults(p: argparse.ArgumentParser) -> None:
+    """Every option's help ends with its default when it has a meaningful one (not None, not a False flag)
+    and the help text does not already state it (argparse's ArgumentDefaultsHelpFormatter skips options
+    without help text and prints "(default: None)")."""
+    for action in p._actions:
+        default = action.default
+        if (not action.option_strings or default is None or default is False or default == argparse.SUPPRESS
+                or default == []
+                or isinstance(action, argparse._StoreConstAction) or "default" in (action.help or "")):
+            continue
+        action.help = ((action.help + " ") if action.help else "") + "(default: %(default)s)"
+
+
 def main(argv: list[str] | None = None) -> int:
     from lmlab.errors import LmlabError
 
@@ -35,11 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lmlab", description="Language-model methods over one compact transformer.")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for verb, (module_name, help_text) in VERBS.items():
-        p = sub.add_parser(verb, help=help_text, description=help_text,
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p = sub.add_parser(verb, help=help_text, description=help_text)
         p.set_defaults(_module=module_name)
         if argv[:1] == [verb]:  # only import the verb being run
             importlib.import_module(module_name).add_arguments(p)
+            show_defaults(p)
     args = parser.parse_args(argv)
     if args.verb is None:
         parser.print_help()

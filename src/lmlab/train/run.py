@@ -15,6 +15,7 @@ Ctrl-C finishes the current step, writes a checkpoint and exits (a second Ctrl-C
 from __future__ import annotations
 
 import dataclasses
+import os
 import signal
 import sys
 import threading
@@ -153,7 +154,7 @@ def recipe_path_overrides(config_path: str | Path | None) -> list[str]:
         section, _, key = dotted.partition(".")
         value = (data.get(section) or {}).get(key) if isinstance(data.get(section), dict) else None
         if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
-            out.append(f"{dotted}={base / Path(value).expanduser()}")
+            out.append(f"{dotted}={os.path.normpath(base / Path(value).expanduser())}")
     return out
 
 
