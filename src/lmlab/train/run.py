@@ -205,13 +205,14 @@ def fit_interruptible(trainer: Trainer, resume: bool) -> dict[str, Any]:
 
     plain_step = trainer.train_step
 
-    def step_then_check():
-        out = plain_step()
+    def check_then_step():
+        # checked before a step starts: the previous step is complete, logged and evaluated, and nothing of
+        # the next one (data, RNG, optimizer) has been touched, so the checkpoint resumes bit-exactly
         if stop["requested"]:
             raise _StepBoundaryInterrupt
-        return out
+        return plain_step()
 
-    trainer.train_step = step_then_check
+    trainer.train_step = check_then_step
     previous = signal.signal(signal.SIGINT, on_sigint)
     if resume and main:
         print(f"resuming from {latest_checkpoint(trainer.ckpt_root)}", file=sys.stderr, flush=True)
@@ -229,7 +230,7 @@ def fit_interruptible(trainer: Trainer, resume: bool) -> dict[str, Any]:
 
 
 class _StepBoundaryInterrupt(Exception):
-    """Raised after a completed step once Ctrl-C was pressed (not a KeyboardInterrupt: the loop's cleanup runs)."""
+    """Raised before the next step once Ctrl-C was pressed (not a KeyboardInterrupt: the loop's cleanup runs)."""
 
 
 def _say_resumed(summary: dict[str, Any], trainer: Trainer, main: bool) -> None:
