@@ -28,6 +28,7 @@ def resolve_model_path(path: str | os.PathLike, revision: str | None = None) -> 
         return Path(path)
     try:
         import huggingface_hub
+        from huggingface_hub import constants
     except ImportError:
         raise LmlabError(f"{path}: no such directory (reading it as a Hugging Face model id needs huggingface_hub: "
                          f"pip install huggingface_hub)") from None
@@ -36,14 +37,14 @@ def resolve_model_path(path: str | os.PathLike, revision: str | None = None) -> 
                                                       local_files_only=True))
     except Exception as cached_err:  # noqa: BLE001 - any failure of the cache lookup means "not cached"
         first = _first_line(cached_err)
-    if huggingface_hub.constants.HF_HUB_OFFLINE:
+    if constants.HF_HUB_OFFLINE:
         raise LmlabError(f"{path}: no such directory, and not a model id in the local Hugging Face cache "
-                         f"({huggingface_hub.constants.HF_HUB_CACHE}; offline: HF_HUB_OFFLINE is set; {first})")
+                         f"({constants.HF_HUB_CACHE}; offline: HF_HUB_OFFLINE is set; {first})")
     try:
         return Path(huggingface_hub.snapshot_download(str(path), revision=revision, allow_patterns=_PATTERNS))
     except Exception as err:  # noqa: BLE001 - network, authentication, unknown repo: one line for each
         raise LmlabError(f"{path}: no such directory, not in the local Hugging Face cache "
-                         f"({huggingface_hub.constants.HF_HUB_CACHE}) and not downloadable ({_first_line(err)})") from None
+                         f"({constants.HF_HUB_CACHE}) and not downloadable ({_first_line(err)})") from None
 
 
 def _first_line(err: Exception) -> str:
