@@ -287,3 +287,20 @@ def test_outputs_get_the_umask_permissions(tmp_path):
         os.umask(old)
     assert (tmp_path / "w").stat().st_mode & 0o777 == 0o755
     assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_shipped_reference_stops_at_eos_in_lmlab_and_transformers():
+    import transformers
+
+    from lmlab.reference import ASSET_DIR, load_reference
+
+    ref = load_reference()
+    eos = ref.tokenizer.eos_id
+    assert json.loads((ASSET_DIR / "config.json").read_text())["eos_token_id"] == eos
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(ASSET_DIR).eval()
+    probe = ref.world.probes("train")[0]
+    ids = ref.tokenizer.encode(probe.prompt)
+    ours = lmlab.generate(ref.model, [ids], max_new_tokens=40)[0]
+    with torch.no_grad():
+        got = theirs.generate(torch.tensor([ids]), max_new_tokens=40, do_sample=False)[0].tolist()
+    assert got == ours and ours[-1] == eos and len(ours) < len(ids) + 40
