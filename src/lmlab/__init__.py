@@ -33,9 +33,18 @@ def save(model, path, tokenizer=None):
 
 
 def generate(model, input_ids, config=None, **kwargs: Any):
-    """Generate tokens; see ``lmlab.core.generate.generate`` for the options."""
+    """Generate tokens; see ``lmlab.core.generate.generate`` for the options.
+
+    A prompt longer than the model's context (``config.max_seq_len``) is refused with an LmlabError: past it,
+    learned positions do not exist and rotary ones were never trained (the CLI offers ``--truncate-left``)."""
     from lmlab.core.generate import generate as _generate
 
+    context = getattr(getattr(model, "config", None), "max_seq_len", None)
+    if context is not None:
+        lengths = [int(input_ids.shape[-1])] if hasattr(input_ids, "shape") else [len(r) for r in input_ids]
+        if lengths and max(lengths) > context:
+            raise LmlabError(f"generate: a prompt of {max(lengths)} tokens does not fit the model's context of "
+                             f"{context} tokens; shorten it (e.g. keep its last {context - 1} tokens)")
     return _generate(model, input_ids, config, **kwargs)
 
 

@@ -304,3 +304,12 @@ def test_shipped_reference_stops_at_eos_in_lmlab_and_transformers():
     with torch.no_grad():
         got = theirs.generate(torch.tensor([ids]), max_new_tokens=40, do_sample=False)[0].tolist()
     assert got == ours and ours[-1] == eos and len(ours) < len(ids) + 40
+
+
+def test_python_generate_refuses_a_prompt_longer_than_the_context(model_dir):
+    model = lmlab.load(model_dir)
+    with pytest.raises(LmlabError, match="60 tokens does not fit the model's context of 48"):
+        lmlab.generate(model, [[5] * 60], max_new_tokens=2)
+    with pytest.raises(LmlabError, match="context of 48"):
+        lmlab.generate(model, torch.full((2, 49), 5), max_new_tokens=2)
+    assert len(lmlab.generate(model, [[5] * 40], max_new_tokens=2)[0]) <= 42
