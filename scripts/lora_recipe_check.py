@@ -70,7 +70,8 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             summary = run_finetune(cfg, progress=False)
             seconds = time.perf_counter() - t0
-            losses = [json.loads(line)["loss"] for line in (Path(tmp) / kind / "metrics.jsonl").read_text().splitlines()]
+            metrics = (Path(tmp) / kind / "metrics.jsonl").read_text().splitlines()
+            losses = [json.loads(line)["loss"] for line in metrics]
             model = lmlab.load(summary["model"]).float().eval()
             acc = ft.new_task_accuracy(model, ref.tokenizer, facts)
             rows.append({"recipe": recipe.name, "overrides": extra, "steps": summary["steps"], "lr": cfg.optim.lr,

@@ -49,7 +49,7 @@ def generate(model, input_ids, config=None, **kwargs: Any):
 
 
 def load_tokenizer(path):
-    """Load a ``tokenizer.json`` directory (or a cached Hugging Face model id) as a ``lmlab.core.tokenizer.Tokenizer``."""
+    """Load a ``tokenizer.json`` directory (or a cached Hugging Face model id) as a lmlab ``Tokenizer``."""
     from lmlab.core.tokenizer import load_tokenizer as _load
     from lmlab.io.hub import resolve_model_path
 

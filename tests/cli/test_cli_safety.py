@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_runner import assert_one_line_error, run
 
 import lmlab
-from cli_runner import assert_one_line_error, run
 from lmlab.core.config import ModelConfig
 from lmlab.core.model import Transformer
 from lmlab.core.tokenizer import train_bpe

@@ -8,8 +8,9 @@ import os
 import subprocess
 import sys
 
-import lmlab
 from cli_runner import assert_one_line_error, run
+
+import lmlab
 from lmlab.core.config import ModelConfig
 from lmlab.core.model import Transformer
 from lmlab.core.tokenizer import train_bpe

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+from cli_runner import run
 
 import lmlab
-from cli_runner import run
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_TRAIN = ["model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.n_kv_heads=1", "model.max_seq_len=64",

@@ -9,9 +9,9 @@ import signal
 from pathlib import Path
 
 import pytest
+from cli_runner import assert_one_line_error, run
 
 import lmlab
-from cli_runner import assert_one_line_error, run
 from lmlab.data.prepare import prepare_corpus
 from lmlab.errors import LmlabError
 

@@ -11,8 +11,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lmlab.cli.common import (add_model_argument, add_sampling_arguments, check_sampling_arguments,
-                              generation_config, load_model_and_tokenizer)
+from lmlab.cli.common import (
+    add_model_argument,
+    add_sampling_arguments,
+    check_sampling_arguments,
+    generation_config,
+    load_model_and_tokenizer,
+)
 from lmlab.errors import LmlabError
 
 

@@ -29,10 +29,19 @@ def run_finetune(cfg, progress: bool | None = None, resume: bool = False) -> dic
 
     import lmlab
     from lmlab.config_io import save_config
-    from lmlab.finetune import (MIGU, HalfFineTuning, HFTConfig, MIGUConfig, RegularizedObjective, SFTData,
-                                SFTObjective, interpolate_weights, load_chat_jsonl)
-    from lmlab.train.config import DataSection, TrainConfig
+    from lmlab.finetune import (
+        MIGU,
+        HalfFineTuning,
+        HFTConfig,
+        MIGUConfig,
+        RegularizedObjective,
+        SFTData,
+        SFTObjective,
+        interpolate_weights,
+        load_chat_jsonl,
+    )
     from lmlab.io.output_paths import expect_directory_path
+    from lmlab.train.config import DataSection, TrainConfig
     from lmlab.train.loop import Trainer
     from lmlab.train.run import fit_interruptible, scale_warmup
 

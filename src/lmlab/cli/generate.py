@@ -12,8 +12,14 @@ import argparse
 import json
 import sys
 
-from lmlab.cli.common import (add_model_argument, add_sampling_arguments, check_sampling_arguments, fit_context,
-                              generation_config, load_model_and_tokenizer)
+from lmlab.cli.common import (
+    add_model_argument,
+    add_sampling_arguments,
+    check_sampling_arguments,
+    fit_context,
+    generation_config,
+    load_model_and_tokenizer,
+)
 from lmlab.errors import LmlabError
 
 

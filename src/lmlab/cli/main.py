@@ -20,7 +20,7 @@ VERBS = {
     "chat": ("lmlab.cli.chat", "chat with a model, reading turns from standard input"),
     "world": ("lmlab.cli.world", "write the synthetic world with its ground truth to a directory"),
     "tokenizer": ("lmlab.cli.tokenizer", "train a byte-level BPE tokenizer on text files"),
-    "data": ("lmlab.cli.data", "tokenise text/JSONL/Parquet files into training shards (+ validation split, tokenizer)"),
+    "data": ("lmlab.cli.data", "text/JSONL/Parquet files -> training shards, validation split and tokenizer"),
     "train": ("lmlab.cli.train", "train a model from a YAML recipe"),
     "finetune": ("lmlab.cli.finetune", "supervised fine-tuning on chat JSONL (assistant-only loss, packing; full, LoRA or HFT)"),
     "merge": ("lmlab.cli.merge", "fold a LoRA adapter (peft or lmlab format) into a base checkpoint, write an HF checkpoint"),

@@ -25,9 +25,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     import lmlab
-    from lmlab.peft import count_parameters, load_adapter, merge_and_unload
-
     from lmlab.io.output_paths import expect_directory_path
+    from lmlab.peft import count_parameters, load_adapter, merge_and_unload
 
     base, out = Path(args.base), expect_directory_path(args.out, "OUT")
     if out.exists() and out.resolve() == base.resolve():

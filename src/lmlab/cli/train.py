@@ -14,7 +14,8 @@ import json
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="YAML recipe, e.g. configs/tiny-llama-world.yaml")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field (repeatable)")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in run.out_dir (refused when there is none)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the latest checkpoint in run.out_dir (refused when there is none)")
     p.add_argument("--no-progress", action="store_true")
 
 

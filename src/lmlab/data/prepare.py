@@ -30,8 +30,9 @@ def documents(inputs: Sequence[str | os.PathLike], text_field: str = "text", spl
 
 
 def prepare_corpus(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *, tokenizer: Any = None,
-                   vocab_size: int = DEFAULT_VOCAB_SIZE, min_frequency: int = 2, val_fraction: float = DEFAULT_VAL_FRACTION,
-                   text_field: str = "text", split: str = "file", seed: int = 0) -> tuple[Any, Any]:
+                   vocab_size: int = DEFAULT_VOCAB_SIZE, min_frequency: int = 2,
+                   val_fraction: float = DEFAULT_VAL_FRACTION, text_field: str = "text", split: str = "file",
+                   seed: int = 0) -> tuple[Any, Any]:
     """Tokenise ``inputs`` into ``out_dir``; returns ``(ShardIndex, tokenizer)``.
 
     ``tokenizer``: a loaded tokenizer (or a directory holding tokenizer.json); None trains a byte-level BPE

@@ -35,7 +35,8 @@ def _protected(p: Path) -> bool:
     """The working directory, its parents, the home directory and the filesystem root are never replaced."""
     resolved = p.resolve()
     cwd = Path.cwd().resolve()
-    return resolved == cwd or resolved in cwd.parents or resolved == Path.home().resolve() or resolved.parent == resolved
+    home = Path.home().resolve()
+    return resolved == cwd or resolved in cwd.parents or resolved == home or resolved.parent == resolved
 
 
 def replace_output_dir(path: str | os.PathLike, verb: str, force: bool = False) -> Path:
