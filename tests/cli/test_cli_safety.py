@@ -313,3 +313,28 @@ def test_python_generate_refuses_a_prompt_longer_than_the_context(model_dir):
     with pytest.raises(LmlabError, match="context of 48"):
         lmlab.generate(model, torch.full((2, 49), 5), max_new_tokens=2)
     assert len(lmlab.generate(model, [[5] * 40], max_new_tokens=2)[0]) <= 42
+
+
+def test_data_reads_jsonl_and_parquet_with_a_given_tokenizer(tmp_path, model_dir, tok):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from lmlab.data.shards import TokenShards
+
+    texts = [" ".join(WORDS[i % 8:] + WORDS[:i % 8]) for i in range(40)]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jsonl").write_text("".join(json.dumps({"body": t}) + "\n" for t in texts[:20]))
+    pq.write_table(pa.table({"body": texts[20:]}), tmp_path / "in" / "b.parquet")
+    out = tmp_path / "shards"
+    result = run("data", tmp_path / "in", "--out", out, "--tokenizer", model_dir, "--text-field", "body",
+                 "--val-fraction", 0.25)
+    assert result.returncode == 0, result.stderr
+    train, val = TokenShards(out, "train"), TokenShards(out, "val")
+    assert len(train) + len(val) == sum(len(tok.encode(t)) + 1 for t in texts)  # every document + its EOS
+    assert len(val) > 0 and lmlab.load_tokenizer(out).encode("alpha beta") == tok.encode("alpha beta")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    assert_one_line_error(run("data", tmp_path / "in", "--out", mine, "--tokenizer", model_dir, "--text-field",
+                              "body"), "refusing to replace it")
+    assert (mine / "notes.txt").read_text() == "keep"
