@@ -17,10 +17,12 @@ if TYPE_CHECKING:
 
 
 def load(path, dtype=None, device="cpu") -> "Transformer":
-    """Load a Hugging Face checkpoint directory (config.json + safetensors) as an lmlab Transformer."""
+    """Load a Hugging Face checkpoint directory (config.json + safetensors), or a model id found in the local
+    Hugging Face cache (downloaded when the network allows), as an lmlab Transformer."""
     from lmlab.io.checkpoint import load_model
+    from lmlab.io.hub import resolve_model_path
 
-    return load_model(path, dtype=dtype, device=device)
+    return load_model(resolve_model_path(path), dtype=dtype, device=device)
 
 
 def save(model, path, tokenizer=None):
@@ -31,17 +33,27 @@ def save(model, path, tokenizer=None):
 
 
 def generate(model, input_ids, config=None, **kwargs: Any):
-    """Generate tokens; see ``lmlab.core.generate.generate`` for the options."""
+    """Generate tokens; see ``lmlab.core.generate.generate`` for the options.
+
+    A prompt longer than the model's context (``config.max_seq_len``) is refused with an LmlabError: past it,
+    learned positions do not exist and rotary ones were never trained (the CLI offers ``--truncate-left``)."""
     from lmlab.core.generate import generate as _generate
 
+    context = getattr(getattr(model, "config", None), "max_seq_len", None)
+    if context is not None:
+        lengths = [int(input_ids.shape[-1])] if hasattr(input_ids, "shape") else [len(r) for r in input_ids]
+        if lengths and max(lengths) > context:
+            raise LmlabError(f"generate: a prompt of {max(lengths)} tokens does not fit the model's context of "
+                             f"{context} tokens; shorten it (e.g. keep its last {context - 1} tokens)")
     return _generate(model, input_ids, config, **kwargs)
 
 
 def load_tokenizer(path):
-    """Load a ``tokenizer.json`` directory as an ``lmlab.core.tokenizer.Tokenizer``."""
+    """Load a ``tokenizer.json`` directory (or a cached Hugging Face model id) as a lmlab ``Tokenizer``."""
     from lmlab.core.tokenizer import load_tokenizer as _load
+    from lmlab.io.hub import resolve_model_path
 
-    return _load(path)
+    return _load(resolve_model_path(path))
 
 
 def sequence_logprobs(model, input_ids, **kwargs: Any):

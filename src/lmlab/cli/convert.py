@@ -15,17 +15,23 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", help="source checkpoint directory")
-    p.add_argument("dst", help="destination directory")
+    p.add_argument("dst", help="destination directory (must differ from SRC; earlier weight shards in it are removed)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
 
 
 def run(args: argparse.Namespace) -> int:
     import lmlab
+    from lmlab.errors import LmlabError
+    from lmlab.io.output_paths import expect_directory_path
 
+    dst = expect_directory_path(args.dst, "DST")
+    if dst.exists() and Path(args.src).exists() and dst.resolve() == Path(args.src).resolve():
+        raise LmlabError(f"DST {args.dst} is SRC: converting in place would overwrite the source weights; "
+                         f"choose a new directory")
     model = lmlab.load(args.src, dtype=args.dtype)
     out = lmlab.save(model, args.dst)
     for name in TOKENIZER_FILES:
-        if (Path(args.src) / name).exists() and Path(args.src).resolve() != Path(args.dst).resolve():
+        if (Path(args.src) / name).exists():
             shutil.copyfile(Path(args.src) / name, out / name)
     print(f"wrote {out} ({model.config.model_type}, {model.num_parameters() / 1e6:.2f}M parameters, {model.dtype})")
     return 0

@@ -25,9 +25,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     import lmlab
+    from lmlab.io.output_paths import expect_directory_path
     from lmlab.peft import count_parameters, load_adapter, merge_and_unload
 
-    base, out = Path(args.base), Path(args.out)
+    base, out = Path(args.base), expect_directory_path(args.out, "OUT")
     if out.exists() and out.resolve() == base.resolve():
         raise LmlabError("OUT must differ from BASE (merging in place would overwrite the base weights)")
     model = lmlab.load(base, dtype="float32")

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="runs/quickstart", help="output directory (replaced if it exists)")
+    p.add_argument("--out", default="runs/quickstart",
+                   help="output directory; an existing one is replaced only if empty or written by quickstart")
+    p.add_argument("--force", action="store_true",
+                   help="replace --out even if quickstart did not write it (never the working dir or its parents)")
     p.add_argument("--steps", type=int, default=500, help="training steps")
     p.add_argument("--seed", type=int, default=0, help="world seed")
     p.add_argument("--vocab-size", type=int, default=1024, help="BPE vocabulary size (upper bound)")
@@ -28,15 +30,20 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from lmlab.data.recall import greedy_continuations
+    from lmlab.errors import LmlabError
+    from lmlab.io.output_paths import expect_directory_path
     from lmlab.train.world_recipe import train_world_model
 
+    if args.steps < 1:
+        raise LmlabError(f"--steps must be positive, got {args.steps}")
+    out = expect_directory_path(args.out, "--out")
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = Path(args.out)
     started = time.time()
     say = lambda msg: print(f"[{time.time() - started:6.1f}s] {msg}", flush=True)  # noqa: E731
     model, tokenizer, world, report = train_world_model(out, args.steps, args.seed, args.vocab_size, args.set,
-                                                        progress=not args.no_progress, say=say)
+                                                        progress=not args.no_progress, say=say,
+                                                        force=args.force)
     print()
     print("Fact recall against the ground truth (greedy, exact match):")
     print(f"  training templates      {report['train_fact_recall']:6.1%}   ({len(world.probes('train'))} probes)")

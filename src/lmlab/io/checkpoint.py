@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from lmlab.core.config import ModelConfig
 from lmlab.core.model import Transformer
 from lmlab.errors import LmlabError
-from lmlab.io.hf_config import config_from_hf, config_to_hf
+from lmlab.io.hf_config import config_from_hf, config_to_hf, generation_config_json, with_special_tokens
 from lmlab.io.keymaps import TIED_HEAD_KEYS, key_map
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
@@ -45,6 +45,34 @@ def read_json(path: Path) -> Any:
 
 
 def read_config(directory: str | os.PathLike) -> ModelConfig:
+    """The ModelConfig of a checkpoint directory, with BOS/EOS/PAD ids that config.json lacks taken from its
+    generation_config.json or, failing that, its tokenizer (so generation stops at the tokenizer's EOS)."""
+    config = _read_hf_config(directory)
+    return _fill_special_tokens(config, Path(directory))
+
+
+def _fill_special_tokens(config: ModelConfig, d: Path) -> ModelConfig:
+    if None not in (config.bos_token_id, config.eos_token_id, config.pad_token_id):
+        return config
+    gen = d / "generation_config.json"
+    if gen.is_file():
+        g = read_json(gen)
+        if isinstance(g, dict):
+            eos = g.get("eos_token_id")
+            config = with_special_tokens(config, g.get("bos_token_id"), tuple(eos) if isinstance(eos, list) else eos,
+                                         g.get("pad_token_id"))
+    if (d / "tokenizer.json").is_file() and None in (config.bos_token_id, config.eos_token_id, config.pad_token_id):
+        from lmlab.core.tokenizer import load_tokenizer
+
+        try:
+            tok = load_tokenizer(d)
+        except LmlabError:
+            return config  # a broken tokenizer is reported by whoever loads it; the weights are still usable
+        config = with_special_tokens(config, tok.bos_id, tok.eos_id, tok.pad_id)
+    return config
+
+
+def _read_hf_config(directory: str | os.PathLike) -> ModelConfig:
     d = Path(directory)
     if not d.exists():
         raise LmlabError(f"{d}: no such directory")
@@ -101,6 +129,21 @@ class _TensorSource:
             return self._open(self.files[key]).get_tensor(key)
         except SafetensorError as err:
             raise LmlabError(f"{self.files[key]}: cannot read tensor {key!r} ({err})") from None
+
+
+def check_weight_files(directory: str | os.PathLike) -> dict[str, Any]:
+    """Open every weight file of a checkpoint without reading tensor data: a truncated or corrupt header, a
+    shard listed in the index but missing, or a file without tensors raises LmlabError naming the file.
+    Returns ``{"files": [...], "tensors": n}``."""
+    d = Path(directory)
+    source = _TensorSource(d)
+    files = sorted(set(source.files.values()))
+    if source._bin is None:
+        for f in files:
+            source._open(f)
+    if not source.files:
+        raise LmlabError(f"{d}: the weight files hold no tensors")
+    return {"files": [f.name for f in files], "tensors": len(source.files)}
 
 
 def convert_from_hf(source: _TensorSource, c: ModelConfig, where: str) -> dict[str, torch.Tensor]:
@@ -171,6 +214,12 @@ def hf_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
     return out
 
 
+def _stale_weight_files(d: Path) -> list[Path]:
+    """Weight files of an earlier checkpoint in ``d`` that a new ``model.safetensors`` does not overwrite."""
+    stale = [d / "model.safetensors.index.json"] if (d / "model.safetensors.index.json").is_file() else []
+    return stale + [f for f in d.glob("model-*-of-*.safetensors") if f.is_file()]
+
+
 def _dtype_name(dtype: torch.dtype) -> str:
     return {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}[dtype]
 
@@ -179,23 +228,35 @@ def save_model(model: Transformer, path: str | os.PathLike, tokenizer: Any = Non
     """Write an HF-layout directory that ``transformers.AutoModelForCausalLM.from_pretrained`` loads.
 
     Files are written to a temporary directory first and moved in one by one with ``os.replace``, so a
-    crash never leaves a half-written ``model.safetensors``.
+    crash never leaves a half-written ``model.safetensors``. BOS/EOS/PAD ids the model config lacks are taken
+    from ``tokenizer`` and written to config.json and generation_config.json. Weight files of an earlier
+    checkpoint in ``path`` (a sharded safetensors index and its shards) are removed, so no stale tensors
+    stay beside the new ones.
     """
-    d = Path(path)
+    from lmlab.io.output_paths import expect_directory_path
+
+    d = expect_directory_path(path, "save:")
+    config = model.config
+    if tokenizer is not None:
+        config = with_special_tokens(config, tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id)
     d.mkdir(parents=True, exist_ok=True)
-    hf_cfg = config_to_hf(model.config)
+    hf_cfg = config_to_hf(config)
     hf_cfg["dtype"] = _dtype_name(model.dtype)
+    gen_cfg = generation_config_json(config)
+    stale = _stale_weight_files(d)
     tmp = Path(tempfile.mkdtemp(prefix=".lmlab-save-", dir=d))
     try:
         save_file(hf_state_dict(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        if gen_cfg is not None:
+            (tmp / "generation_config.json").write_text(json.dumps(gen_cfg, indent=2, sort_keys=True) + "\n",
+                                                        encoding="utf-8")
         if tokenizer is not None:
             tokenizer.save(tmp)
         for f in tmp.iterdir():
             os.replace(f, d / f.name)
-        stale_index = d / "model.safetensors.index.json"
-        if stale_index.exists():
-            stale_index.unlink()
+        for f in stale:
+            f.unlink(missing_ok=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return d

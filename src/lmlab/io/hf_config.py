@@ -208,3 +208,25 @@ def config_to_hf(c: ModelConfig) -> dict[str, Any]:
     out.update(common)
     out["model_type"] = c.model_type
     return out
+
+
+def with_special_tokens(c: ModelConfig, bos: int | None, eos: int | tuple[int, ...] | None,
+                        pad: int | None) -> ModelConfig:
+    """``c`` with each of its missing (None) BOS/EOS/PAD ids filled from the given ones; set ids are kept.
+
+    Why: a config.json with ``eos_token_id: null`` beside a tokenizer that has ``<|endoftext|>`` makes
+    ``lmlab.generate`` and ``transformers``' ``generate`` run past the end of the text."""
+    import dataclasses
+
+    fill = {name: value for name, value in (("bos_token_id", bos), ("eos_token_id", eos), ("pad_token_id", pad))
+            if getattr(c, name) is None and value is not None}
+    return dataclasses.replace(c, **fill) if fill else c
+
+
+def generation_config_json(c: ModelConfig) -> dict[str, Any] | None:
+    """The ``generation_config.json`` transformers reads for its generate defaults (None without an EOS)."""
+    if c.eos_token_id is None:
+        return None
+    out = {"bos_token_id": c.bos_token_id, "pad_token_id": c.pad_token_id,
+           "eos_token_id": list(c.eos_token_id) if isinstance(c.eos_token_id, tuple) else c.eos_token_id}
+    return {k: v for k, v in out.items() if v is not None}

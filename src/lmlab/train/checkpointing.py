@@ -99,6 +99,7 @@ def write_model(model: nn.Module, state: dict[str, torch.Tensor], directory: Pat
                 plain.load_state_dict(state)
                 model = plain
             save_model(model, directory)
+            _write_extra_state(model, state, directory)
             return
     save_file(_dedupe_tied(state), str(directory / "model.safetensors"))
     config = getattr(model, "config", None)
@@ -106,6 +107,21 @@ def write_model(model: nn.Module, state: dict[str, torch.Tensor], directory: Pat
     if hasattr(config, "to_dict"):
         meta["config"] = config.to_dict()
     (directory / "config.json").write_text(json.dumps(meta, indent=1, default=str))
+
+
+EXTRA_STATE_FILE = "extra_state.safetensors"
+
+
+def _write_extra_state(model: nn.Module, state: dict[str, torch.Tensor], directory: Path) -> None:
+    """Tensors the HF layout has no name for (LoRA and other adapters attached to the model) go beside it,
+    so a fine-tuning run with an adapter resumes with the adapter it trained."""
+    from lmlab.core.model import Transformer
+
+    with torch.device("meta"):
+        plain = set(Transformer(model.config).state_dict())
+    extra = {k: v for k, v in state.items() if k not in plain}
+    if extra:
+        save_file(_dedupe_tied(extra), str(directory / EXTRA_STATE_FILE))
 
 
 def read_model_state(directory: Path, model: nn.Module) -> dict[str, torch.Tensor]:
@@ -128,6 +144,8 @@ def read_model_state(directory: Path, model: nn.Module) -> dict[str, torch.Tenso
             raise LmlabError(f"{directory}: HF-layout checkpoint but lmlab.io.checkpoint is unavailable") from err
         try:
             state = dict(load_model(directory).state_dict())
+            if (directory / EXTRA_STATE_FILE).is_file():
+                state.update(load_file(str(directory / EXTRA_STATE_FILE)))
         except LmlabError:
             raise
         except Exception as err:  # noqa: BLE001 - any failure to parse the files is a damaged checkpoint

@@ -2,12 +2,25 @@
 
 The same function runs under ``torchrun --nproc_per_node=N -m lmlab.train CONFIG`` (each process builds its
 rank's slice of the data; the Trainer initialises the process group from the environment).
+
+Paths in a recipe file (``model.init_from``, ``data.path``, ``run.out_dir``) are relative to the recipe's own
+directory, so a recipe works from any working directory; paths given with ``--set`` are relative to the
+working directory, as any command-line path. A run ends by writing ``<run.out_dir>/model``: an HF checkpoint
+with the tokenizer found beside the data (``lmlab data`` puts it there) or in ``model.init_from``, special-token
+ids taken from it, its chat template and ``generation_config.json``, ready for generate/chat/finetune and
+``transformers``. ``--resume`` says which step it resumed from and refuses when there is nothing to resume;
+Ctrl-C finishes the current step, writes a checkpoint and exits (a second Ctrl-C stops at once).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
+import sys
+import threading
 import typing
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -121,17 +134,150 @@ def build_model(cfg: TrainConfig, data_vocab_size: int | None) -> nn.Module:
     return model.float().train()
 
 
+# Fields of each recipe type that hold paths, resolved against the recipe file's directory.
+RECIPE_PATH_FIELDS = ("model.init_from", "model.tokenizer", "data.path", "run.out_dir")
+
+
+def recipe_path_overrides(config_path: str | Path | None) -> list[str]:
+    """``--set`` lines that make the recipe's relative paths relative to the recipe file, not the working dir.
+
+    Put before the user's own overrides, so an explicit ``--set data.path=...`` (relative to the working
+    directory) still wins."""
+    if config_path is None:
+        return []
+    from lmlab.config_io import read_yaml
+
+    data = read_yaml(config_path)
+    base = Path(config_path).resolve().parent
+    out = []
+    for dotted in RECIPE_PATH_FIELDS:
+        section, _, key = dotted.partition(".")
+        value = (data.get(section) or {}).get(key) if isinstance(data.get(section), dict) else None
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+            out.append(f"{dotted}={os.path.normpath(base / Path(value).expanduser())}")
+    return out
+
+
+def scale_warmup(optim, max_steps: int) -> None:
+    """A warm-up at least as long as the run would never reach the peak learning rate (a recipe's 100 warm-up
+    steps under ``--set run.max_steps=30``): scale it to a tenth of the run, saying so on stderr."""
+    if optim.warmup_steps >= max_steps and optim.warmup_steps > 0:
+        scaled = max(1, max_steps // 10) if max_steps > 1 else 0
+        print(f"warning: optim.warmup_steps {optim.warmup_steps} >= run.max_steps {max_steps}; using "
+              f"{scaled} warm-up steps (a tenth of the run); set optim.warmup_steps to choose", file=sys.stderr)
+        optim.warmup_steps = scaled
+
+
+def find_tokenizer(*directories: str | Path | None):
+    """The tokenizer of the first directory holding a tokenizer.json (None when none does)."""
+    from lmlab.core.tokenizer import load_tokenizer
+
+    for d in directories:
+        if d and (Path(d) / "tokenizer.json").is_file():
+            return load_tokenizer(d)
+    return None
+
+
+def fit_interruptible(trainer: Trainer, resume: bool) -> dict[str, Any]:
+    """``trainer.fit(resume)`` with the CLI's promises: ``--resume`` refuses when there is no checkpoint and
+    says the step it resumed from; Ctrl-C lets the current step finish, writes a checkpoint there and raises
+    ``LmlabError`` naming it (a second Ctrl-C interrupts at once). Under torchrun Ctrl-C is left alone."""
+    from lmlab.train.checkpointing import latest_checkpoint
+
+    main = trainer.info.is_main
+    if resume:
+        latest = latest_checkpoint(trainer.ckpt_root)
+        if latest is None:
+            raise LmlabError(f"--resume: no checkpoint in {trainer.ckpt_root} to resume from (drop --resume to "
+                             f"start a new run)")
+    if trainer.info.world_size > 1 or threading.current_thread() is not threading.main_thread():
+        summary = trainer.fit(resume=resume)
+        _say_resumed(summary, trainer, main)
+        return summary
+    stop = {"requested": False}
+
+    def on_sigint(signum, frame):
+        if stop["requested"]:
+            raise KeyboardInterrupt
+        stop["requested"] = True
+        print("\ninterrupt: finishing this step and writing a checkpoint (Ctrl-C again to stop at once)",
+              file=sys.stderr, flush=True)
+
+    plain_step = trainer.train_step
+
+    def check_then_step():
+        # checked before a step starts: the previous step is complete, logged and evaluated, and nothing of
+        # the next one (data, RNG, optimizer) has been touched, so the checkpoint resumes bit-exactly
+        if stop["requested"]:
+            raise _StepBoundaryInterrupt
+        return plain_step()
+
+    trainer.train_step = check_then_step
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    if resume and main:
+        print(f"resuming from {latest_checkpoint(trainer.ckpt_root)}", file=sys.stderr, flush=True)
+    try:
+        summary = trainer.fit(resume=resume)
+    except _StepBoundaryInterrupt:
+        path = trainer.save_checkpoint()  # model, optimizer and data position all after step N
+        raise LmlabError(f"interrupted after step {trainer.step}: checkpoint written to {path}; continue with "
+                         f"--resume") from None
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        trainer.train_step = plain_step
+    _say_resumed(summary, trainer, main)
+    return summary
+
+
+class _StepBoundaryInterrupt(Exception):
+    """Raised before the next step once Ctrl-C was pressed (not a KeyboardInterrupt: the loop's cleanup runs)."""
+
+
+def _say_resumed(summary: dict[str, Any], trainer: Trainer, main: bool) -> None:
+    if summary.get("resumed"):
+        summary["resumed_from_step"] = summary["steps"] - summary["steps_this_run"]
+        if main:
+            print(f"resumed from step {summary['resumed_from_step']}", file=sys.stderr, flush=True)
+
+
+def write_final_model(trainer: Trainer, tokenizer, directory: Path) -> Path | None:
+    """The last checkpoint's weights as an HF model directory with the tokenizer (main rank)."""
+    from lmlab.io.checkpoint import load_model, save_model
+
+    if not trainer.info.is_main or trainer.last_checkpoint is None:
+        return None
+    model = load_model(trainer.last_checkpoint, dtype="float32")  # gathered: also right after FSDP
+    return save_model(model, directory, tokenizer=tokenizer)
+
+
 def run_training(config_path: str | None, overrides: typing.Sequence[str] = (), resume: bool = False,
                  progress: bool | None = None) -> dict[str, Any]:
-    """Train from a YAML recipe plus ``--set`` overrides; returns the Trainer's summary dict."""
-    cfg = load_config(TrainConfig, config_path, list(overrides))
+    """Train from a YAML recipe plus ``--set`` overrides; returns the Trainer's summary dict, with
+    ``model`` (the HF directory written at the end) and ``resumed_from_step`` when resumed."""
+    cfg = load_config(TrainConfig, config_path, recipe_path_overrides(config_path) + list(overrides))
+    scale_warmup(cfg.optim, cfg.run.max_steps)
     info = dist_info_from_env()
     try:
         train, val, vocab = build_data(cfg, info)
+        tokenizer = find_tokenizer(cfg.data.path if cfg.data.kind == "shards" else None, cfg.model.init_from)
+        if tokenizer is not None and vocab is not None and len(tokenizer) > vocab:
+            raise LmlabError(f"data.path: the tokenizer beside the shards has {len(tokenizer)} tokens, the "
+                             f"shards say vocab_size {vocab}")
         torch.manual_seed(cfg.run.seed)
         np.random.seed(cfg.run.seed % 2**32)
         model = build_model(cfg, vocab)
+        if tokenizer is not None:
+            from lmlab.io.hf_config import with_special_tokens
+
+            # special-token ids in every checkpoint's config.json, not only in the final model directory
+            model.config = with_special_tokens(model.config, tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id)
         trainer = Trainer(model, cfg, train, val, progress=progress)
-        return trainer.fit(resume=resume)
+        summary = fit_interruptible(trainer, resume)
+        written = write_final_model(trainer, tokenizer, Path(cfg.run.out_dir) / "model")
+        if written is not None:
+            summary["model"] = str(written)
+            if tokenizer is None:
+                summary["model_note"] = "no tokenizer.json beside the data or in model.init_from: model has none"
+        return summary
     finally:
         cleanup_distributed()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import time
 from pathlib import Path
 
@@ -41,11 +40,13 @@ def shuffled_epochs(docs: list[str], tokens_per_epoch: int, steps: int, seed: in
 
 
 def train_world_model(out: Path, steps: int = 500, seed: int = 0, vocab_size: int = 1024,
-                      overrides: list[str] | None = None, progress: bool = True, say=print) -> tuple:
+                      overrides: list[str] | None = None, progress: bool = True, say=print,
+                      force: bool = False) -> tuple:
     """The recipe end to end into ``out``: world, tokenizer, shards, training, HF checkpoint in ``out/model``.
 
     Returns ``(model, tokenizer, world, report)``; ``report`` holds the recall figures against the ground
-    truth. ``out`` is replaced if it exists. The shipped reference checkpoint (``lmlab.reference``) is this
+    truth. ``out`` is replaced only if it is empty or an earlier run wrote it (its marker file), or with
+    ``force`` (``lmlab.io.output_paths.replace_output_dir``). The shipped reference checkpoint (``lmlab.reference``) is this
     function's output at the defaults.
     """
     import torch
@@ -57,15 +58,14 @@ def train_world_model(out: Path, steps: int = 500, seed: int = 0, vocab_size: in
     from lmlab.data.shards import PackedBlocks, TokenShards, build_shards
     from lmlab.data.world import WorldConfig, build_world
     from lmlab.errors import LmlabError
+    from lmlab.io.output_paths import replace_output_dir
     from lmlab.train.config import TrainConfig
     from lmlab.train.loop import Trainer
     from lmlab.train.run import build_model
 
     if steps < 1:
         raise LmlabError(f"--steps must be positive, got {steps}")
-    out = Path(out)
-    if out.exists():
-        shutil.rmtree(out)
+    out = replace_output_dir(out, "quickstart", force=force)
     started = time.time()
 
     world = build_world(WorldConfig.quickstart(seed=seed))

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from lmlab.data.world.config import WorldConfig
 from lmlab.errors import LmlabError
+from lmlab.io.output_paths import umask_mode
 
 
 def dumps(obj: object) -> str:
@@ -91,6 +92,7 @@ def write_world(world, directory: str | os.PathLike, overwrite: bool = False) ->
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
+        tmp.chmod(umask_mode(0o777))  # mkdtemp makes 0700; the world is as readable as any directory the user makes
         for name, (kind, content) in _files(world).items():
             (_write_jsonl if kind == "jsonl" else _write_json)(tmp / name, content)
         _swap_into_place(tmp, target)
