@@ -12,7 +12,8 @@ from lmlab.eval.code.sandbox_child import decode, encode
 
 CFG = SandboxConfig(timeout_s=5.0, memory_mb=256)
 
-# Each test below is strict: the wrong answer (-1 / 0.0) fails it unless the verdict is forged.
+# The wrong answers below (-1, 0.0) fail these tests unless the verdict is forged; SQUARE's test relies only on
+# math.isclose and abs, which a candidate in the same interpreter could replace.
 SQUARE = CodeProblem(
     task_id="Verdict/square", entry_point="square",
     prompt="def square(x: float) -> float:\n    \"\"\"x squared.\"\"\"\n",
@@ -21,7 +22,7 @@ SQUARE = CodeProblem(
           "def check(candidate):\n"
           "    assert math.isclose(candidate(2.0), 4.0)\n"
           "    assert abs(candidate(3.0) - 9.0) < 1e-9\n"
-          "    assert candidate(-1.5) == 2.25\n"))
+          "    assert math.isclose(candidate(-1.5), 2.25)\n"))
 VOWELS = mini_humaneval()[0]  # count_vowels: assert candidate("Banana") == 3, ...
 
 # forgeries aimed at the old single-interpreter runner (token in its frames / on stdout, exit(0))
