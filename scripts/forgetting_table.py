@@ -145,7 +145,7 @@ def main(argv=None) -> int:
     # warm-up: the first Trainer pays one-time costs (imports, allocator); keep them out of the first row's time
     Trainer(copy.deepcopy(base).train(), cfg("warmup"), SFTData(convs, tok, block_size=128, seed=0),
             objective=SFTObjective(), progress=False).fit()
-    tuned_full = None
+    tuned_full, full_time = None, 0.0
     for method in args.methods.split(","):
         model = copy.deepcopy(base).train()
         data = SFTData(convs, tok, block_size=128, seed=0)

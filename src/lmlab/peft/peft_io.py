@@ -39,7 +39,7 @@ from lmlab.peft.inject import (
     _check_name, _configs, active_adapter, adapted_modules, adapter_dtype, adapter_state_dict, add_adapter,
     attach, check_new_name, mark_trainable, set_adapter,
 )
-from lmlab.peft.lora import LoraAdapter, LoraConfig, lora_scaling
+from lmlab.peft.lora import LoraAdapter, LoraConfig
 
 PREFIX = "base_model.model."
 CONFIG_FILE = "adapter_config.json"

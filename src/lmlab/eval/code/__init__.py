@@ -7,7 +7,8 @@
     result.pass_at_k                      # {"pass@1": ..., "pass@5": ..., "pass@10": ...}
 
 Modules: :mod:`.problems` (HumanEval-format loading), :mod:`.passk` (the unbiased estimator),
-:mod:`.sandbox` (isolated, limited execution; the verdict from a separate judge process, :mod:`.sandbox_child`), :mod:`.recode` (perturbations, RP/RD/RR metrics).
+:mod:`.sandbox` (isolated, limited execution; the verdict from a separate judge process, :mod:`.sandbox_child`),
+:mod:`.recode` (perturbations, RP/RD/RR metrics).
 """
 
 from lmlab.eval.code.passk import mean_pass_at_k, pass_at_k, pass_at_ks
