@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: install quickstart test bench clean
+.PHONY: install quickstart test lint bench clean
 
 $(STAMP): pyproject.toml Makefile
 	python3 -m venv $(VENV)
@@ -20,7 +20,11 @@ quickstart: $(STAMP)
 	$(VENV)/bin/lmlab quickstart
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check src tests scripts
 	$(PY) -m pytest -q -n 2 tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests scripts
 
 bench: $(STAMP)
 	$(PY) benchmarks/decode.py

@@ -5,11 +5,14 @@ user "What is the name of {person}'s pet?" -> assistant "{pet}" (pets are named 
 the tokens exist but the relation is new). Trained with SFT (assistant-only loss, packed conversations).
 
 - new-task accuracy: greedy answer == the pet name followed by <|im_end|>, over all pet facts (memorisation);
-- retention: recall of the original facts with the train templates (``world.probes("train")``, subsample);
+- retention: recall of the original facts with the train templates (``world.probes("train")``, subsample),
+  scored by the library's own :func:`lmlab.data.recall.recall` (greedy, each prompt after the BOS token the
+  model was trained with, the number quickstart reports);
 - time: wall-clock seconds of the fine-tuning loop only.
 
 Methods: full fine-tuning, LoRA (r=8, all linear layers), HFT, EWC, MIGU, replay, and WiSE-FT interpolation
-of the full fine-tune (alpha=0.5). Every method gets the same steps, batch and schedule (LoRA a 5x higher lr).
+of the full fine-tune (alpha=0.5). Every method gets the same steps, batch and schedule (LoRA a 2.5x higher lr:
+5e-3 vs 2e-3).
 Usage (after ``lmlab quickstart --out runs/qs-base``; ~4 minutes on a busy 2-core machine)::
 
     python scripts/forgetting_table.py --base runs/qs-base/model --steps 60
@@ -70,10 +73,10 @@ def greedy(model, prompts: list[list[int]], max_new_tokens: int, stop: int | Non
 
 
 def recall(model, tok, probes) -> float:
-    from lmlab.data.recall import is_exact_match
+    """Retention through the library's recall (BOS-prefixed prompts, as in training and in quickstart)."""
+    from lmlab.data.recall import recall as library_recall
 
-    gens = greedy(model, [tok.encode(p.prompt) for p in probes], 8, tok.eos_id)
-    return sum(is_exact_match(tok.decode(g), p.answer) for g, p in zip(gens, probes)) / len(probes)
+    return library_recall(model, tok, probes)
 
 
 def new_task_accuracy(model, tok, facts) -> float:
@@ -142,7 +145,7 @@ def main(argv=None) -> int:
     # warm-up: the first Trainer pays one-time costs (imports, allocator); keep them out of the first row's time
     Trainer(copy.deepcopy(base).train(), cfg("warmup"), SFTData(convs, tok, block_size=128, seed=0),
             objective=SFTObjective(), progress=False).fit()
-    tuned_full = None
+    tuned_full, full_time = None, 0.0
     for method in args.methods.split(","):
         model = copy.deepcopy(base).train()
         data = SFTData(convs, tok, block_size=128, seed=0)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -39,7 +38,7 @@ def run(*args, stdin: str | None = None):
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    transformers = pytest.importorskip("transformers")
+    import transformers
     d = tmp_path_factory.mktemp("gpt2")
     words = ["alpha", "beta", "gamma", "delta", "omega", "river", "stone", "cloud"]
     texts = [" ".join(words[(i * j) % 8] for j in range(12)) for i in range(200)]
@@ -145,7 +144,7 @@ def test_tokenizer_larger_than_embedding(model_dir, tmp_path):
     small = lmlab.load(model_dir)
     (tmp_path / "tokenizer.json").write_bytes((model_dir / "tokenizer.json").read_bytes())
     # shrink the embedding to 200 rows: the 300-token tokenizer no longer fits
-    transformers = pytest.importorskip("transformers")
+    import transformers
     cfg.pop("transformers_version", None)
     hf_cfg = transformers.GPT2Config(**{**cfg, "vocab_size": 200})
     transformers.GPT2LMHeadModel(hf_cfg).save_pretrained(tmp_path)

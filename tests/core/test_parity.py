@@ -7,13 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers  # test extra: a missing or broken install fails, never skips
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hf_models import FAMILIES, VOCAB, save_hf_model  # noqa: E402
 
 import lmlab  # noqa: E402
-
-transformers = pytest.importorskip("transformers")
 
 
 @pytest.fixture(scope="module", params=FAMILIES)

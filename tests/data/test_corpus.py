@@ -157,8 +157,8 @@ def test_invalid_utf8_names_line(tmp_path: Path) -> None:
 
 
 def test_parquet_roundtrip_and_errors(tmp_path: Path) -> None:
-    pa = pytest.importorskip("pyarrow")
-    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
     f = tmp_path / "p.parquet"
     pq.write_table(pa.table({"text": ["x", "yy", "zzz"], "n": [1, 2, 3]}), f)
     assert list(read_documents(f)) == ["x", "yy", "zzz"]

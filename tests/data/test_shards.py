@@ -156,7 +156,7 @@ def test_val_split_deterministic_and_hash_based(tmp_path: Path) -> None:
     tr_a, va_a = split_docs(tmp_path / "a")
     tr_b, va_b = split_docs(tmp_path / "b")
     tr_c, va_c = split_docs(tmp_path / "c")
-    assert (tr_a, va_a) == (tr_b, va_b)
+    assert (tr_a, va_a) == (tr_b, va_b) and b.num_documents == a.num_documents
     assert va_a != va_c
     assert tr_a.isdisjoint(va_a) and tr_a | va_a == set(corpus)
     assert 140 <= len(va_a) <= 260  # ~10% of 2000
@@ -259,7 +259,7 @@ def test_resume_identical_across_epoch_boundary(shard_dir: Path) -> None:
     ref = PackedBlocks(ts, T, seed=11)
     steps = 2 * ref.num_blocks // B + 3  # runs into the third epoch
     uninterrupted = [b for b in ref.batches(B, num_batches=steps)]
-    assert ref.epoch == 2
+    assert len(uninterrupted) == steps and ref.epoch == 2
     for k in (1, ref.num_blocks // B, ref.num_blocks // B + 1, steps - 1):
         first = PackedBlocks(ts, T, seed=11)
         for _ in first.batches(B, num_batches=k):
@@ -267,7 +267,9 @@ def test_resume_identical_across_epoch_boundary(shard_dir: Path) -> None:
         state = json.loads(json.dumps(first.state_dict()))  # must survive a JSON checkpoint
         resumed = PackedBlocks(ts, T, seed=11)
         resumed.load_state_dict(state)
-        for (x, y), (rx, ry) in zip(resumed.batches(B, num_batches=steps - k), uninterrupted[k:]):
+        after = list(resumed.batches(B, num_batches=steps - k))
+        assert len(after) == steps - k  # a resume that yields nothing must not pass vacuously
+        for (x, y), (rx, ry) in zip(after, uninterrupted[k:], strict=True):
             assert torch.equal(x, rx) and torch.equal(y, ry)
 
 

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 
+import peft  # test extra: a missing or broken install fails, never skips
 import pytest
 import torch
+import transformers
 
 import lmlab
 from lmlab.peft import LoraConfig, add_adapter, load_adapter, save_adapter
-
-transformers = pytest.importorskip("transformers")
-peft = pytest.importorskip("peft")
 
 ATOL = 1e-5
 LLAMA_ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

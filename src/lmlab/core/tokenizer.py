@@ -410,7 +410,7 @@ def _read_backend(tokenizer_file: Path) -> tokenizers.Tokenizer:
     text = _read_text(tokenizer_file)
     try:
         return tokenizers.Tokenizer.from_str(text)
-    except Exception as err:  # the Rust side raises a bare Exception
+    except Exception as err:  # noqa: BLE001 -- the Rust side raises a bare Exception
         _read_json_object(tokenizer_file, text)  # raises the clearer "malformed JSON" message if that is the cause
         first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise LmlabError(f"{tokenizer_file}: not a valid tokenizers tokenizer.json ({first_line})") from None

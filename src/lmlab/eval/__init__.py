@@ -4,7 +4,7 @@
     results = evaluate(model, tokenizer, ["tasks/capitals.yaml"], num_fewshot=2)
     write_report(results, "runs/eval")
 
-Modules: ``tasks`` (Task spec, YAML loading, few-shot contexts), ``scoring`` (log-likelihoods, rolling
+Modules: ``task_spec`` (the Task: templates, few-shot contexts, requests), ``tasks`` (YAML loading), ``scoring`` (log-likelihoods, rolling
 windows, generation), ``metrics``, ``runner`` (``evaluate``), ``report``, ``formats`` (TruthfulQA, CMoralEval,
 NormAd, IrokoBench from local files), ``lm_eval_adapter`` (``LmlabLM``; needs ``lm_eval``). Names are
 imported lazily, so ``import lmlab.eval`` stays cheap.

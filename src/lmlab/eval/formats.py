@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from lmlab.errors import LmlabError
-from lmlab.eval.tasks import Task, read_jsonl
+from lmlab.eval.task_spec import Task, read_jsonl
 
 
 def read_records(path: str | Path) -> list[dict]:

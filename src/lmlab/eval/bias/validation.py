@@ -14,7 +14,6 @@ planted strength. This module holds the pieces the unit tests and ``scripts/bias
 from __future__ import annotations
 
 import math
-import random
 import time
 from collections.abc import Sequence
 

@@ -7,7 +7,8 @@
     result.pass_at_k                      # {"pass@1": ..., "pass@5": ..., "pass@10": ...}
 
 Modules: :mod:`.problems` (HumanEval-format loading), :mod:`.passk` (the unbiased estimator),
-:mod:`.sandbox` (isolated, limited execution), :mod:`.recode` (perturbations, RP/RD/RR metrics).
+:mod:`.sandbox` (isolated, limited execution; the verdict from a separate judge process, :mod:`.sandbox_child`),
+:mod:`.recode` (perturbations, RP/RD/RR metrics).
 """
 
 from lmlab.eval.code.passk import mean_pass_at_k, pass_at_k, pass_at_ks
@@ -16,11 +17,11 @@ from lmlab.eval.code.problems import (STOP_SEQUENCES, CodeProblem, load_problems
 from lmlab.eval.code.recode import (CATEGORIES, KINDS, evaluate_robustness, nominal, partial_problem, perturb,
                                     perturbed_variants, robust_metrics)
 from lmlab.eval.code.sandbox import (CodeEvalResult, SandboxConfig, SandboxResult, check_completion, evaluate_samples,
-                                     run_program)
+                                     run_check, run_program)
 
 __all__ = [
     "CATEGORIES", "KINDS", "CodeEvalResult", "CodeProblem", "SandboxConfig", "SandboxResult", "check_completion",
     "evaluate_robustness", "evaluate_samples", "load_problems", "mean_pass_at_k", "mini_humaneval", "nominal",
     "partial_problem", "pass_at_k", "pass_at_ks", "perturb", "perturbed_variants", "program_for", "robust_metrics",
-    "run_program", "save_problems", "STOP_SEQUENCES", "model_generator", "truncate_completion",
+    "run_check", "run_program", "save_problems", "STOP_SEQUENCES", "model_generator", "truncate_completion",
 ]

@@ -1,32 +1,44 @@
-"""Run untrusted generated programs in a separate, limited process and report passed/failed/timeout/error.
+"""Run untrusted generated code in separate, limited processes and report passed/failed/timeout/error.
 
-Why: pass@k executes model-written code. Each program runs in a fresh ``python -I -B`` interpreter
-(isolated: no user site, no PYTHON* variables, no bytecode writes), in its own temporary directory and
-its own session (process group), with these layers, each of which alone stops the usual accidents:
+Why: pass@k executes model-written code. Each sandboxed interpreter is a fresh ``python -I -B`` (isolated:
+no user site, no PYTHON* variables, no bytecode writes) running :mod:`lmlab.eval.code.sandbox_child`, in
+its own temporary directory and its own session (process group), with these layers, each of which alone
+stops the usual accidents:
 
 * wall clock: ``timeout_s``; on expiry the whole process group is SIGKILLed. The group is also swept
   after every normal exit, so a stray child never outlives its program;
 * ``RLIMIT_AS`` (memory), ``RLIMIT_CPU`` (CPU seconds), ``RLIMIT_FSIZE`` (stdout/stderr are files, so
   this bounds output too), ``RLIMIT_CORE`` = 0;
+* privileges: untrusted code runs without capabilities and, where the kernel has Landlock, in a domain
+  that cannot reach other processes (``/proc/PID/mem``, ``ptrace``, signals) and writes only its own directory;
 * network: a new, empty network namespace when the kernel allows it (root here), so even a raw
   socket has nowhere to go; the seccomp filter refuses non-AF_UNIX sockets; Python's ``socket``
-  constructors are patched to raise;
+  constructors are patched to raise ``PermissionError("sandbox: socket.socket is disabled")``;
 * processes: a seccomp-BPF filter (x86_64 and aarch64 Linux) refuses ``fork``/``vfork``/``execve`` and any
-  ``clone`` that is not a thread, and ``kill`` aimed at another process -- kernel-enforced, so also
-  against ``ctypes`` or ``posix``-level calls. ``RLIMIT_NPROC`` is useless for root, hence seccomp;
-  ``os.fork``/``subprocess.Popen``/``multiprocessing`` and friends are also patched to raise with a
-  clear message;
+  ``clone`` that is not a thread, signals aimed at another process, ``ptrace``, ``process_vm_*`` and
+  ``pidfd_*`` -- kernel-enforced, so also against ``ctypes`` or ``posix``-level calls. ``os.fork``,
+  ``subprocess.Popen``, ``multiprocessing`` and friends are also patched to raise with a clear message;
 * files: destructive calls (``unlink``/``rmdir``/``rename``) are refused by seccomp and patched in ``os``
   and ``shutil``.
 
-Limits are set inside the child's first lines (``runner.py``), not in ``preexec_fn``: ``preexec_fn`` is
-unsafe with threads, and :func:`evaluate_samples` runs programs from a thread pool. The effect is the
-same (the limits are in place before any candidate code runs). A program passes only if it exits 0
-*and* prints a per-run random token that only the runner knows, so ``sys.exit(0)``/``os._exit(0)``
-from a candidate cannot fake a pass.
+The verdict (:func:`run_check`, used by :func:`check_completion` and :func:`evaluate_samples`): the
+candidate (prompt + completion) runs in one process and the problem's test in another, the *judge*, which
+calls the candidate's function through a pipe; arguments and results cross as plain built-in data only, so
+no object of the candidate's (an ``__eq__`` that always says yes, a patched builtin, a replaced helper) ever
+reaches the check. The parent reads the verdict from the judge's exit status *and* a pipe that only the
+judge holds; the judge is non-dumpable, so a process without capabilities cannot read or write its memory
+or file descriptors. A candidate that exits (``sys.exit``, ``os._exit``), raises ``SystemExit`` or
+``KeyboardInterrupt``, or dies inside a call fails the check whatever the test's own ``except`` clauses do.
+:func:`run_program` runs a whole program (code and asserts together) and passes it when it reaches its
+last statement; there the program is its own judge, so use it for trusted programs only.
 
-This contains mistakes, loops, bombs and stray I/O of generated code; it is not a security boundary
-against an adversary who targets it (use a container or VM for that).
+Limits are set inside the child's first lines, not in ``preexec_fn``: ``preexec_fn`` is unsafe with
+threads, and :func:`evaluate_samples` runs programs from a thread pool. The effect is the same (the limits
+are in place before any candidate code runs).
+
+This contains mistakes, loops, bombs, stray I/O and verdict forgery by generated code; it is not a
+hardened boundary against an adversary who attacks the kernel or, when lmlab does not run as root, reads
+the memory of lmlab's own process (use a container or VM for that).
 """
 
 from __future__ import annotations
@@ -43,12 +55,13 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from importlib import resources
 from pathlib import Path
 
 from lmlab.errors import LmlabError
 
 STATUSES = ("passed", "failed", "timeout", "error")
-_OK_MARK = "__lmlab_sandbox_ok__"
+_OK_MARK = "__lmlab_sandbox_ok__"  # the program role's last line (sandbox_child.program_main)
 
 
 @dataclass(frozen=True)
@@ -103,200 +116,187 @@ class SandboxResult:
         return asdict(self)
 
 
-# --------------------------------------------------------------------------------------------------
-# The child's first code. Standard library only; runs under `python -I -B runner.py <json>`.
-_RUNNER = r'''
-import json, os, sys
-def _setup(cfg):
-    guards = []
-    if cfg["netns"]:
-        ok = False
-        try:
-            import ctypes
-            ok = ctypes.CDLL(None, use_errno=True).unshare(0x40000000) == 0  # CLONE_NEWNET
-        except Exception:
-            pass
-        if ok:
-            guards.append("netns")
-        elif cfg["netns"] == "required":
-            raise SystemExit("sandbox: cannot create a network namespace")
-    import resource
-    mem = cfg["memory_bytes"]
-    resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
-    resource.setrlimit(resource.RLIMIT_CPU, (cfg["cpu_s"], cfg["cpu_s"] + 1))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (cfg["max_output"], cfg["max_output"]))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    guards.append("rlimits")
-    if cfg["seccomp"]:
-        if _seccomp(cfg["seccomp_arch"]):
-            guards.append("seccomp")
-        elif cfg["seccomp"] == "required":
-            raise SystemExit("sandbox: cannot install the seccomp filter")
-    _patch_python()
-    guards.append("python-guards")
-    with open("guards.json", "w") as fh:
-        fh.write(json.dumps(guards))
-    return guards
-
-def _seccomp(arch):
-    """Kernel-level refusal of process creation, exec, non-unix sockets, killing others, deleting files."""
-    try:
-        import ctypes, struct
-        tables = {
-            "x86_64": (0xC000003E, dict(clone=56, clone3=435, fork=57, vfork=58, execve=59, execveat=322,
-                        socket=41, kill=62, unlink=87, unlinkat=263, rmdir=84, rename=82, renameat=264,
-                        renameat2=316)),
-            "aarch64": (0xC00000B7, dict(clone=220, clone3=435, execve=221, execveat=281, socket=198, kill=129,
-                        unlinkat=35, renameat=38, renameat2=276)),
-        }
-        if arch not in tables:
-            return False
-        audit_arch, nr = tables[arch]
-        ALLOW, EPERM, ENOSYS, EACCES = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38, 0x00050000 | 13
-        pid = os.getpid()
-        prog, fix = [], []          # (code, jt, jf, k); jumps to labels resolved below
-        def ld(off): prog.append([0x20, 0, 0, off])
-        def ret(v): prog.append([0x06, 0, 0, v])
-        def jeq(k, label_true, label_false=None):
-            fix.append((len(prog), label_true, label_false)); prog.append([0x15, 0, 0, k])
-        labels = {}
-        ld(4); jeq(audit_arch, None, "deny")
-        ld(0)
-        if arch == "x86_64":  # x32 ABI numbers have bit 30 set: refuse them all
-            prog.append([0x35, 0, 0, 0x40000000]); fix.append((len(prog) - 1, "deny", None))
-        jeq(nr["clone"], "clone"); jeq(nr["clone3"], "nosys"); jeq(nr["socket"], "socket"); jeq(nr["kill"], "kill")
-        for name in ("fork", "vfork", "execve", "execveat", "unlink", "unlinkat", "rmdir", "rename", "renameat",
-                     "renameat2"):
-            if name in nr:
-                jeq(nr[name], "deny")
-        ret(ALLOW)
-        labels["clone"] = len(prog); ld(16)           # args[0] low word: clone flags
-        prog.append([0x45, 0, 0, 0x00010000]); fix.append((len(prog) - 1, "allow", "deny"))  # jset CLONE_THREAD
-        labels["socket"] = len(prog); ld(16); jeq(1, "allow", "noaccess")                 # AF_UNIX only
-        labels["kill"] = len(prog); ld(16)
-        jeq(pid, "allow"); jeq(0, "allow"); jeq((-pid) & 0xFFFFFFFF, "allow", "deny")
-        labels["allow"] = len(prog); ret(ALLOW)
-        labels["deny"] = len(prog); ret(EPERM)
-        labels["nosys"] = len(prog); ret(ENOSYS)       # clone3 -> ENOSYS so glibc falls back to clone
-        labels["noaccess"] = len(prog); ret(EACCES)
-        for at, lt, lf in fix:
-            for slot, label in ((1, lt), (2, lf)):
-                if label is not None:
-                    prog[at][slot] = labels[label] - at - 1
-        raw = b"".join(struct.pack("HBBI", *ins) for ins in prog)
-        buf = ctypes.create_string_buffer(raw, len(raw))
-        class Prog(ctypes.Structure):
-            _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-        fprog = Prog(len(prog), ctypes.addressof(buf))
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong]
-        if libc.prctl(38, 1, None, 0, 0) != 0:        # PR_SET_NO_NEW_PRIVS
-            return False
-        return libc.prctl(22, 2, ctypes.addressof(fprog), 0, 0) == 0   # PR_SET_SECCOMP, FILTER
-    except Exception:
-        return False
-
-def _patch_python():
-    def blocked(what):
-        def refuse(*args, **kwargs):
-            raise PermissionError(f"sandbox: {what} is disabled")
-        return refuse
-    for name in ("fork", "forkpty", "system", "popen", "kill", "killpg", "setsid", "execv", "execve", "execvp",
-                 "execvpe", "execl", "execle", "execlp", "execlpe", "spawnv", "spawnve", "spawnvp", "spawnvpe",
-                 "spawnl", "spawnle", "spawnlp", "spawnlpe", "posix_spawn", "posix_spawnp", "remove", "unlink",
-                 "rmdir", "removedirs", "rename", "renames", "replace"):
-        if hasattr(os, name):
-            setattr(os, name, blocked(f"os.{name}"))
-    import posix
-    for name in ("fork", "forkpty", "system", "kill", "killpg", "execv", "execve", "posix_spawn", "posix_spawnp"):
-        if hasattr(posix, name):
-            setattr(posix, name, blocked(f"posix.{name}"))
-    import shutil
-    shutil.rmtree = blocked("shutil.rmtree")
-    shutil.move = blocked("shutil.move")
-    import socket, _socket
-    for mod in (socket, _socket):
-        for name in ("socket", "socketpair", "create_connection", "create_server", "fromfd"):
-            if hasattr(mod, name):
-                setattr(mod, name, blocked(f"{mod.__name__}.{name}"))
-    import subprocess
-    subprocess.Popen = blocked("subprocess.Popen")
-    for name in ("run", "call", "check_call", "check_output", "getoutput", "getstatusoutput"):
-        setattr(subprocess, name, blocked(f"subprocess.{name}"))
-    import multiprocessing, multiprocessing.process
-    multiprocessing.process.BaseProcess.start = blocked("multiprocessing")
-
-def _main():
-    cfg = json.loads(sys.argv[1])
-    token = sys.stdin.readline().strip()
-    sys.stdin.close()
-    _setup(cfg)
-    import builtins, traceback
-    with open("program.py", encoding="utf-8") as fh:
-        source = fh.read()
-    try:
-        exec(compile(source, "program.py", "exec"), {"__name__": "__main__", "__builtins__": builtins})
-    except SystemExit as exc:
-        sys.stderr.write(f"SandboxExit: program called exit({exc.code!r}) before its tests finished\n")
-        sys.stderr.flush()
-        os._exit(3)
-    except BaseException:
-        traceback.print_exc()
-        sys.stderr.flush()
-        os._exit(1)
-    try:
-        sys.stdout.flush()
-    except Exception:
-        pass
-    os.write(1, ("\n" + "__lmlab_sandbox_ok__ " + token + "\n").encode())
-    os._exit(0)
-
-_main()
-'''
+def _child_source() -> str:
+    """The text of :mod:`lmlab.eval.code.sandbox_child`, copied into each run's directory (the child runs
+    under ``python -I`` without lmlab on its path)."""
+    return (resources.files("lmlab.eval.code") / "sandbox_child.py").read_text(encoding="utf-8")
 
 
-def run_program(source: str, config: SandboxConfig | None = None) -> SandboxResult:
-    """Run ``source`` as a program under the limits of ``config`` (see module doc)."""
-    cfg = config or SandboxConfig()
-    if not isinstance(source, str):
-        raise LmlabError(f"run_program: source must be a string, got {type(source).__name__}")
-    token = secrets.token_hex(16)
-    child_cfg = {
+def _child_config(cfg: SandboxConfig, **extra) -> dict:
+    return {
         "netns": _mode(cfg.network_namespace),
         "seccomp": _mode(cfg.seccomp),
         "seccomp_arch": platform.machine(),
         "memory_bytes": cfg.memory_mb * 1024 * 1024,
         "cpu_s": cfg.cpu_s or int(cfg.timeout_s) + 2,
         "max_output": cfg.max_output_bytes,
+        **extra,
     }
+
+
+def _start(cfg: SandboxConfig, role: str, work: Path, child_cfg: dict, stdin, pass_fds=()) -> subprocess.Popen:
+    """One sandboxed interpreter in ``work`` (its own session, a minimal environment, stdout/stderr to files)."""
+    (work / "sandbox_child.py").write_text(_child_source(), encoding="utf-8")
+    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(work), "TMPDIR": str(work)}
+    with open(work / "stdout", "wb") as out, open(work / "stderr", "wb") as err:
+        return subprocess.Popen([cfg.python, "-I", "-B", str(work / "sandbox_child.py"), role, json.dumps(child_cfg)],
+                                cwd=work, env=env, stdin=stdin, stdout=out, stderr=err, start_new_session=True,
+                                close_fds=True, pass_fds=pass_fds)
+
+
+def run_program(source: str, config: SandboxConfig | None = None) -> SandboxResult:
+    """Run ``source`` as a whole program under the limits of ``config`` (see module doc); it passes when it
+    runs to its last statement. The program is its own judge here: to score untrusted code against a test,
+    use :func:`run_check` / :func:`check_completion`, whose verdict the code cannot reach."""
+    cfg = config or SandboxConfig()
+    if not isinstance(source, str):
+        raise LmlabError(f"run_program: source must be a string, got {type(source).__name__}")
+    token = secrets.token_hex(16)
     with tempfile.TemporaryDirectory(prefix="lmlab-sandbox-") as tmp:
         work = Path(tmp)
         (work / "program.py").write_text(source, encoding="utf-8")
-        (work / "runner.py").write_text(_RUNNER, encoding="utf-8")
-        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": tmp, "TMPDIR": tmp}
         start = time.monotonic()
         timed_out = False
-        with open(work / "stdout", "wb") as out, open(work / "stderr", "wb") as err:
-            try:
-                proc = subprocess.Popen([cfg.python, "-I", "-B", str(work / "runner.py"), json.dumps(child_cfg)],
-                                        cwd=tmp, env=env, stdin=subprocess.PIPE, stdout=out, stderr=err,
-                                        start_new_session=True, close_fds=True)
-            except OSError as exc:
-                return SandboxResult("error", f"could not start the interpreter: {exc}", None, 0.0)
-            try:
-                proc.communicate(input=(token + "\n").encode(), timeout=cfg.timeout_s)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                _kill_group(proc.pid)
-                proc.wait()
-            finally:
-                _kill_group(proc.pid)  # sweep anything the program left behind in its group
+        try:
+            proc = _start(cfg, "program", work, _child_config(cfg), subprocess.PIPE)
+        except OSError as exc:
+            return SandboxResult("error", f"could not start the interpreter: {exc}", None, 0.0)
+        try:
+            proc.communicate(input=(token + "\n").encode(), timeout=cfg.timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _kill_group(proc.pid)
+            proc.wait()
+        finally:
+            _kill_group(proc.pid)  # sweep anything the program left behind in its group
         duration = time.monotonic() - start
         stdout = _read_bounded(work / "stdout", cfg.max_output_bytes)
         stderr = _read_bounded(work / "stderr", cfg.max_output_bytes)
-        out_size = max((work / name).stat().st_size for name in ("stdout", "stderr"))
+        out_size = _output_size(work)
         guards = _read_guards(work / "guards.json")
     return _classify(proc.returncode, timed_out, stdout, stderr, token, out_size, cfg, duration, guards)
+
+
+def run_check(candidate_source: str, test_source: str, entry_point: str, context_source: str = "",
+              config: SandboxConfig | None = None) -> SandboxResult:
+    """Judge ``entry_point`` as defined by ``candidate_source`` with the ``check(candidate)`` of ``test_source``.
+
+    Two sandboxed processes (module doc): the candidate's defines the function and answers calls; the
+    judge's runs ``context_source`` (the problem's prompt + canonical solution, so tests can use the prompt's
+    helpers), then ``test_source``, then ``check(proxy)``. Arguments and results cross as plain built-in
+    data (a test that relies on mutating its argument in place cannot be judged this way). ``passed`` only if
+    the judge exits 0 *and* its verdict pipe -- held by the judge alone -- says so. ``stdout``/``stderr`` are
+    the candidate's, ``returncode`` is the judge's.
+    """
+    cfg = config or SandboxConfig()
+    for name, value in (("candidate_source", candidate_source), ("test_source", test_source),
+                        ("entry_point", entry_point), ("context_source", context_source)):
+        if not isinstance(value, str):
+            raise LmlabError(f"run_check: {name} must be a string, got {type(value).__name__}")
+    if not entry_point.isidentifier():
+        raise LmlabError(f"run_check: entry_point must be a Python identifier, got {entry_point!r}")
+    with tempfile.TemporaryDirectory(prefix="lmlab-candidate-") as ctmp, \
+            tempfile.TemporaryDirectory(prefix="lmlab-judge-") as jtmp:
+        cwork, jwork = Path(ctmp), Path(jtmp)
+        (cwork / "candidate.py").write_text(candidate_source, encoding="utf-8")
+        (jwork / "context.py").write_text(context_source, encoding="utf-8")
+        (jwork / "test.py").write_text(test_source, encoding="utf-8")
+        request_r, request_w = os.pipe()
+        reply_r, reply_w = os.pipe()
+        verdict_r, verdict_w = os.pipe()
+        start = time.monotonic()
+        procs: list[subprocess.Popen] = []
+        try:
+            procs.append(_start(cfg, "candidate", cwork, _child_config(
+                cfg, entry_point=entry_point, request_fd=request_r, reply_fd=reply_w),
+                subprocess.DEVNULL, (request_r, reply_w)))
+            procs.append(_start(cfg, "judge", jwork, _child_config(
+                cfg, entry_point=entry_point, request_fd=request_w, reply_fd=reply_r, verdict_fd=verdict_w),
+                subprocess.DEVNULL, (request_w, reply_r, verdict_w)))
+        except OSError as exc:
+            for proc in procs:
+                _kill_group(proc.pid)
+                proc.wait()
+            return SandboxResult("error", f"could not start the interpreter: {exc}", None, 0.0)
+        finally:
+            for fd in (request_r, request_w, reply_r, reply_w, verdict_w):
+                os.close(fd)  # only the children hold these now: each sees the other's exit as end of stream
+        candidate, judge = procs
+        timed_out = False
+        try:
+            judge.wait(timeout=cfg.timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        try:  # the candidate ends by itself once the judge closes its pipe
+            candidate.wait(timeout=0 if timed_out else max(0.0, min(1.0, cfg.timeout_s - (time.monotonic() - start))))
+        except subprocess.TimeoutExpired:
+            pass
+        for proc in procs:
+            _kill_group(proc.pid)
+            proc.wait()
+        duration = time.monotonic() - start
+        verdict = _read_verdict(verdict_r)
+        stdout = _read_bounded(cwork / "stdout", cfg.max_output_bytes)
+        stderr = _read_bounded(cwork / "stderr", cfg.max_output_bytes)
+        judge_stderr = _read_bounded(jwork / "stderr", 4096)
+        out_size = _output_size(cwork)
+        guards = _read_guards(cwork / "guards.json") + ("separate-judge",) + tuple(
+            f"judge-{g}" for g in _read_guards(jwork / "guards.json") if g == "undumpable")
+
+    def result(status: str, reason: str) -> SandboxResult:
+        return SandboxResult(status, reason, judge.returncode, round(duration, 4), stdout, stderr, guards)
+
+    if timed_out:
+        return result("timeout", f"wall-clock limit of {cfg.timeout_s:g} s exceeded (process groups killed)")
+    if judge.returncode == 0 and verdict == {"status": "passed", "reason": "all tests passed"}:
+        return result("passed", "all tests passed")
+    for proc in (candidate, judge):
+        if proc.returncode is not None and proc.returncode < 0:
+            status, reason = _signal_outcome(-proc.returncode)
+            return result(status, reason)
+    if out_size >= cfg.max_output_bytes:
+        return result("error", f"output limit of {cfg.max_output_bytes} bytes exceeded")
+    if verdict and verdict.get("status") in ("failed", "error"):
+        return result(verdict["status"], str(verdict.get("reason", ""))[:300])
+    last = next((line for line in reversed(judge_stderr.strip().split("\n")) if line.strip()), "")
+    return result("error", f"the judge gave no verdict (exit status {judge.returncode}){': ' + last if last else ''}")
+
+
+def _read_verdict(fd: int) -> dict | None:
+    """The judge's one verdict line, or None when the pipe holds anything else (nothing, several lines,
+    garbage): only an exact single line counts."""
+    try:
+        os.set_blocking(fd, False)
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            data = b""
+    finally:
+        os.close(fd)
+    if data.count(b"\n") != 1 or not data.endswith(b"\n"):
+        return None
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _signal_outcome(sig: int) -> tuple[str, str]:
+    if sig == signal.SIGXCPU:
+        return "timeout", "CPU time limit exceeded (SIGXCPU)"
+    if sig == signal.SIGKILL:
+        return "error", "killed by SIGKILL (CPU hard limit or the kernel's OOM killer)"
+    if sig == signal.SIGSYS:
+        return "error", "killed by the seccomp filter (SIGSYS)"
+    try:
+        return "error", f"killed by signal {signal.Signals(sig).name}"
+    except ValueError:
+        return "error", f"killed by signal {sig}"
+
+
+def _output_size(work: Path) -> int:
+    return max((work / name).stat().st_size for name in ("stdout", "stderr"))
 
 
 def _mode(value: bool | str) -> str | bool:
@@ -338,14 +338,7 @@ def _classify(returncode: int | None, timed_out: bool, stdout: str, stderr: str,
     if ok:
         return result("passed", "all tests passed")
     if returncode is not None and returncode < 0:
-        sig = -returncode
-        if sig == signal.SIGXCPU:
-            return result("timeout", "CPU time limit exceeded (SIGXCPU)")
-        if sig == signal.SIGKILL:
-            return result("error", "killed by SIGKILL (CPU hard limit or the kernel's OOM killer)")
-        if sig == signal.SIGSYS:
-            return result("error", "killed by the seccomp filter (SIGSYS)")
-        return result("error", f"killed by signal {signal.Signals(sig).name}")
+        return result(*_signal_outcome(-returncode))
     if out_size >= cfg.max_output_bytes:
         return result("error", f"output limit of {cfg.max_output_bytes} bytes exceeded")
     last = next((line for line in reversed(stderr.strip().split("\n")) if line.strip()), "")
@@ -356,8 +349,11 @@ def _classify(returncode: int | None, timed_out: bool, stdout: str, stderr: str,
 
 # --------------------------------------------------------------------------------------------------
 def check_completion(problem, completion: str, config: SandboxConfig | None = None) -> SandboxResult:
-    """Judge one completion of a :class:`~lmlab.eval.code.problems.CodeProblem`."""
-    return run_program(problem.program(completion), config)
+    """Judge one completion of a :class:`~lmlab.eval.code.problems.CodeProblem` with :func:`run_check`: the
+    candidate process runs ``prompt + completion``, the judge runs ``prompt + canonical_solution`` (for the
+    helpers a test may call) and ``test``, then ``check(entry_point)``."""
+    return run_check(problem.prompt + completion + "\n", problem.test, problem.entry_point,
+                     problem.prompt + problem.canonical_solution + "\n", config)
 
 
 @dataclass(frozen=True)

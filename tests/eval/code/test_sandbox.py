@@ -67,25 +67,42 @@ def test_fork_through_ctypes_is_refused_by_the_kernel():
     assert res.status == "failed" and "fork refused" in res.reason
 
 
-@pytest.mark.parametrize("src", [
-    "import socket\ns = socket.socket()\ns.connect(('93.184.216.34', 80))\n",
-    "import socket\nsocket.create_connection(('93.184.216.34', 80), timeout=1)\n",
-    "import _socket\ns = _socket.socket(2, 1)\ns.connect(('93.184.216.34', 80))\n",
+@pytest.mark.parametrize("src, refusal", [
+    ("import socket\ns = socket.socket()\ns.connect(('93.184.216.34', 80))\n", "socket.socket"),
+    ("import socket\nsocket.create_connection(('93.184.216.34', 80), timeout=1)\n", "socket.create_connection"),
+    ("import _socket\ns = _socket.socket(2, 1)\ns.connect(('93.184.216.34', 80))\n", "_socket.socket"),
 ])
-def test_sockets_are_refused(src):
+def test_sockets_are_refused(src, refusal):
+    """The sandbox's own refusal, not the offline host's: an unreachable network would raise OSError at
+    connect, never this PermissionError at construction."""
     res = run(src)
     assert res.status == "failed" and not res.passed
+    assert f"PermissionError: sandbox: {refusal} is disabled" in res.reason, res.reason
 
 
-def test_network_namespace_or_seccomp_blocks_raw_sockets():
-    """Even a socket made below the Python patches cannot reach the network."""
-    src = ("import ctypes\nfd = ctypes.CDLL(None).socket(2, 1, 0)\n"
-           "assert fd >= 0, 'socket refused'\n")
-    res = run(src)
-    if not {"seccomp", "netns"} & set(res.guards):
-        pytest.skip("neither seccomp nor a network namespace is available here")
-    if "seccomp" in res.guards:
-        assert res.status == "failed" and "socket refused" in res.reason
+@pytest.mark.parametrize("seccomp", ["auto", False])
+def test_network_namespace_or_seccomp_blocks_raw_sockets(seccomp):
+    """Even a socket made below the Python patches cannot reach the network, and the refusal is the sandbox's:
+    seccomp refuses an AF_INET socket with EACCES; without seccomp, Landlock refuses the TCP connect with
+    EACCES; an empty network namespace alone has no route (an offline host would create the socket and fail
+    only at connect, with ENETUNREACH or ECONNREFUSED -- never EACCES)."""
+    src = ("import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\nfd = libc.socket(2, 1, 0)\n"
+           "assert fd >= 0, 'socket refused: ' + os.strerror(ctypes.get_errno())\n"
+           "addr = bytes([2, 0, 0, 80, 93, 184, 216, 34]) + bytes(8)\n"
+           "rc = libc.connect(fd, addr, 16)\n"
+           "assert rc == 0, 'connect refused: ' + os.strerror(ctypes.get_errno())\n")
+    res = run_program(src, SandboxConfig(timeout_s=2.0, memory_mb=256, seccomp=seccomp))
+    guards = set(res.guards)
+    if not {"seccomp", "netns", "landlock"} & guards:
+        pytest.skip("neither seccomp, Landlock nor a network namespace is available here")
+    assert res.status == "failed"
+    if "seccomp" in guards:
+        expected = "socket refused: Permission denied"
+    elif "landlock" in guards:
+        expected = "connect refused: Permission denied"
+    else:
+        expected = "connect refused: Network is unreachable"
+    assert expected in res.reason, (res.reason, guards)
 
 
 def test_exit_zero_cannot_fake_a_pass():
