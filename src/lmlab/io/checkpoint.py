@@ -136,6 +136,10 @@ def load_model(path: str | os.PathLike, dtype: str | torch.dtype | None = None,
                device: str | torch.device = "cpu") -> Transformer:
     """Load an HF checkpoint directory into a Transformer in eval mode (dtype None = as stored)."""
     d = Path(path)
+    from lmlab.efficient.quant_io import is_quantized_checkpoint, load_quantized  # lazy: efficient imports io
+
+    if is_quantized_checkpoint(d):
+        return load_quantized(d, dtype=dtype, device=device)
     config = read_config(d)
     source = _TensorSource(d)
     state = convert_from_hf(source, config, str(d))
@@ -181,6 +185,10 @@ def save_model(model: Transformer, path: str | os.PathLike, tokenizer: Any = Non
     Files are written to a temporary directory first and moved in one by one with ``os.replace``, so a
     crash never leaves a half-written ``model.safetensors``.
     """
+    if getattr(model, "quantization_config", None) is not None:
+        from lmlab.efficient.quant_io import save_quantized  # lazy: efficient imports io
+
+        return save_quantized(model, path, tokenizer)
     d = Path(path)
     d.mkdir(parents=True, exist_ok=True)
     hf_cfg = config_to_hf(model.config)
