@@ -16,7 +16,8 @@ _EXPORTS = {
     "QuantizedLinear": "lmlab.efficient.quant",
     "save_quantized": "lmlab.efficient.quant_io",
     "load_quantized": "lmlab.efficient.quant_io",
-    "kv_policy": "lmlab.efficient.kv_policies",
+    "kv_policy": "lmlab.efficient.kv_registry",
+    "available_policies": "lmlab.efficient.kv_registry",
 }
 
 
