@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from lmlab.core.rope import ROPE_SCALINGS, check_rope_scaling
 from lmlab.errors import LmlabError
 
 NORM_TYPES = ("layernorm", "rmsnorm")
@@ -18,7 +19,6 @@ POS_TYPES = ("learned", "rotary")
 ROPE_STYLES = ("half", "interleaved")
 MLP_TYPES = ("plain", "gated")
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "relu", "silu")
-ROPE_SCALINGS = ("default", "linear", "llama3")
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,8 @@ class ModelConfig:
     rotary_dim: int | None = None  # None -> d_head; dims of each head that get rotated (the first ones)
     rope_base: float = 10000.0
     rope_scaling: str = "default"
-    rope_scaling_params: tuple[tuple[str, float], ...] = ()  # e.g. (("factor", 8.0), ...)
+    # HF rope_parameters names -> number, bool or tuple of numbers (longrope factors), e.g. (("factor", 8.0), ...)
+    rope_scaling_params: tuple[tuple[str, Any], ...] = ()
     # block layout
     parallel_residual: bool = False  # x + attn(ln1 x) + mlp(ln2 x)
     shared_block_norm: bool = False  # GPT-J: one norm feeds both attention and MLP
@@ -92,6 +93,11 @@ class ModelConfig:
         need(not self.shared_block_norm or self.parallel_residual,
              "shared_block_norm (one norm feeding attention and MLP, GPT-J) needs parallel_residual=True: a "
              "sequential block normalises the MLP input after attention, so it needs its own norm")
+        try:
+            check_rope_scaling(self.rope_scaling, dict(self.rope_scaling_params), self.rot_dim,
+                               self.pos_type == "rotary", self.max_seq_len)
+        except LmlabError as err:
+            raise LmlabError(f"model config: {err}") from None
         if self.sliding_window_layers is not None:
             need(len(self.sliding_window_layers) == self.n_layers,
                  f"sliding_window_layers has {len(self.sliding_window_layers)} entries for {self.n_layers} layers")

@@ -179,6 +179,10 @@ def load_model(path: str | os.PathLike, dtype: str | torch.dtype | None = None,
                device: str | torch.device = "cpu") -> Transformer:
     """Load an HF checkpoint directory into a Transformer in eval mode (dtype None = as stored)."""
     d = Path(path)
+    from lmlab.efficient.quant_io import is_quantized_checkpoint, load_quantized  # lazy: efficient imports io
+
+    if is_quantized_checkpoint(d):
+        return load_quantized(d, dtype=dtype, device=device)
     config = read_config(d)
     source = _TensorSource(d)
     state = convert_from_hf(source, config, str(d))
@@ -236,6 +240,10 @@ def save_model(model: Transformer, path: str | os.PathLike, tokenizer: Any = Non
     from lmlab.io.output_paths import expect_directory_path
 
     d = expect_directory_path(path, "save:")
+    if getattr(model, "quantization_config", None) is not None:
+        from lmlab.efficient.quant_io import save_quantized  # lazy: efficient imports io
+
+        return save_quantized(model, path, tokenizer)
     config = model.config
     if tokenizer is not None:
         config = with_special_tokens(config, tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from lmlab.core.config import ModelConfig
+from lmlab.core.rope import ROPE_SCALINGS
 from lmlab.errors import LmlabError
 
 # HF keys we read (or knowingly ignore because they do not change inference) per family are listed in
@@ -25,6 +26,13 @@ def _get(d: dict, *names: str, default: Any = ..., where: str) -> Any:
     return default
 
 
+def _rope_param(value: Any) -> Any:
+    """A rope parameter as ModelConfig keeps it: numbers and bools as they are, lists as tuples (hashable)."""
+    if isinstance(value, list):
+        return tuple(value)
+    return value
+
+
 def _rope(d: dict, where: str) -> dict[str, Any]:
     """Rope base, scaling type and params from either v4 (rope_theta/rope_scaling) or v5 (rope_parameters)."""
     params = dict(d.get("rope_parameters") or {})
@@ -33,11 +41,27 @@ def _rope(d: dict, where: str) -> dict[str, Any]:
     base = params.pop("rope_theta", d.get("rope_theta", d.get("rotary_emb_base", 10000.0)))
     kind = params.pop("rope_type", params.pop("type", "default")) or "default"
     partial = params.pop("partial_rotary_factor", d.get("partial_rotary_factor", d.get("rotary_pct")))
-    if kind not in ("default", "linear", "llama3"):
-        raise LmlabError(f"{where}: rope scaling type {kind!r} is not supported (supported: default, linear, llama3)")
-    numeric = tuple(sorted((k, float(v)) for k, v in params.items() if isinstance(v, (int, float))))
-    return {"rope_base": float(base), "rope_scaling": kind, "rope_scaling_params": numeric if kind != "default" else (),
+    if kind not in ROPE_SCALINGS:
+        raise LmlabError(f"{where}: rope scaling type {kind!r} is not supported (supported: {', '.join(ROPE_SCALINGS)})")
+    kept = tuple(sorted((k, _rope_param(v)) for k, v in params.items()
+                        if isinstance(v, (int, float, list)) and not (isinstance(v, list) and k not in _LIST_PARAMS)))
+    return {"rope_base": float(base), "rope_scaling": kind, "rope_scaling_params": kept if kind != "default" else (),
             "partial": partial}
+
+
+_LIST_PARAMS = ("short_factor", "long_factor")
+
+
+def _no_rope_scaling(d: dict, where: str) -> None:
+    """GPT-2 (learned positions) and GPT-J (transformers' GPT-J has fixed sinusoidal rotary tables) take no
+    rope scaling: refuse one rather than drop it silently."""
+    for key in ("rope_scaling", "rope_parameters"):
+        value = d.get(key)
+        if isinstance(value, dict):
+            kind = value.get("rope_type", value.get("type", "default")) or "default"
+            if kind != "default":
+                raise LmlabError(f"{where}: model_type {d.get('model_type')!r} cannot use rope scaling {kind!r} "
+                                 f"({key}); only llama, mistral, qwen2 and gpt_neox can")
 
 
 def _tokens(d: dict) -> dict[str, Any]:
@@ -53,6 +77,7 @@ def _refuse(d: dict, where: str, **expected: Any) -> None:
 
 
 def _gpt2(d: dict, where: str) -> dict[str, Any]:
+    _no_rope_scaling(d, where)
     _refuse(d, where, scale_attn_by_inverse_layer_idx=False, reorder_and_upcast_attn=False,
             scale_attn_weights=True, add_cross_attention=False)
     n_embd = _get(d, "n_embd", where=where)
@@ -65,6 +90,7 @@ def _gpt2(d: dict, where: str) -> dict[str, Any]:
 
 
 def _gptj(d: dict, where: str) -> dict[str, Any]:
+    _no_rope_scaling(d, where)
     n_embd = _get(d, "n_embd", where=where)
     n_head = _get(d, "n_head", where=where)
     return dict(vocab_size=_get(d, "vocab_size", where=where), d_model=n_embd, n_layers=_get(d, "n_layer", where=where),
@@ -159,12 +185,13 @@ def config_from_hf(d: dict, where: str = "config.json") -> ModelConfig:
     extra = tuple(sorted((k, v) for k, v in d.items() if k not in _CONSUMED and k not in _NEVER_EXPORT))
     try:
         return ModelConfig(model_type=model_type, **fields, **_tokens(d), extra=extra)
-    except TypeError as err:  # a field of the wrong JSON type
+    except (TypeError, LmlabError) as err:  # a field of the wrong JSON type, or an unusable value
         raise LmlabError(f"{where}: {err}") from None
 
 
 def _rope_out(c: ModelConfig, partial: float | None = None) -> dict[str, Any]:
-    params: dict[str, Any] = {"rope_theta": c.rope_base, "rope_type": c.rope_scaling, **dict(c.rope_scaling_params)}
+    params: dict[str, Any] = {"rope_theta": c.rope_base, "rope_type": c.rope_scaling,
+                              **{k: list(v) if isinstance(v, tuple) else v for k, v in c.rope_scaling_params}}
     if partial is not None and partial != 1.0:
         params["partial_rotary_factor"] = partial
     return {"rope_parameters": params}
@@ -178,6 +205,9 @@ def config_to_hf(c: ModelConfig) -> dict[str, Any]:
     common = {"vocab_size": c.vocab_size, "tie_word_embeddings": c.tie_embeddings,
               "bos_token_id": c.bos_token_id, "pad_token_id": c.pad_token_id,
               "eos_token_id": list(c.eos_token_id) if isinstance(c.eos_token_id, tuple) else c.eos_token_id}
+    if c.model_type in ("gpt2", "gptj") and c.rope_scaling != "default":
+        raise LmlabError(f"model_type {c.model_type!r} cannot be exported with rope scaling {c.rope_scaling!r} "
+                         f"(transformers' {c.model_type} has none)")
     if c.model_type == "gpt2":
         out.update(n_embd=c.d_model, n_layer=c.n_layers, n_head=c.n_heads, n_inner=c.d_mlp, n_positions=c.max_seq_len,
                    layer_norm_epsilon=c.norm_eps, activation_function=c.activation,

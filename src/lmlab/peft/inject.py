@@ -39,8 +39,8 @@ class AdapterConfig:
     method: ClassVar[str] = ""
 
     def accepts(self, module: nn.Module, model: nn.Module) -> bool:
-        """Whether this method can wrap ``module`` (LoRA: nn.Linear only)."""
-        return isinstance(module, nn.Linear)
+        """Whether this method can wrap ``module`` (LoRA: nn.Linear, or a weight-only quantized linear)."""
+        return isinstance(module, nn.Linear) or getattr(module, "weight_only_quantized", False)
 
     def build(self, module: nn.Module, model: nn.Module) -> nn.Module:
         raise NotImplementedError
@@ -341,6 +341,9 @@ def merge_adapter(model: nn.Module, name: str | None = None) -> None:
         if not getattr(adapter, "mergeable", False):
             raise LmlabError(f"adapter {name!r} ({type(adapter).__name__} on {mod_name}) cannot be merged into "
                              "the weights: only linear adapters (LoRA) can")
+        if getattr(module, "weight_only_quantized", False):
+            raise LmlabError(f"cannot merge adapter {name!r} into {mod_name}: its base weight is quantized; "
+                             "dequantize first (lmlab.efficient.dequantize_model(model)), then merge")
         shared = _shared_weight(model, mod_name, module.weight)
         if shared is not None:
             raise LmlabError(f"cannot merge adapter {name!r} into {mod_name}.weight: it is tied to {shared} "

@@ -1,0 +1,182 @@
+"""Decode throughput of weight-only int8 / int4 lmlab against fp32 lmlab, transformers and torchao, one process.
+
+For a GPT-2-124M-shaped and a Llama-124M-shaped random model (the same weights on every side: a transformers
+model is built, save_pretrained, and ``lmlab.load``ed), at batch 1 (and any ``--batches``): time full
+greedy ``generate`` calls (64-token prompt, 128 new tokens) for
+
+- lmlab fp32 and bf16 (the baselines),
+- lmlab int8 (per channel, RTN) and int4 (group 128, RTN), through ``torch._weight_int8pack_mm`` /
+  ``torch._weight_int4pack_mm_for_cpu`` with bf16 activations (``lmlab.efficient.quantize``),
+- transformers fp32 on the same weights,
+- transformers + torchao ``Int8WeightOnlyConfig`` / ``Int4WeightOnlyConfig`` where torchao is installed and
+  runs on this CPU (reported as skipped otherwise),
+
+alternating the sides rep by rep so background load hits them alike, and print tokens/s next to the
+memory-bandwidth bound  B * read_bandwidth / bytes read per step  (every weight and buffer once, embedding
+tables only when tied, plus the mean KV cache), and the share of greedy tokens that agree with lmlab fp32.
+
+Issue 18's targets at batch 1: int8 >= 2x fp32 lmlab, int4 >= 3x. Timing needs a quiet machine:
+
+    python benchmarks/quant_decode.py --wait-quiet 60       # full run
+    python benchmarks/quant_decode.py --quick               # smoke run (numbers meaningless)
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bandwidth import measure_bandwidth  # noqa: E402
+from decode import BackgroundLoad, build_hf, machine_info, time_call, wait_for_quiet  # noqa: E402
+
+
+def read_bytes_per_step(model, batch: int, prompt_len: int, new_tokens: int) -> float:
+    """Weights (parameters and buffers: int8/int4 codes, scales) read once per step, plus the batch's KV cache."""
+    c = model.config
+    seen, total = set(), 0
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        if name in ("embed.weight", "pos_embed.weight") and not (c.tie_embeddings and name == "embed.weight"):
+            continue
+        total += t.numel() * t.element_size()
+    kv_row = 2 * c.n_layers * c.kv_heads * c.head_dim * (prompt_len + new_tokens / 2) * 4
+    return total + batch * kv_row
+
+
+def lmlab_variants(path: Path, only: set[str]):
+    import lmlab
+    from lmlab.efficient.quantize import quantize
+
+    if "lmlab-fp32" in only:
+        yield "lmlab-fp32", lmlab.load(path)
+    if "lmlab-bf16" in only:
+        yield "lmlab-bf16", lmlab.load(path, dtype="bfloat16")
+    if "lmlab-int8" in only:
+        yield "lmlab-int8", quantize(lmlab.load(path), bits=8)
+    if "lmlab-int4" in only:
+        yield "lmlab-int4", quantize(lmlab.load(path), bits=4, group_size=128)
+
+
+def hf_variants(hf, only: set[str]):
+    import copy
+
+    if "hf-fp32" in only:
+        yield "hf-fp32", hf
+    for label, config_name in (("hf-torchao-int8", "Int8WeightOnlyConfig"), ("hf-torchao-int4", "Int4WeightOnlyConfig")):
+        if label not in only:
+            continue
+        try:
+            import torchao.quantization as tq
+
+            model = copy.deepcopy(hf).to(torch.bfloat16)
+            kwargs = {"group_size": 128} if "Int4" in config_name else {}
+            tq.quantize_(model, getattr(tq, config_name)(**kwargs))
+            yield label, model
+        except Exception as err:  # noqa: BLE001 -- torchao missing or unsupported on this CPU: say so, go on
+            print(f"| {label}: skipped ({type(err).__name__}: {str(err).splitlines()[0][:100]})", flush=True)
+
+
+def run_model(name: str, args, bandwidth: float, workdir: Path) -> list[dict]:
+    import lmlab
+
+    hf = build_hf(name)
+    path = workdir / name
+    hf.save_pretrained(path)
+    only = set(args.variants.split(","))
+    runners = {}
+    for label, model in list(lmlab_variants(path, only)) + list(hf_variants(hf, only)):
+        runners[label] = model
+    rows = []
+    for batch in [int(b) for b in args.batches.split(",")]:
+        prompt = torch.randint(0, hf.config.vocab_size, (batch, args.prompt_len),
+                               generator=torch.Generator().manual_seed(1234 + batch))
+        mask = torch.ones_like(prompt)
+
+        def call(label, n=args.new_tokens):
+            m = runners[label]
+            if label.startswith("lmlab"):
+                return lmlab.generate(m, prompt, max_new_tokens=n, stop_token_ids=[])[:, args.prompt_len:]
+            out = m.generate(prompt, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+            return out[:, args.prompt_len:]
+
+        for label in runners:
+            for _ in range(args.warmup):
+                call(label, 16)
+        if args.wait_quiet:
+            wait_for_quiet(args.wait_quiet)
+        load = BackgroundLoad()
+        times = {label: [] for label in runners}
+        tokens = {}
+        for _ in range(args.reps):
+            for label in runners:
+                t, tokens[label] = time_call(lambda: call(label))
+                times[label].append(t)
+        background = load.fraction()
+        ref_tokens = tokens.get("lmlab-fp32")
+        base_tps = None
+        for label in runners:
+            tps = batch * args.new_tokens / statistics.median(times[label])
+            base_tps = tps if label == "lmlab-fp32" else base_tps
+            model = runners[label]
+            bound = (batch * bandwidth * 1e9 / read_bytes_per_step(model, batch, args.prompt_len, args.new_tokens)
+                     if label.startswith("lmlab") else None)
+            agree = (tokens[label] == ref_tokens).float().mean().item() if ref_tokens is not None else None
+            row = {"model": name, "variant": label, "batch": batch, "tok_s": tps,
+                   "x_fp32_lmlab": tps / base_tps if base_tps else None, "bound_tok_s": bound,
+                   "pct_bound": 100 * tps / bound if bound else None, "agree_with_fp32": agree,
+                   "background_cpu": background, "times_s": times[label]}
+            rows.append(row)
+            print(f"| {name} | {label:<16} | {batch:>5} | {tps:>8.1f} | "
+                  f"{row['x_fp32_lmlab'] or float('nan'):>5.2f}x | {bound or float('nan'):>9.1f} | "
+                  f"{row['pct_bound'] or float('nan'):>6.0f}% | {agree if agree is not None else float('nan'):>6.1%} | "
+                  f"{background if background is not None else float('nan'):>5.0%} |", flush=True)
+    del runners, hf
+    gc.collect()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="smoke run: 1 rep, 16 new tokens")
+    p.add_argument("--models", default="gpt2,llama")
+    p.add_argument("--variants", default="lmlab-fp32,lmlab-bf16,lmlab-int8,lmlab-int4,hf-fp32,hf-torchao-int8,"
+                                         "hf-torchao-int4")
+    p.add_argument("--batches", default="1")
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--prompt-len", type=int, default=64)
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS")
+    p.add_argument("--bandwidth", type=float, default=None, metavar="GBPS",
+                   help="read bandwidth from benchmarks/bandwidth.py on a quiet machine (default: measure now)")
+    p.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.reps, args.new_tokens, args.warmup = 1, 16, 0
+    info = machine_info()
+    print(f"# {info['cpu']}, {info['cores']} cores, torch {info['torch']}, {info['threads']} threads", flush=True)
+    bandwidth = args.bandwidth or measure_bandwidth(size_mb=256 if args.quick else 1024)["read_gbps"]
+    print(f"# read bandwidth {bandwidth:.1f} GB/s", flush=True)
+    print("| model | variant | batch | tok/s | vs lmlab fp32 | bound tok/s | % bound | tokens = fp32 | other CPU |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="lmlab-quant-decode-") as tmp:
+        for name in args.models.split(","):
+            rows += run_model(name, args, bandwidth, Path(tmp))
+    if args.out:
+        args.out.write_text(json.dumps({"machine": info, "bandwidth_gbps": bandwidth, "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

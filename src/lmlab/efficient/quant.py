@@ -1,0 +1,223 @@
+"""Weight-only integer quantization of one linear layer: the number formats, and ``QuantizedLinear``.
+
+Formats (codes ``q``, per-group ``scale`` and integer ``zero``; ``w ~= (q - zero) * scale``):
+
+- int8, per output channel, symmetric: ``scale = max|w_row| / 127``, ``q`` in [-127, 127], ``zero = 0``
+  (LLM.int8()'s "vector-wise" weight quantization without the outlier part; the format PyTorch's
+  ``_weight_int8pack_mm`` CPU kernel reads).
+- int4, groups of ``group_size`` input columns, asymmetric min-max including 0 (GPTQ's quantizer,
+  Frantar et al. 2023, ``sym=False``): ``scale = (max - min) / 15``, ``zero = round(-min / scale)``, ``q`` in
+  [0, 15]. The last group may be shorter when ``group_size`` does not divide the input size.
+
+Round-to-nearest puts every weight within ``scale / 2`` of its dequantised value (the range always covers
+the group, and rounding the zero point moves the grid by at most half a step, which the clamp absorbs).
+
+Why a module of its own rather than a flag on ``Linear``: the parameters differ in kind (int8 / packed
+uint8 buffers instead of a float weight), the state dict names differ (``qweight``, ``scales``, ``qzeros``),
+and code that expects ``module.weight`` to be a float matrix (LoRA merging, editing) must fail loudly
+rather than silently edit codes: ``dequantize_model`` turns it back into a ``Linear`` first.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmlab.errors import LmlabError
+
+BITS = (8, 4)
+INT4_KERNEL_GROUPS = (32, 64, 128, 256)  # what _weight_int4pack_mm_for_cpu accepts
+FAST_KERNELS = True  # module-level switch: tests compare the packed kernels against the dequantised matmul
+
+
+def qrange(bits: int) -> tuple[int, int]:
+    """(lowest, highest) integer code."""
+    return (-127, 127) if bits == 8 else (0, 15)
+
+
+def n_groups(in_features: int, group_size: int) -> int:
+    return -(-in_features // group_size)
+
+
+def find_params(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """scale, zero [N, 1] for the columns ``w`` [N, g] of one group (per row)."""
+    w = w.float()
+    if bits == 8:
+        amax = w.abs().amax(dim=1, keepdim=True)
+        scale = torch.where(amax > 0, amax / 127, torch.ones_like(amax))
+        return scale, torch.zeros_like(scale)
+    lo = w.amin(dim=1, keepdim=True).clamp(max=0)
+    hi = w.amax(dim=1, keepdim=True).clamp(min=0)
+    empty = (lo == 0) & (hi == 0)  # GPTQ's quantizer: an all-zero row gets the range [-1, 1]
+    lo, hi = torch.where(empty, -torch.ones_like(lo), lo), torch.where(empty, torch.ones_like(hi), hi)
+    scale = (hi - lo) / 15
+    return scale, torch.round(-lo / scale)
+
+
+def quantize_columns(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
+    """Integer codes (as float) of ``w`` [N, c] with one scale/zero [N, 1] per row."""
+    lo, hi = qrange(bits)
+    return (torch.round(w.float() / scale) + zero).clamp(lo, hi)
+
+
+def dequantize_codes(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int) -> torch.Tensor:
+    """float32 [N, K] from codes [N, K] and per-group scale/zero [N, n_groups]."""
+    K = q.shape[1]
+    s = scale.float().repeat_interleave(group_size, dim=1)[:, :K]  # [N, K]
+    z = zero.float().repeat_interleave(group_size, dim=1)[:, :K]
+    return (q.float() - z) * s
+
+
+def rtn(w: torch.Tensor, bits: int, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Round-to-nearest: (codes [N, K], scale [N, G], zero [N, G]) for weight ``w`` [N, K]."""
+    K = w.shape[1]
+    codes, scales, zeros = [], [], []
+    for start in range(0, K, group_size):
+        cols = w[:, start:start + group_size]
+        scale, zero = find_params(cols, bits)
+        codes.append(quantize_columns(cols, scale, zero, bits))
+        scales.append(scale)
+        zeros.append(zero)
+    return torch.cat(codes, 1), torch.cat(scales, 1), torch.cat(zeros, 1)
+
+
+def pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, ceil(K/2)] from codes [N, K] in [0, 15]: column 2j in the low nibble, 2j+1 in the high one."""
+    q = q.to(torch.uint8)
+    if q.shape[1] % 2:
+        q = F.pad(q, (0, 1))
+    return q[:, 0::2] | (q[:, 1::2] << 4)
+
+
+def unpack_int4(packed: torch.Tensor, K: int) -> torch.Tensor:
+    """Codes [N, K] (uint8) from ``pack_int4``'s output."""
+    low, high = packed & 0x0F, packed >> 4
+    return torch.stack((low, high), dim=-1).flatten(1)[:, :K]
+
+
+class QuantizedLinear(nn.Module):
+    """A linear layer whose weight is stored as int8 / int4 codes with float scales; bias stays float.
+
+    Buffers (the state dict): ``qweight`` (int8 [N, K] for 8 bits; uint8 [N, ceil(K/2)], two codes a byte,
+    for 4 bits), ``scales`` float32 [N, n_groups], ``qzeros`` uint8 [N, n_groups] (4 bits only).
+
+    Forward: on CPU, when autograd does not need the weight path and the shape suits PyTorch's kernels,
+    ``torch._weight_int8pack_mm`` / ``torch._weight_int4pack_mm_for_cpu`` with activations cast to
+    ``activation_dtype`` (bf16 by default: the int8 kernel streams ~10x faster with bf16 than with fp32
+    activations, PERF_NOTES.md). Otherwise (training LoRA on top, odd shapes, other devices) the matmul
+    runs against the dequantised weight, so gradients reach the input and the adapters.
+    """
+
+    weight_only_quantized = True  # read by lmlab.peft (LoRA targets it; merging refuses it)
+
+    def __init__(self, in_features: int, out_features: int, bits: int, group_size: int | None, bias: bool,
+                 activation_dtype: torch.dtype = torch.bfloat16, device: torch.device | str | None = None) -> None:
+        super().__init__()
+        if bits not in BITS:
+            raise LmlabError(f"bits must be one of {BITS}, got {bits!r}")
+        group_size = in_features if group_size is None else group_size
+        if bits == 8 and group_size != in_features:
+            raise LmlabError(f"int8 is per output channel: group_size must be None, got {group_size}")
+        if not (isinstance(group_size, int) and group_size > 0):
+            raise LmlabError(f"group_size must be a positive integer, got {group_size!r}")
+        self.in_features, self.out_features = in_features, out_features
+        self.bits, self.group_size, self.activation_dtype = bits, group_size, activation_dtype
+        g = n_groups(in_features, group_size)
+        if bits == 8:
+            self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
+            self.qzeros = None
+        else:
+            self.register_buffer("qweight", torch.zeros(out_features, -(-in_features // 2), dtype=torch.uint8,
+                                                        device=device))
+            self.register_buffer("qzeros", torch.zeros(out_features, g, dtype=torch.uint8, device=device))
+        self.register_buffer("scales", torch.ones(out_features, g, dtype=torch.float32, device=device))
+        self.bias = nn.Parameter(torch.zeros(out_features, device=device)) if bias else None
+        self._kernel: tuple | None = None  # (key, packed weight, scales) for the CPU kernel, built on first use
+
+    # -- building ----------------------------------------------------------------------------------------
+    def set_codes(self, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> "QuantizedLinear":
+        """Store codes [N, K], scale and zero [N, n_groups] (from ``rtn`` or GPTQ)."""
+        with torch.no_grad():
+            if self.bits == 8:
+                self.qweight.copy_(q.to(torch.int8))
+            else:
+                self.qweight.copy_(pack_int4(q))
+                self.qzeros.copy_(zero.to(torch.uint8))
+            self.scales.copy_(scale.float())
+        self._kernel = None
+        return self
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, bits: int, group_size: int | None,
+                    activation_dtype: torch.dtype = torch.bfloat16) -> "QuantizedLinear":
+        """Round-to-nearest quantization of ``linear``."""
+        new = cls(linear.in_features, linear.out_features, bits, group_size, linear.bias is not None,
+                  activation_dtype, device=linear.weight.device)
+        new.set_codes(*rtn(linear.weight.detach(), bits, new.group_size))
+        if linear.bias is not None:
+            new.bias.data.copy_(linear.bias.detach().float())
+        return new
+
+    # -- reading -----------------------------------------------------------------------------------------
+    def codes(self) -> torch.Tensor:
+        """Integer codes [N, K] (int8 for 8 bits, uint8 for 4)."""
+        return self.qweight if self.bits == 8 else unpack_int4(self.qweight, self.in_features)
+
+    def zeros(self) -> torch.Tensor:
+        return torch.zeros_like(self.scales) if self.bits == 8 else self.qzeros.float()
+
+    def dequantize(self) -> torch.Tensor:
+        """The float32 weight [N, K] the codes stand for."""
+        return dequantize_codes(self.codes(), self.scales, self.zeros(), self.group_size)
+
+    def kernel_supported(self) -> bool:
+        """Whether PyTorch's packed CPU kernel can run this layer's shape."""
+        if self.bits == 8:
+            return True
+        return (self.group_size in INT4_KERNEL_GROUPS and self.in_features % self.group_size == 0
+                and self.out_features % 16 == 0)
+
+    # -- computing ---------------------------------------------------------------------------------------
+    def _kernel_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (self.qweight.data_ptr(), self.scales.data_ptr(), self.activation_dtype)
+        if self._kernel is None or self._kernel[0] != key:
+            if self.bits == 8:
+                packed, scales = self.qweight, self.scales[:, 0].to(self.activation_dtype)  # [N]
+            else:
+                q = self.codes().to(torch.int32)  # [N, K]
+                packed = torch._convert_weight_to_int4pack_for_cpu(q, 8)
+                # the kernel computes (q - 8) * scale + zero_f, so zero_f = (8 - zero) * scale
+                zero_f = (8 - self.qzeros.float()) * self.scales
+                scales = torch.stack((self.scales, zero_f), dim=-1).transpose(0, 1).contiguous()  # [G, N, 2]
+                scales = scales.to(self.activation_dtype)
+            self._kernel = (key, packed, scales)
+        return self._kernel[1], self._kernel[2]
+
+    def _use_kernel(self, x: torch.Tensor) -> bool:
+        return (FAST_KERNELS and x.is_cpu and self.qweight.is_cpu and x.numel() > 0
+                and x.dtype in (torch.float32, torch.bfloat16)
+                and not (torch.is_grad_enabled() and x.requires_grad)
+                and not torch.compiler.is_compiling() and self.kernel_supported())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._use_kernel(x):
+            packed, scales = self._kernel_tensors()
+            x2 = x.reshape(-1, self.in_features).to(self.activation_dtype)  # [M, K]
+            if self.bits == 8:
+                y = torch._weight_int8pack_mm(x2, packed, scales)  # [M, N]
+            else:
+                y = torch._weight_int4pack_mm_for_cpu(x2, packed, self.group_size, scales)
+            y = y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+            return y if self.bias is None else y + self.bias.to(x.dtype)
+        w = self.dequantize().to(x.dtype)  # [N, K]
+        return F.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
+                f"group_size={self.group_size}, bias={self.bias is not None}")
+
+    def __getstate__(self) -> dict:  # copies never carry the kernel's repacked tensor
+        state = dict(super().__getstate__())
+        state["_kernel"] = None
+        return state

@@ -1,0 +1,216 @@
+"""``quantize(model, bits=8|4, method="rtn"|"gptq", group_size=...)``: weight-only quantization of a model.
+
+The linear layers chosen by ``modules`` (default: every projection inside the blocks; embeddings, norms and
+the LM head stay float, as in GPTQ's experiments) are replaced, by module swap, with ``QuantizedLinear``.
+Hooks and adapter slots registered on a swapped module move to its replacement, so hook points, LoRA and
+the state-dict names of everything else are untouched.
+
+GPTQ runs layer by layer (the paper's Sec. 4 "sequential" procedure): the calibration batch's residual stream
+enters block i through the partial forward (``start_at_layer=i, stop_at_layer=i+1``), forward pre-hooks on the
+block's linears accumulate each one's input Hessian, the block's linears are solved, and the block is run
+again -- now quantized -- to produce the next block's input, so each layer corrects for earlier layers' error.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+from torch import nn
+
+from lmlab.efficient.gptq import GPTQConfig, HessianAccumulator, gptq_quantize
+from lmlab.efficient.quant import BITS, QuantizedLinear
+from lmlab.errors import LmlabError
+
+METHODS = ("rtn", "gptq")
+DEFAULT_MODULES = r"blocks\.\d+\.(attn|mlp)\.[a-z_]+_proj"
+ACTIVATION_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+@dataclass(frozen=True)
+class QuantizationConfig:
+    """What was quantized and how; saved as ``quantization_config`` in config.json.
+
+    - ``bits``: 8 (per output channel, symmetric) or 4 (groups of ``group_size`` input columns, asymmetric).
+    - ``group_size``: None = per channel (the only choice for 8 bits); 4 bits default to 128, the group size
+      of GPTQ's grouping experiments (paper Sec. 5, Table 4) and of most released int4 checkpoints.
+    - ``method``: "rtn" (round to nearest) or "gptq" (``damp``, ``block_size``, ``act_order``: see gptq.py).
+    - ``activation_dtype``: activations are cast to it for the packed CPU kernels (bf16: the fast case).
+    - ``modules``: regex (full match) on module names; ``quantized``: the names it matched (filled in).
+    """
+
+    bits: int = 8
+    method: str = "rtn"
+    group_size: int | None = None
+    damp: float = 0.01
+    block_size: int = 128
+    act_order: bool = False
+    activation_dtype: str = "bfloat16"
+    modules: str = DEFAULT_MODULES
+    quantized: tuple[str, ...] = ()
+
+    def validate(self) -> None:
+        if self.bits not in BITS:
+            raise LmlabError(f"quantize: bits must be one of {BITS}, got {self.bits!r}")
+        if self.method not in METHODS:
+            raise LmlabError(f"quantize: method must be one of {METHODS}, got {self.method!r}")
+        if self.bits == 8 and self.group_size is not None:
+            raise LmlabError(f"quantize: int8 is per output channel; group_size must be None, got {self.group_size}")
+        if self.group_size is not None and not (isinstance(self.group_size, int) and self.group_size > 0):
+            raise LmlabError(f"quantize: group_size must be a positive integer, got {self.group_size!r}")
+        if self.activation_dtype not in ACTIVATION_DTYPES:
+            raise LmlabError(f"quantize: activation_dtype must be one of {tuple(ACTIVATION_DTYPES)}, "
+                             f"got {self.activation_dtype!r}")
+        GPTQConfig(self.damp, self.block_size, self.act_order).validate()
+
+    @property
+    def effective_group_size(self) -> int | None:
+        return 128 if self.bits == 4 and self.group_size is None else self.group_size
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["quantized"] = list(self.quantized)
+        return {"quant_method": "lmlab", **out}
+
+    @classmethod
+    def from_json(cls, d: Any, where: str) -> "QuantizationConfig":
+        if not isinstance(d, dict):
+            raise LmlabError(f"{where}: quantization_config must be a JSON object")
+        if d.get("quant_method") != "lmlab":
+            raise LmlabError(f"{where}: quantization_config.quant_method {d.get('quant_method')!r} is not supported "
+                             "(lmlab reads the 'lmlab' weight-only format written by `lmlab quantize`)")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known - {"quant_method"})
+        if unknown:
+            raise LmlabError(f"{where}: quantization_config has unknown field(s) {unknown}")
+        values = {k: v for k, v in d.items() if k in known}
+        if not isinstance(values.get("quantized", []), list) or not all(isinstance(n, str) for n in values.get("quantized", [])):
+            raise LmlabError(f"{where}: quantization_config.quantized must be a list of module names")
+        values["quantized"] = tuple(values.get("quantized", ()))
+        cfg = cls(**values)
+        try:
+            cfg.validate()
+        except LmlabError as err:
+            raise LmlabError(f"{where}: {err}") from None
+        return cfg
+
+
+def swap_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
+    """Put ``new`` where ``name`` is, moving the old module's hooks and child modules (adapter slots) over."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    old = parent._modules[child]
+    for key, sub in old._modules.items():
+        if key not in new._modules:
+            new.add_module(key, sub)
+    new._forward_hooks, new._forward_pre_hooks = old._forward_hooks, old._forward_pre_hooks
+    new.train(old.training)
+    setattr(parent, child, new)
+    return old
+
+
+def quantizable(model: nn.Module, pattern: str) -> list[str]:
+    """Names of the float linear layers ``pattern`` (regex, full match) selects."""
+    try:
+        regex = re.compile(pattern)
+    except re.error as err:
+        raise LmlabError(f"quantize: modules {pattern!r} is not a valid regex ({err})") from None
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and regex.fullmatch(n)]
+
+
+def quantize(model: nn.Module, bits: int = 8, method: str = "rtn", group_size: int | None = None,
+             calibration: torch.Tensor | None = None, *, damp: float = 0.01, block_size: int = 128,
+             act_order: bool = False, activation_dtype: str = "bfloat16", modules: str = DEFAULT_MODULES,
+             batch_size: int = 8) -> nn.Module:
+    """Quantize ``model``'s linear layers in place and return it (``model.quantization_config`` records how).
+
+    ``calibration`` (GPTQ only): token ids [n_samples, seq_len]; the paper uses 128 random 2048-token
+    segments of C4; any text from the model's domain will do. ``batch_size`` rows are run at a time.
+    """
+    if getattr(model, "quantization_config", None) is not None:
+        raise LmlabError("quantize: the model is already quantized (dequantize_model first to re-quantize)")
+    cfg = QuantizationConfig(bits=bits, method=method, group_size=group_size, damp=damp, block_size=block_size,
+                             act_order=act_order, activation_dtype=activation_dtype, modules=modules)
+    cfg.validate()
+    names = quantizable(model, modules)
+    if not names:
+        raise LmlabError(f"quantize: modules {modules!r} matches no linear layer of this model")
+    act = ACTIVATION_DTYPES[activation_dtype]
+    if method == "rtn":
+        for name in names:
+            old = model.get_submodule(name)
+            swap_module(model, name, QuantizedLinear.from_linear(old, bits, cfg.effective_group_size, act))
+    else:
+        _gptq_model(model, names, cfg, calibration, batch_size)
+    model.quantization_config = QuantizationConfig(**{**asdict(cfg), "quantized": tuple(names)})
+    return model
+
+
+def _check_calibration(model: nn.Module, calibration: Any) -> torch.Tensor:
+    if not isinstance(calibration, torch.Tensor) or calibration.dim() != 2 or calibration.dtype != torch.long:
+        raise LmlabError("quantize: method='gptq' needs calibration= token ids, a LongTensor [n_samples, seq_len]")
+    if calibration.numel() == 0:
+        raise LmlabError("quantize: calibration is empty")
+    if int(calibration.max()) >= model.config.vocab_size or int(calibration.min()) < 0:
+        raise LmlabError(f"quantize: calibration ids must lie in [0, {model.config.vocab_size})")
+    return calibration.to(model.device)
+
+
+@torch.no_grad()
+def _gptq_model(model: nn.Module, names: list[str], cfg: QuantizationConfig, calibration: Any,
+                batch_size: int) -> None:
+    ids = _check_calibration(model, calibration)
+    solver = GPTQConfig(cfg.damp, cfg.block_size, cfg.act_order)
+    act = ACTIVATION_DTYPES[cfg.activation_dtype]
+    chunks = [model(ids[i:i + batch_size], stop_at_layer=0) for i in range(0, len(ids), batch_size)]  # [b, T, d]
+    n_layers = model.config.n_layers
+    for layer in range(n_layers):
+        prefix = f"blocks.{layer}."
+        mine = [n for n in names if n.startswith(prefix)]
+        if mine:
+            accs = {n: HessianAccumulator(model.get_submodule(n).in_features) for n in mine}
+            handles = [model.get_submodule(n).register_forward_pre_hook(
+                lambda module, args, n=n: accs[n].add(args[0])) for n in mine]
+            try:
+                for x in chunks:
+                    model(residual=x, start_at_layer=layer, stop_at_layer=layer + 1)
+            finally:
+                for h in handles:
+                    h.remove()
+            for n in mine:
+                old = model.get_submodule(n)
+                q, scale, zero = gptq_quantize(old.weight, accs[n].H, cfg.bits,
+                                               cfg.effective_group_size or old.in_features, solver)
+                new = QuantizedLinear(old.in_features, old.out_features, cfg.bits, cfg.effective_group_size,
+                                      old.bias is not None, act, device=old.weight.device).set_codes(q, scale, zero)
+                if old.bias is not None:
+                    new.bias.data.copy_(old.bias.detach().float())
+                swap_module(model, n, new)
+        chunks = [model(residual=x, start_at_layer=layer, stop_at_layer=layer + 1) for x in chunks]
+    leftovers = [n for n in names if not n.startswith("blocks.")]
+    for n in leftovers:  # a linear outside the blocks (only if `modules` asks): RTN, no calibration path to it
+        old = model.get_submodule(n)
+        swap_module(model, n, QuantizedLinear.from_linear(old, cfg.bits, cfg.effective_group_size, act))
+
+
+def dequantize_model(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
+    """Replace every ``QuantizedLinear`` by a float ``Linear`` holding its dequantised weight (in place).
+
+    The explicit step before merging a LoRA trained on a quantized base (QLoRA-style) into the weights.
+    """
+    from lmlab.core.linear import Linear
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, QuantizedLinear):
+            w = module.dequantize()
+            new = Linear(module.in_features, module.out_features, bias=module.bias is not None,
+                         device=w.device, dtype=dtype or torch.float32)
+            with torch.no_grad():
+                new.weight.copy_(w)
+                if module.bias is not None:
+                    new.bias.copy_(module.bias)
+            swap_module(model, name, new)
+    model.quantization_config = None
+    return model
