@@ -21,12 +21,13 @@ def load_model_and_tokenizer(path: str, dtype: str | None, need_tokenizer: bool 
     import lmlab
     from lmlab.core.linear import pack_for_inference
     from lmlab.core.tokenizer import check_fits_embedding
+    from lmlab.io.gguf_format import gguf_path_or_none
 
     model = lmlab.load(path, dtype=dtype)
     if pack:
         pack_for_inference(model)
     tokenizer = None
-    if (Path(path) / "tokenizer.json").exists():
+    if (Path(path) / "tokenizer.json").exists() or gguf_path_or_none(path) is not None:
         tokenizer = lmlab.load_tokenizer(path)
         check_fits_embedding(tokenizer, model.config.vocab_size, where=str(path))
     elif need_tokenizer:
