@@ -1,7 +1,8 @@
 """``lmlab convert SRC DST``: read any supported HF checkpoint strictly and write it back as safetensors.
 
 Useful to turn a legacy ``pytorch_model.bin`` (read with weights_only=True) into safetensors, to change the
-dtype, or to normalise a GPT-2 base checkpoint to the ``GPT2LMHeadModel`` layout.
+dtype, or to normalise a GPT-2 base checkpoint to the ``GPT2LMHeadModel`` layout. SRC may also be a ``.gguf``
+file; a DST ending in ``.gguf`` writes a llama.cpp file instead (``--gguf-type``, see ``lmlab.io.gguf_write``).
 """
 
 from __future__ import annotations
@@ -15,12 +16,20 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", help="source checkpoint directory")
-    p.add_argument("dst", help="destination directory")
+    p.add_argument("dst", help="destination directory, or a new .gguf file")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    p.add_argument("--gguf-type", choices=["f32", "f16", "bf16", "q8_0", "q4_0"], default="f32",
+                   help="tensor type of the 2-D weights when DST is a .gguf file (norms and biases stay f32)")
 
 
 def run(args: argparse.Namespace) -> int:
     import lmlab
+    from lmlab.io.gguf_format import is_gguf_path
+
+    if is_gguf_path(args.dst):
+        from lmlab.cli.gguf_export import run_gguf_export
+
+        return run_gguf_export(args)
 
     model = lmlab.load(args.src, dtype=args.dtype)
     out = lmlab.save(model, args.dst)
