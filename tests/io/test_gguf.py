@@ -237,3 +237,20 @@ def test_unknown_architecture_and_quant_type_are_one_line(tmp_path):
     assert "\n" not in str(err.value) and "token_embd.weight" in str(err.value)
     cli = run("generate", tmp_path / "mamba.gguf", "--ids", "1,2")
     assert cli.returncode != 0 and len(cli.stderr.strip().splitlines()) == 1 and "mamba" in cli.stderr
+
+
+def test_cli_convert_gguf_to_hf_directory_keeps_tokenizer(tmp_path):
+    """GGUF in, HF directory out: the tokenizer living inside the file becomes tokenizer.json beside the weights."""
+    from lmlab.core.tokenizer import train_bpe
+
+    tok = train_bpe(["a small test corpus, with 12 digits and words"] * 10, vocab_size=280, min_frequency=1)
+    torch.manual_seed(1)
+    model = lmlab.Transformer(lmlab.ModelConfig.llama_like(vocab_size=288, d_model=64, n_layers=1, n_heads=4)).eval()
+    src = save_gguf(model, tmp_path / "m.gguf", "f32", tokenizer=tok)
+    out = run("convert", src, tmp_path / "hf")
+    assert out.returncode == 0, out.stderr
+    back, back_tok = lmlab.load(tmp_path / "hf"), lmlab.load_tokenizer(tmp_path / "hf")
+    ids = torch.tensor([tok.encode("a small test, 12 words")])
+    assert torch.equal(_logits(back, ids), _logits(model, ids))
+    assert back_tok.encode("a small test, 12 words") == tok.encode("a small test, 12 words")
+    assert back_tok.chat_template == tok.chat_template

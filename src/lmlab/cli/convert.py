@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import lmlab
-    from lmlab.io.gguf_format import is_gguf_path
+    from lmlab.io.gguf_format import gguf_path_or_none, is_gguf_path
 
     if is_gguf_path(args.dst):
         from lmlab.cli.gguf_export import run_gguf_export
@@ -32,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
         return run_gguf_export(args)
 
     model = lmlab.load(args.src, dtype=args.dtype)
-    out = lmlab.save(model, args.dst)
+    from_gguf = gguf_path_or_none(args.src) is not None  # its tokenizer lives inside the file: rebuild tokenizer.json
+    out = lmlab.save(model, args.dst, tokenizer=lmlab.load_tokenizer(args.src) if from_gguf else None)
     for name in TOKENIZER_FILES:
         if (Path(args.src) / name).exists() and Path(args.src).resolve() != Path(args.dst).resolve():
             shutil.copyfile(Path(args.src) / name, out / name)
