@@ -254,3 +254,33 @@ def test_cli_convert_gguf_to_hf_directory_keeps_tokenizer(tmp_path):
     assert torch.equal(_logits(back, ids), _logits(model, ids))
     assert back_tok.encode("a small test, 12 words") == tok.encode("a small test, 12 words")
     assert back_tok.chat_template == tok.chat_template
+
+
+def test_sentencepiece_vocabulary_tokenizes_like_transformers(tmp_path):
+    """A llama-style (SentencePiece BPE + byte fallback) GGUF vocabulary: merges recovered from scores, a prefix
+    space, bytes for unknown characters; transformers' GGUF tokenizer on the same file is the reference."""
+    from transformers import AutoTokenizer
+
+    pieces = ["\u2581", "a", "b", "c", "\u2581a", "ab", "\u2581ab", "bc", "\u2581abc", "ca", "\u2581c", "\u2581b"]
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)] + pieces
+    types = [2, 3, 3] + [6] * 256 + [1] * len(pieces)
+    scores = [0.0] * 259 + [-float(i) for i in range(len(pieces))]
+    w = gguf.GGUFWriter(str(tmp_path / "spm.gguf"), "llama")
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    w.add_tensor("token_embd.weight", np.zeros((len(tokens), 32), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    ours = lmlab.load_tokenizer(tmp_path / "spm.gguf")
+    theirs = AutoTokenizer.from_pretrained(tmp_path, gguf_file="spm.gguf")
+    for text in ["abc", "ab ca bc", "  cab", "abcabc ba", "a\nb é"]:
+        assert ours.encode(text, add_special_tokens=True) == theirs(text).input_ids, text
+        assert ours.decode(ours.encode(text)) == theirs.decode(theirs(text).input_ids, skip_special_tokens=True)
+    assert ours.encode("ab", add_special_tokens=True)[0] == 1  # llama.cpp adds BOS to a sentencepiece vocabulary
