@@ -284,3 +284,22 @@ def test_sentencepiece_vocabulary_tokenizes_like_transformers(tmp_path):
         assert ours.encode(text, add_special_tokens=True) == theirs(text).input_ids, text
         assert ours.decode(ours.encode(text)) == theirs.decode(theirs(text).input_ids, skip_special_tokens=True)
     assert ours.encode("ab", add_special_tokens=True)[0] == 1  # llama.cpp adds BOS to a sentencepiece vocabulary
+
+
+def test_export_is_what_the_model_computes_with_an_adapter(models, tmp_path):
+    """An applied, unmerged LoRA is refused (its update would be lost); merged, the file computes the merged model."""
+    import copy
+
+    from lmlab.peft import LoraConfig, add_adapter, merge_adapter
+
+    model = copy.deepcopy(models["llama_gqa"])
+    torch.manual_seed(2)
+    add_adapter(model, LoraConfig(r=4, alpha=8, target_modules=["q_proj", "down_proj"], init_b="random"))
+    with pytest.raises(LmlabError, match="unmerged adapter"):
+        save_gguf(model, tmp_path / "lora.gguf", "f32")
+    assert not (tmp_path / "lora.gguf").exists()
+    merge_adapter(model)
+    expected = _logits(model)
+    assert not torch.allclose(expected, _logits(models["llama_gqa"]))
+    back = lmlab.load(save_gguf(model, tmp_path / "merged.gguf", "f32"))
+    assert torch.equal(_logits(back), expected)

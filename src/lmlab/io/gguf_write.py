@@ -117,7 +117,13 @@ def gguf_tensors(model) -> dict[str, torch.Tensor]:
     """The model's tensors under llama.cpp's names and layouts (float32, [out, in] for weights)."""
     c = model.config
     arch = _check_exportable(c, "export")
-    state = model.state_dict()
+    for module_name, module in model.named_modules():
+        slot = getattr(module, "adapters", None)  # lmlab.peft's AdapterSlot: current() = applied and not merged
+        if slot is not None and callable(getattr(slot, "current", None)) and slot.current() is not None:
+            raise LmlabError(f"export: module {module_name!r} applies an unmerged adapter; merge it first "
+                             "(lmlab.peft.merge_adapter) or disable it")
+    # Adapter tensors are either merged into the weights already or not applied: neither is exported.
+    state = {k: v for k, v in model.state_dict().items() if ".adapters." not in k}
     out: dict[str, torch.Tensor] = {}
     used: set[str] = set()
     for name, ours, rule in expand(tensor_rules(arch, c), c.n_layers):
