@@ -303,3 +303,42 @@ def test_export_is_what_the_model_computes_with_an_adapter(models, tmp_path):
     assert not torch.allclose(expected, _logits(models["llama_gqa"]))
     back = lmlab.load(save_gguf(model, tmp_path / "merged.gguf", "f32"))
     assert torch.equal(_logits(back), expected)
+
+
+def test_llamacpp_greedy_tokens_equal_lmlab_on_f32_export(tmp_path):
+    """llama.cpp itself on our F32 file: 32 greedy tokens as lmlab's. llama-cpp-python is in no extra (an ~8 minute
+    source build), so this test skips, saying so, where it is absent."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed "
+                                    "(pip install llama-cpp-python==0.3.36 builds it from source in ~8 minutes)")
+    from lmlab.core.tokenizer import train_bpe
+
+    tok = train_bpe(["the quick brown fox jumps over the lazy dog"] * 10, vocab_size=300, min_frequency=1)
+    torch.manual_seed(3)
+    model = lmlab.Transformer(lmlab.ModelConfig.llama_like(vocab_size=320, d_model=64, n_layers=2, n_heads=4,
+                                                           n_kv_heads=2, tie_embeddings=False)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3) if p.dim() == 2 else p.uniform_(0.5, 1.5)  # peaked logits: greedy ties are unlikely
+    path = save_gguf(model, tmp_path / "m.gguf", "f32", tokenizer=tok)
+    ids = tok.encode("the quick brown fox")
+    mine = lmlab.generate(model, [ids], max_new_tokens=32, stop_token_ids=[])[0][len(ids):]
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=128, n_threads=1, verbose=False, logits_all=True)
+    llm.eval(ids)
+    theirs = []
+    for _ in range(32):
+        theirs.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+        llm.eval([theirs[-1]])
+    assert theirs == mine
+
+
+def test_verbs_on_a_gguf_without_tokenizer_and_without_the_gguf_package(models, tmp_path, monkeypatch):
+    path = save_gguf(models["llama_gqa"], tmp_path / "m.gguf", "f32")  # no tokenizer: vocabulary "none"
+    out = run("generate", path, "--ids", "1,2,3", "--max-new-tokens", "4")
+    assert out.returncode == 0, out.stderr
+    ids = [int(x) for x in out.stdout.split()]
+    assert ids == lmlab.generate(models["llama_gqa"], [[1, 2, 3]], max_new_tokens=4)[0][3:]
+    no_tok = run("generate", path, "--prompt", "hi")
+    assert no_tok.returncode != 0 and "carries no tokenizer" in no_tok.stderr
+    monkeypatch.setitem(sys.modules, "gguf", None)  # as if the optional package were not installed
+    with pytest.raises(LmlabError, match="pip install 'lmlab\\[gguf\\]'"):
+        lmlab.load(path)

@@ -27,7 +27,8 @@ def load_model_and_tokenizer(path: str, dtype: str | None, need_tokenizer: bool 
     if pack:
         pack_for_inference(model)
     tokenizer = None
-    if (Path(path) / "tokenizer.json").exists() or gguf_path_or_none(path) is not None:
+    in_gguf = gguf_path_or_none(path) is not None and need_tokenizer  # --ids: a GGUF's tokenizer is optional
+    if (Path(path) / "tokenizer.json").exists() or in_gguf:
         tokenizer = lmlab.load_tokenizer(path)
         check_fits_embedding(tokenizer, model.config.vocab_size, where=str(path))
     elif need_tokenizer:

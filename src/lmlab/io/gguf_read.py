@@ -50,6 +50,7 @@ class GGUFFile:
     """One parsed GGUF file: metadata by key, tensors by name; every parse problem is an ``LmlabError``."""
 
     def __init__(self, path: str | os.PathLike) -> None:
+        require_gguf()  # first: a missing optional package is the one-line error, whatever the path
         self.path = Path(path)
         if not self.path.exists():
             raise LmlabError(f"{self.path}: no such file")
