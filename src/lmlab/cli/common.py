@@ -25,9 +25,11 @@ def load_model_and_tokenizer(path: str, dtype: str | None, need_tokenizer: bool 
     import lmlab
     from lmlab.core.linear import pack_for_inference
     from lmlab.core.tokenizer import check_fits_embedding
+    from lmlab.io.gguf_format import gguf_path_or_none
     from lmlab.io.hub import resolve_model_path
 
-    local = resolve_model_path(path)
+    in_gguf = gguf_path_or_none(path) is not None
+    local = path if in_gguf else resolve_model_path(path)
     model = lmlab.load(local, dtype=dtype)
     if pack is None:
         import torch
@@ -36,7 +38,7 @@ def load_model_and_tokenizer(path: str, dtype: str | None, need_tokenizer: bool 
     if pack:
         pack_for_inference(model)
     tokenizer = None
-    if (Path(local) / "tokenizer.json").exists():
+    if (Path(local) / "tokenizer.json").exists() or (in_gguf and need_tokenizer):  # --ids: a GGUF's tokenizer is optional
         tokenizer = lmlab.load_tokenizer(local)
         check_fits_embedding(tokenizer, model.config.vocab_size, where=str(path))
     elif need_tokenizer:

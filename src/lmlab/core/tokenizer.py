@@ -381,8 +381,15 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
 
     Reads what ``AutoTokenizer`` reads: tokenizer_config.json, special_tokens_map.json (only when the config has
     no ``added_tokens_decoder``, where it overrides the config, as in HF) and chat_template.jinja (which wins over
-    the config's ``chat_template``).
+    the config's ``chat_template``). A ``.gguf`` file (or a real-model name) is read by ``lmlab.io.gguf_read``.
     """
+    from lmlab.io.gguf_format import gguf_path_or_none
+
+    gguf_file = gguf_path_or_none(path)
+    if gguf_file is not None:
+        from lmlab.io.gguf_read import load_gguf_tokenizer
+
+        return load_gguf_tokenizer(gguf_file)
     directory, tokenizer_file = _locate(Path(path))
     backend = _read_backend(tokenizer_file)
     config = _read_config(directory)

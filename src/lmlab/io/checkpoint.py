@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from lmlab.core.config import ModelConfig
 from lmlab.core.model import Transformer
 from lmlab.errors import LmlabError
+from lmlab.io.gguf_format import gguf_path_or_none
 from lmlab.io.hf_config import config_from_hf, config_to_hf, generation_config_json, with_special_tokens
 from lmlab.io.keymaps import TIED_HEAD_KEYS, key_map
 
@@ -45,8 +46,13 @@ def read_json(path: Path) -> Any:
 
 
 def read_config(directory: str | os.PathLike) -> ModelConfig:
-    """The ModelConfig of a checkpoint directory, with BOS/EOS/PAD ids that config.json lacks taken from its
-    generation_config.json or, failing that, its tokenizer (so generation stops at the tokenizer's EOS)."""
+    """The ModelConfig of a checkpoint directory (or a GGUF file), with BOS/EOS/PAD ids that config.json lacks
+    taken from its generation_config.json or, failing that, its tokenizer (so generation stops at its EOS)."""
+    gguf_file = gguf_path_or_none(directory)
+    if gguf_file is not None:  # a .gguf file or a real-model name: lmlab.io.gguf_read
+        from lmlab.io.gguf_read import read_gguf_config
+
+        return read_gguf_config(gguf_file)
     config = _read_hf_config(directory)
     return _fill_special_tokens(config, Path(directory))
 
@@ -177,7 +183,15 @@ def convert_from_hf(source: _TensorSource, c: ModelConfig, where: str) -> dict[s
 
 def load_model(path: str | os.PathLike, dtype: str | torch.dtype | None = None,
                device: str | torch.device = "cpu") -> Transformer:
-    """Load an HF checkpoint directory into a Transformer in eval mode (dtype None = as stored)."""
+    """Load an HF checkpoint directory into a Transformer in eval mode (dtype None = as stored).
+
+    A ``.gguf`` file (or a name from ``lmlab.io.real_models``) is read by ``lmlab.io.gguf_read`` (dtype None = fp32).
+    """
+    gguf_file = gguf_path_or_none(path)
+    if gguf_file is not None:
+        from lmlab.io.gguf_read import load_gguf_model
+
+        return load_gguf_model(gguf_file, dtype=dtype, device=device)
     d = Path(path)
     from lmlab.efficient.quant_io import is_quantized_checkpoint, load_quantized  # lazy: efficient imports io
 
