@@ -281,13 +281,38 @@ class World:
         for kind in kinds:
             if kind not in longcontext.KINDS:
                 raise LmlabError(f"kinds must be drawn from {', '.join(longcontext.KINDS)}, got {kind!r}")
-        label = ("longcontext", seed, n_tokens_approx)
+        keys, filler, people, more_keys = self._long_context_inputs(("longcontext", seed, n_tokens_approx))
+        return longcontext.long_context_tasks(n_tokens_approx, n_tasks, tuple(kinds), keys, filler, people,
+                                              more_keys, rng_for(self.config.seed, "longcontext", seed,
+                                                                 n_tokens_approx))
+
+    def long_context_task(self, kind: str, n_words: int, depth: float, seed: int) -> longcontext.LongContextTask:
+        """One task of ``kind`` about ``n_words`` words with its needle (or queried line) at ``depth`` in [0, 1];
+        a stream of its own per ``seed`` (training draws use seeds the written files never use)."""
+        if kind not in longcontext.KINDS:
+            raise LmlabError(f"kind must be one of {', '.join(longcontext.KINDS)}, got {kind!r}")
+        if not isinstance(n_words, int) or n_words < 32:
+            raise LmlabError(f"n_words must be an integer >= 32, got {n_words!r}")
+        if not 0.0 <= depth <= 1.0:
+            raise LmlabError(f"depth must be in [0, 1], got {depth!r}")
+        label = ("longcontext_task", kind, seed, n_words, depth)
+        keys, filler, people, more_keys = self._long_context_inputs(label)
+        rng = rng_for(self.config.seed, *label)
+        if kind == "kv_retrieval":
+            return longcontext.kv_retrieval(n_words, keys, more_keys, depth, rng)
+        return longcontext.needle(n_words, filler, people, depth, rng)
+
+    @cached_property
+    def _long_context_fixed(self) -> tuple[list[str], list[str], list[str]]:
         names = [e.name for kind in SUBJECT_TYPES for e in self.entities[kind]]
         reserved = [*self.vocabulary, *names, *self._name_parts]
-        more_keys = NameGenerator(rng_for(self.config.seed, *label, "keys"), reserved=reserved)
         filler = [text.sentence(self.relations[f.relation].train_templates[0], f) for f in self.facts]
-        return longcontext.long_context_tasks(n_tokens_approx, n_tasks, tuple(kinds), names, filler,
-                                              self.names("person"), more_keys, rng_for(self.config.seed, *label))
+        return names, reserved, filler
+
+    def _long_context_inputs(self, label: tuple) -> tuple[list[str], list[str], list[str], NameGenerator]:
+        names, reserved, filler = self._long_context_fixed
+        more_keys = NameGenerator(rng_for(self.config.seed, *label, "keys"), reserved=reserved)
+        return names, filler, self.names("person"), more_keys
 
     # ---- languages -------------------------------------------------------------------------
     @cached_property
