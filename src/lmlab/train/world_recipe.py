@@ -133,9 +133,9 @@ class ReferenceRecipe:
     n_layers: int = 4
     n_heads: int = 6
     block_size: int = 1152  # context trained (and max_seq_len)
-    long_rows: int = 8  # long batches: 8 x 1152 tokens, each row opening with a long-context task
+    long_rows: int = 4  # long batches: 4 x 1152 tokens, each row opening with a long-context task
     short_block: int = 256
-    short_rows: int = 36  # short batches: 36 x 256 tokens of world text (the same 9.2K tokens per step)
+    short_rows: int = 18  # short batches: 18 x 256 tokens of world text (the same 4.6K tokens per step)
     long_every: int = 4  # one long batch in four
     steps: int = 3000
     lr: float = 2e-3
@@ -144,6 +144,10 @@ class ReferenceRecipe:
     long_words: tuple[int, int] = (60, 680)
     ckpt_every: int = 25
     threads: int = 2
+    # Copies of each corpus kind per pass over the world text: fact text is a small share of the tokens
+    # (dialogues are long), so facts and QA are repeated and half the dialogues are used per pass.
+    kind_weights: tuple[tuple[str, float], ...] = (("facts", 3.0), ("qa", 2.0), ("dialogues", 0.5),
+                                                   ("attributes", 1.0))
 
     def scaled(self, **changes) -> ReferenceRecipe:
         return dataclasses.replace(self, **changes)
@@ -151,7 +155,21 @@ class ReferenceRecipe:
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
         out["long_words"] = list(self.long_words)
+        out["kind_weights"] = dict(self.kind_weights)
         return out
+
+
+def weighted_texts(world, kind_weights) -> list[str]:
+    """The training split of the corpus, each kind repeated ``weight`` times (a fractional part keeps an
+    evenly spaced share of that kind's texts)."""
+    texts: list[str] = []
+    for kind, weight in kind_weights:
+        docs = [d.text for d in world.corpus("train", kinds=(kind,))]
+        whole, part = int(weight), weight - int(weight)
+        texts += docs * whole
+        if part > 0:
+            texts += [docs[int(i / part)] for i in range(int(len(docs) * part))]
+    return texts
 
 
 def reference_tokenizer(world, vocab_size: int):
@@ -193,7 +211,7 @@ def train_reference_model(out: Path, recipe: ReferenceRecipe = ReferenceRecipe()
     world = build_world(WorldConfig.quickstart(seed=recipe.seed))
     if not (out / "world").exists():
         world.write(out / "world")
-    texts = [d.text for d in world.corpus("train")]
+    texts = weighted_texts(world, recipe.kind_weights)
     tokenizer = reference_tokenizer(world, recipe.vocab_size)
     r = recipe
     data = WorldMixBlocks(world, tokenizer, texts, block_size=r.block_size, long_rows=r.long_rows,
