@@ -1,4 +1,11 @@
-"""The reference checkpoint shipped inside the package: a model that already knows the quickstart world.
+"""The reference checkpoints shipped inside the package: models that already know the quickstart world.
+
+Two are shipped, loaded by name with ``load_reference(name)`` (docs/world.md):
+
+* ``world-llama-0.9m`` (the default): the quickstart model, facts only, 128-token context;
+* ``world-llama-2m``: facts, QA, chat dialogues, attribute text and long-context retrieval, 1,152-token
+  context (``lmlab.train.world_recipe.train_reference_model``); its record holds its measured quality
+  (``lmlab.train.world_quality``), rebuild with ``python -m lmlab.reference --name world-llama-2m``.
 
 Why: method work (editing a fact, steering, compressing the cache, ...) needs a model whose knowledge is
 known, and training one takes minutes. ``load_reference()`` returns it at once, with the world it was
@@ -29,10 +36,14 @@ from typing import Any
 
 from lmlab.errors import LmlabError
 
-NAME = "world-llama-0.9m"
-ASSET_DIR = Path(__file__).resolve().parent / "assets" / NAME
+NAME = "world-llama-0.9m"  # the default: the quickstart model
+WORLD_NAME = "world-llama-2m"  # the model that knows the whole world (issue 11)
+ASSETS = Path(__file__).resolve().parent / "assets"
+ASSET_DIR = ASSETS / NAME
+REFERENCES = (NAME, WORLD_NAME)
 RECORD_FILE = "lmlab_reference.json"
 QUALITY_KEYS = ("train_fact_recall", "heldout_paraphrase_recall", "two_hop_accuracy")
+SUBSET = 48  # probes per list in the record's ``quality_subset`` (re-checked by tests/test_reference.py)
 
 
 @dataclass
@@ -54,16 +65,50 @@ def read_record(path: Path = ASSET_DIR) -> dict:
         raise LmlabError(f"{file}: not valid JSON ({e.msg} at line {e.lineno})") from None
 
 
-def load_reference(path: Path = ASSET_DIR, dtype=None) -> Reference:
-    """The shipped model, its tokenizer, its world and its record."""
-    import lmlab
+def resolve(path: str | os.PathLike = NAME) -> Path:
+    """A shipped reference's name (see :data:`REFERENCES`) or a directory -> its directory."""
+    if isinstance(path, str) and path in REFERENCES:
+        return ASSETS / path
+    if Path(path).is_dir():
+        return Path(path)
+    if isinstance(path, str) and "/" not in path and os.sep not in path:
+        raise LmlabError(f"reference: unknown name {path!r} (shipped: {', '.join(REFERENCES)})")
+    raise LmlabError(f"reference: {path} is not a directory")
+
+
+def verify_files(path: Path, record: dict) -> None:
+    """Every file the record lists (at least ``model.safetensors``) must have its recorded sha256."""
+    expected = dict(record.get("files_sha256") or {})
+    expected.setdefault("model.safetensors", record.get("model_sha256"))
+    for name, digest in sorted(expected.items()):
+        file = Path(path) / name
+        if not file.is_file():
+            raise LmlabError(f"{file}: missing (the reference record lists it)")
+        if digest is not None and sha256(file) != digest:
+            raise LmlabError(f"{file}: sha256 does not match the reference record (corrupted or replaced; "
+                             f"rebuild with `python -m lmlab.reference`)")
+
+
+def world_of(record: dict):
+    """The world a reference was trained on, rebuilt from its record (quickstart preset unless it says)."""
     from lmlab.data.world import WorldConfig, build_world
 
+    spec = record.get("world") or {"preset": "quickstart", "seed": record["seed"]}
+    return build_world(getattr(WorldConfig, spec["preset"])(seed=spec["seed"]))
+
+
+def load_reference(path: str | os.PathLike = NAME, dtype=None) -> Reference:
+    """A shipped model by name (default ``world-llama-0.9m``; see :data:`REFERENCES`) or from a directory
+    built by this module: its model, tokenizer, world and record. Files are checked against the record's
+    sha256 first, so a corrupted file is a one-line error rather than a wrong model."""
+    import lmlab
+
+    path = resolve(path)
     record = read_record(path)
+    verify_files(path, record)
     model = lmlab.load(path, dtype=dtype).eval()
     tokenizer = lmlab.load_tokenizer(path)
-    world = build_world(WorldConfig.quickstart(seed=record["seed"]))
-    return Reference(model, tokenizer, world, record)
+    return Reference(model, tokenizer, world_of(record), record)
 
 
 def sha256(file: Path) -> str:
@@ -101,24 +146,83 @@ def build_reference(out: Path = ASSET_DIR, steps: int = 500, seed: int = 0, prog
         "model_sha256": sha256(staged / "model.safetensors"),
     }
     (staged / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    _install(staged, out)
+    return record
+
+
+def _install(staged: Path, out: Path) -> None:
     old = out.with_name(f".{out.name}.old")
     shutil.rmtree(old, ignore_errors=True)  # left over from an interrupted rebuild
     if out.exists():
         os.replace(out, old)
     os.replace(staged, out)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def build_world_reference(out: Path | None = None, run: Path | None = None, steps: int | None = None,
+                          resume: bool = False, progress: bool = True, say=print) -> dict:
+    """Train (or, with ``resume``, continue) the ``world-llama-2m`` recipe in ``run``, evaluate it in full and
+    on the :data:`SUBSET` the tests re-check, and write checkpoint + record to ``out`` (atomically)."""
+    import platform
+
+    import torch
+
+    import lmlab
+    from lmlab.train.world_quality import evaluate_world_model
+    from lmlab.train.world_recipe import ReferenceRecipe, train_reference_model
+
+    out = Path(out) if out is not None else ASSETS / WORLD_NAME
+    recipe = ReferenceRecipe() if steps is None else ReferenceRecipe().scaled(steps=steps)
+    with tempfile.TemporaryDirectory(prefix="lmlab-reference-") as tmp:
+        run = Path(run) if run is not None else Path(tmp) / "run"
+        model, tokenizer, world, report = train_reference_model(run, recipe, resume=resume, progress=progress,
+                                                                evaluate=False, say=say)
+        torch.set_num_threads(recipe.threads)
+        say("evaluating (full, then the test subset)")
+        quality = evaluate_world_model(model, tokenizer, world)
+        subset = evaluate_world_model(model, tokenizer, world, subset=SUBSET, n_samples=8, n_per_cell=2,
+                                      context_tokens=(1024,))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staged = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        staged.chmod(0o755)
+        for file in sorted((run / "model").iterdir()):
+            shutil.copy2(file, staged / file.name)
+            (staged / file.name).chmod(0o644)
+    files = {f.name: sha256(f) for f in sorted(staged.iterdir())}
+    record = {
+        "name": out.name,
+        "recipe": f"python -m lmlab.reference --name {WORLD_NAME} --steps {recipe.steps}",
+        "recipe_fields": recipe.to_dict(), "world": {"preset": "quickstart", "seed": recipe.seed},
+        "seed": recipe.seed, "steps": recipe.steps, "vocab_size": report["vocab_size"],
+        "parameters": report["parameters"], "n_facts": report["n_facts"], "final_loss": report["final_loss"],
+        "quality": quality, "quality_subset": subset,
+        "quality_subset_options": {"subset": SUBSET, "n_samples": 8, "n_per_cell": 2, "context_tokens": [1024]},
+        "built_with": {"lmlab": lmlab.__version__, "torch": torch.__version__, "python": platform.python_version(),
+                       "machine": platform.machine(), "threads": recipe.threads,
+                       "train_seconds": report["train_seconds"], "tokens_per_s": report["tokens_per_s"]},
+        "model_sha256": files["model.safetensors"], "files_sha256": files,
+    }
+    (staged / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    _install(staged, out)
     return record
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lmlab.reference", description="Rebuild the shipped reference checkpoint.")
-    p.add_argument("--out", type=Path, default=ASSET_DIR, help=f"output directory (default: {ASSET_DIR})")
-    p.add_argument("--steps", type=int, default=500)
-    p.add_argument("--seed", type=int, default=0)
+    p = argparse.ArgumentParser(prog="python -m lmlab.reference", description="Rebuild a shipped reference checkpoint.")
+    p.add_argument("--name", choices=REFERENCES, default=NAME, help=f"which reference (default: {NAME})")
+    p.add_argument("--out", type=Path, default=None, help="output directory (default: the package's asset)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
+    p.add_argument("--seed", type=int, default=0, help=f"{NAME} only")
+    p.add_argument("--run", type=Path, default=None, help=f"{WORLD_NAME}: keep the training run (checkpoints) here")
+    p.add_argument("--resume", action="store_true", help=f"{WORLD_NAME}: continue the run in --run")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     try:
-        record = build_reference(args.out, args.steps, args.seed, progress=not args.no_progress)
+        if args.name == WORLD_NAME:
+            record = build_world_reference(args.out, args.run, args.steps, args.resume, progress=not args.no_progress)
+        else:
+            record = build_reference(args.out or ASSET_DIR, args.steps or 500, args.seed,
+                                     progress=not args.no_progress)
     except LmlabError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

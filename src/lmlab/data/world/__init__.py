@@ -21,7 +21,7 @@ from lmlab.data.world.longcontext import LongContextTask
 from lmlab.data.world.schema import Entity, Fact, Probe, Relation, TwoHopRelation
 from lmlab.data.world.templates import RELATIONS, TWO_HOP_RELATIONS
 from lmlab.data.world.world import World, build_world
-from lmlab.data.world.writer import load_config, load_world
+from lmlab.data.world.loading import load_config, load_world
 
 __all__ = [
     "RELATIONS",

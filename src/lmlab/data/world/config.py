@@ -26,6 +26,7 @@ class WorldConfig:
 
     ``bias_strength`` b in [0, 1]: probability-like strength with which an occupation follows the
     gender planted for it (0 = occupation independent of name gender, 1 = fully determined).
+    ``validation_fraction``: share of distinct corpus texts held out by content (see :mod:`split`).
     ``long_context_lengths`` are the approximate lengths, in whitespace-separated words, of the
     long-context tasks written by :meth:`World.write`; ``n_long_context_tasks`` tasks per kind and length.
     """
@@ -44,13 +45,16 @@ class WorldConfig:
     n_long_context_tasks: int = 4
     heldout_preference_fraction: float = 0.2
     first_names_per_gender: int = 0  # 0 = automatic: max(4, ceil(sqrt(n_people)))
+    validation_fraction: float = 0.05  # share of distinct corpus texts in the validation split (by content)
+    n_edit_requests: int = 32  # counterfactual edit requests written to edits.jsonl
+    n_attribute_variants: int = 2  # attribute sentences per subject x label combination in the corpus
 
     def __post_init__(self) -> None:
         # Normalise JSON lists to tuples so round-tripped configs compare (and hash) equal.
         if isinstance(self.long_context_lengths, list):
             object.__setattr__(self, "long_context_lengths", tuple(self.long_context_lengths))
         self._validate()
-        for name in ("bias_strength", "heldout_preference_fraction"):
+        for name in ("bias_strength", "heldout_preference_fraction", "validation_fraction"):
             object.__setattr__(self, name, float(getattr(self, name)))
 
     # ---- presets -------------------------------------------------------------------------------
@@ -121,6 +125,9 @@ class WorldConfig:
         _int("first_names_per_gender", self.first_names_per_gender, lo=0)
         _unit_float("bias_strength", self.bias_strength)
         _unit_float("heldout_preference_fraction", self.heldout_preference_fraction)
+        _unit_float("validation_fraction", self.validation_fraction)
+        _int("n_edit_requests", self.n_edit_requests, lo=0)
+        _int("n_attribute_variants", self.n_attribute_variants, lo=1)
         if not isinstance(self.long_context_lengths, tuple):
             raise LmlabError(f"WorldConfig.long_context_lengths must be a list of integers, "
                              f"got {self.long_context_lengths!r}")

@@ -8,11 +8,14 @@ included); expensive views are computed on first use and cached.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import cached_property
 
 from lmlab.data.world import attributes as attr
-from lmlab.data.world import longcontext, preferences, text
+from lmlab.data.world import dialogues, editing, longcontext, preferences, questions, text
+from lmlab.data.world.attribute_text import AttributeText, attribute_texts
 from lmlab.data.world.bias import BIAS_TEMPLATES, counterfactual_pairs, measure_association
 from lmlab.data.world.config import OCCUPATIONS, WorldConfig
 from lmlab.data.world.entities import Entities, build_entities, first_name_genders
@@ -22,13 +25,30 @@ from lmlab.data.world.languages import (LANGUAGE_CODES, SyntheticLanguage, build
 from lmlab.data.world.names import ORGANISATION_SUFFIXES, NameGenerator
 from lmlab.data.world.rng import rng_for
 from lmlab.data.world.schema import ENTITY_TYPES, Entity, Fact, Probe, Relation, TwoHopRelation
+from lmlab.data.world.split import content_split
 from lmlab.data.world.templates import RELATIONS, TWO_HOP_RELATIONS, all_template_words, template_words
+from lmlab.data.world.writer import write_world
 from lmlab.errors import LmlabError
 
 SUBJECT_TYPES = ("person", "city", "country", "organisation")
 DOCUMENT_EXTRAS = ("attributes", "lang_a", "lang_b")
 LONG_CONTEXT_WORDS = ("the", "code", "of", "is", "what", "secret", "number")
+CORPUS_KINDS = ("facts", "qa", "dialogues", "attributes")
 _MISSING = object()
+# Cached views that do not depend on the facts, so an edited world may keep them (see World.apply_edit).
+_FACT_INDEPENDENT_CACHES = ("languages", "_name_parts", "_attribute_examples", "_attribute_texts")
+
+
+@dataclass(frozen=True)
+class CorpusDocument:
+    """One training text of :meth:`World.corpus`; ``split`` is decided by the text (see :mod:`split`)."""
+
+    text: str
+    kind: str
+    split: str
+
+    def to_dict(self) -> dict:
+        return {"text": self.text, "kind": self.kind, "split": self.split}
 
 
 def world_vocabulary() -> list[str]:
@@ -58,6 +78,7 @@ class World:
         self.two_hop_relations: dict[str, TwoHopRelation] = {r.name: r for r in TWO_HOP_RELATIONS}
         self._table = {(f.subject, f.relation): f.object for f in self.facts}
         self._by_name = {e.name: e for group in self.entities.values() for e in group}
+        self.edits: tuple[Fact, ...] = ()  # counterfactual edits applied to the generated facts, in order
 
     # ---- ground truth ----------------------------------------------------------------------
     def entity(self, name: str) -> Entity:
@@ -90,6 +111,40 @@ class World:
     def facts_about(self, subject: str) -> list[Fact]:
         return [f for f in self.facts if f.subject == subject]
 
+    def apply_edit(self, subject: str, relation: str, new_object: str) -> World:
+        """A new world where ``(subject, relation)`` is ``new_object``; ``self`` is unchanged.
+
+        Every view derived from the facts (documents, probes, two-hop answers, QA, dialogues, edit
+        requests, bias tables) is recomputed from the edited facts on use, so a two-hop answer whose path
+        goes through the edited fact follows the edit. The edit is appended to ``edits``.
+        """
+        if relation not in self.relations:
+            raise LmlabError(f"edit: relation must be one of {', '.join(self.relations)}, got {relation!r}")
+        if (subject, relation) not in self._table:
+            raise LmlabError(f"edit: no {relation} fact about {subject!r} in this world (nothing to edit)")
+        object_type = self.relations[relation].object_type
+        if new_object not in self._by_name or self._by_name[new_object].type != object_type:
+            raise LmlabError(f"edit: new_object {new_object!r} is not a {object_type} of this world")
+        if self._table[(subject, relation)] == new_object:
+            raise LmlabError(f"edit: {subject!r} {relation} is already {new_object!r}")
+        edited = copy.copy(self)
+        edited.__dict__ = {k: v for k, v in self.__dict__.items()
+                           if k not in type(self).__dict__ or k in _FACT_INDEPENDENT_CACHES}
+        edited.facts = tuple(Fact(f.subject, f.relation, new_object) if (f.subject, f.relation) == (subject, relation)
+                             else f for f in self.facts)
+        edited._table = {(f.subject, f.relation): f.object for f in edited.facts}
+        edited.edits = (*self.edits, Fact(subject, relation, new_object))
+        return edited
+
+    def two_hop_facts(self) -> list[Fact]:
+        """Every composed fact (one per two-hop relation and subject with a defined path)."""
+        seen, out = set(), []
+        for probe in self.two_hop_probes():
+            if probe.fact not in seen:
+                seen.add(probe.fact)
+                out.append(probe.fact)
+        return out
+
     # ---- fact text ---------------------------------------------------------------------------
     @cached_property
     def _fact_documents(self) -> tuple[str, ...]:
@@ -118,6 +173,74 @@ class World:
     def two_hop_probes(self) -> list[Probe]:
         subjects = {kind: self.names(kind) for kind in SUBJECT_TYPES}
         return text.two_hop_probes(self.two_hop_relations.values(), subjects, self._table)
+
+    # ---- questions, dialogues, attribute text, edits -----------------------------------------
+    def qa_probes(self, split: str) -> list[Probe]:
+        """``split`` "train": every fact under every training question form; "heldout": held-out forms
+        (see :mod:`questions`)."""
+        if split not in ("train", "heldout"):
+            raise LmlabError(f"split must be 'train' or 'heldout', got {split!r}")
+        return questions.qa_probes(self.facts, split)
+
+    def qa_documents(self) -> list[str]:
+        return questions.qa_documents(self.facts)
+
+    @cached_property
+    def _dialogues(self) -> tuple[dialogues.Dialogue, ...]:
+        rng = rng_for(self.config.seed, "dialogues")
+        out = dialogues.fact_dialogues(list(self.facts), self.relations, rng)
+        for item in self._attribute_texts:
+            out.append(dialogues.attribute_dialogue(item.subject, item.axis, item.value, item.text))
+        return tuple(out)
+
+    def dialogues(self) -> list[dialogues.Dialogue]:
+        """Fact dialogues (every fact x plain/polite/rude) then attribute-request dialogues (see :mod:`dialogues`)."""
+        return list(self._dialogues)
+
+    @cached_property
+    def _attribute_texts(self) -> tuple[AttributeText, ...]:
+        subjects = [(e.name, kind) for kind in SUBJECT_TYPES for e in self.entities[kind]]
+        return tuple(attribute_texts(subjects, self.config.n_attribute_variants,
+                                     rng_for(self.config.seed, "attribute_text")))
+
+    def attribute_texts(self) -> list[AttributeText]:
+        """Sentiment, formality and politeness sentences with their control codes (see :mod:`attribute_text`)."""
+        return list(self._attribute_texts)
+
+    def edit_requests(self, n: int | None = None) -> list[dict]:
+        """``n`` (default ``config.n_edit_requests``) counterfactual edit requests (see :mod:`editing`)."""
+        n = self.config.n_edit_requests if n is None else n
+        if not isinstance(n, int) or n < 0:
+            raise LmlabError(f"n must be a non-negative integer, got {n!r}")
+        return editing.edit_requests(self, n, rng_for(self.config.seed, "edits"))
+
+    # ---- the training corpus -----------------------------------------------------------------
+    @cached_property
+    def _corpus(self) -> tuple[CorpusDocument, ...]:
+        seed, fraction = self.config.seed, self.config.validation_fraction
+        fact_sentences = [p.prompt + p.answer + "." for p in self.probes("train")]
+        texts = {
+            "facts": [*self._fact_documents, *fact_sentences],
+            "qa": self.qa_documents(),
+            "dialogues": [d.text for d in self._dialogues],
+            "attributes": [t for item in self._attribute_texts for t in (item.prefixed, item.text)],
+        }
+        return tuple(CorpusDocument(t, kind, content_split(t, seed, fraction))
+                     for kind in CORPUS_KINDS for t in texts[kind])
+
+    def corpus(self, split: str | None = None, kinds: Sequence[str] = CORPUS_KINDS) -> list[CorpusDocument]:
+        """The training texts of every kind (fact biographies and sentences, QA, dialogues, attribute text),
+        each assigned to "train" or "validation" by its content; ``split`` selects one side.
+
+        Held-out templates, held-out question forms and two-hop phrasings never occur in any of them.
+        Long-context documents are drawn on demand (:meth:`long_context_tasks` with a seed of your own).
+        """
+        if split not in (None, "train", "validation"):
+            raise LmlabError(f"split must be 'train', 'validation' or None, got {split!r}")
+        for kind in kinds:
+            if kind not in CORPUS_KINDS:
+                raise LmlabError(f"kinds must be drawn from {', '.join(CORPUS_KINDS)}, got {kind!r}")
+        return [d for d in self._corpus if d.kind in kinds and (split is None or d.split == split)]
 
     # ---- attributes and preferences ----------------------------------------------------------
     @cached_property
@@ -158,13 +281,38 @@ class World:
         for kind in kinds:
             if kind not in longcontext.KINDS:
                 raise LmlabError(f"kinds must be drawn from {', '.join(longcontext.KINDS)}, got {kind!r}")
-        label = ("longcontext", seed, n_tokens_approx)
+        keys, filler, people, more_keys = self._long_context_inputs(("longcontext", seed, n_tokens_approx))
+        return longcontext.long_context_tasks(n_tokens_approx, n_tasks, tuple(kinds), keys, filler, people,
+                                              more_keys, rng_for(self.config.seed, "longcontext", seed,
+                                                                 n_tokens_approx))
+
+    def long_context_task(self, kind: str, n_words: int, depth: float, seed: int) -> longcontext.LongContextTask:
+        """One task of ``kind`` about ``n_words`` words with its needle (or queried line) at ``depth`` in [0, 1];
+        a stream of its own per ``seed`` (training draws use seeds the written files never use)."""
+        if kind not in longcontext.KINDS:
+            raise LmlabError(f"kind must be one of {', '.join(longcontext.KINDS)}, got {kind!r}")
+        if not isinstance(n_words, int) or n_words < 32:
+            raise LmlabError(f"n_words must be an integer >= 32, got {n_words!r}")
+        if not 0.0 <= depth <= 1.0:
+            raise LmlabError(f"depth must be in [0, 1], got {depth!r}")
+        label = ("longcontext_task", kind, seed, n_words, depth)
+        keys, filler, people, more_keys = self._long_context_inputs(label)
+        rng = rng_for(self.config.seed, *label)
+        if kind == "kv_retrieval":
+            return longcontext.kv_retrieval(n_words, keys, more_keys, depth, rng)
+        return longcontext.needle(n_words, filler, people, depth, rng)
+
+    @cached_property
+    def _long_context_fixed(self) -> tuple[list[str], list[str], list[str]]:
         names = [e.name for kind in SUBJECT_TYPES for e in self.entities[kind]]
         reserved = [*self.vocabulary, *names, *self._name_parts]
-        more_keys = NameGenerator(rng_for(self.config.seed, *label, "keys"), reserved=reserved)
         filler = [text.sentence(self.relations[f.relation].train_templates[0], f) for f in self.facts]
-        return longcontext.long_context_tasks(n_tokens_approx, n_tasks, tuple(kinds), names, filler,
-                                              self.names("person"), more_keys, rng_for(self.config.seed, *label))
+        return names, reserved, filler
+
+    def _long_context_inputs(self, label: tuple) -> tuple[list[str], list[str], list[str], NameGenerator]:
+        names, reserved, filler = self._long_context_fixed
+        more_keys = NameGenerator(rng_for(self.config.seed, *label, "keys"), reserved=reserved)
+        return names, filler, self.names("person"), more_keys
 
     # ---- languages -------------------------------------------------------------------------
     @cached_property
@@ -241,12 +389,11 @@ class World:
     # ---- output ------------------------------------------------------------------------------
     def write(self, directory, overwrite: bool = False) -> None:
         """Write every split and ground-truth table (see :mod:`writer`)."""
-        from lmlab.data.world.writer import write_world
-
         write_world(self, directory, overwrite=overwrite)
 
     def __repr__(self) -> str:
-        return f"World(seed={self.config.seed}, facts={len(self.facts)}, entities={len(self._by_name)})"
+        edits = f", edits={len(self.edits)}" if self.edits else ""
+        return f"World(seed={self.config.seed}, facts={len(self.facts)}, entities={len(self._by_name)}{edits})"
 
 
 def build_world(config: WorldConfig | None = None) -> World:

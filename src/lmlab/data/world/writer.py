@@ -1,4 +1,4 @@
-"""Write a world to disk (atomically, byte-reproducibly) and load it back.
+"""Write a world to disk (atomically, byte-reproducibly) (loading it back is :mod:`loading`).
 
 Why: experiments consume the world as files, and two runs with the same seed must produce identical
 bytes (JSON with sorted keys, fixed separators, UTF-8, no timestamps, deterministic order), so a
@@ -13,6 +13,11 @@ Layout (JSONL = one JSON object per line):
     long_context.jsonl    LongContextTask.to_dict() + {"n_tokens_approx": L}, for L in long_context_lengths
     parallel.jsonl        World.parallel_sentences() records
     counterfactual.jsonl  World.counterfactual_pairs() records
+    corpus.jsonl          CorpusDocument.to_dict(): every training text with its kind and content split
+    qa_train.jsonl        Probe.to_dict() for World.qa_probes("train")   qa_heldout.jsonl likewise
+    dialogues.jsonl       Dialogue.to_dict()
+    attribute_text.jsonl  AttributeText.to_dict()
+    edits.jsonl           World.edit_requests() records
     facts.json            {"relations": {...}, "two_hop_relations": {...}, "facts": [...]}
     entities.json         {type: [Entity.to_dict()]}
     bias_truth.json       World.bias_truth
@@ -29,7 +34,6 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from lmlab.data.world.config import WorldConfig
 from lmlab.errors import LmlabError
 from lmlab.io.output_paths import umask_mode
 
@@ -69,10 +73,17 @@ def _files(world) -> dict[str, tuple[str, object]]:
         "long_context.jsonl": ("jsonl", long_context),
         "parallel.jsonl": ("jsonl", world.parallel_sentences()),
         "counterfactual.jsonl": ("jsonl", world.counterfactual_pairs()),
+        "corpus.jsonl": ("jsonl", (d.to_dict() for d in world.corpus())),
+        "qa_train.jsonl": ("jsonl", (p.to_dict() for p in world.qa_probes("train"))),
+        "qa_heldout.jsonl": ("jsonl", (p.to_dict() for p in world.qa_probes("heldout"))),
+        "dialogues.jsonl": ("jsonl", (d.to_dict() for d in world.dialogues())),
+        "attribute_text.jsonl": ("jsonl", (t.to_dict() for t in world.attribute_texts())),
+        "edits.jsonl": ("jsonl", world.edit_requests()),
         "facts.json": ("json", {
             "relations": {name: r.to_dict() for name, r in world.relations.items()},
             "two_hop_relations": {name: r.to_dict() for name, r in world.two_hop_relations.items()},
             "facts": [f.to_dict() for f in world.facts],
+            **({"edits": [f.to_dict() for f in world.edits]} if world.edits else {}),
         }),
         "entities.json": ("json", {kind: [e.to_dict() for e in group] for kind, group in world.entities.items()}),
         "bias_truth.json": ("json", world.bias_truth),
@@ -116,38 +127,3 @@ def _swap_into_place(tmp: Path, target: Path) -> None:
         raise
     finally:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def load_config(directory: str | os.PathLike) -> WorldConfig:
-    """The ``WorldConfig`` saved in ``directory/world_config.json``."""
-    path = Path(directory) / "world_config.json"
-    if not path.is_file():
-        raise LmlabError(f"directory: {path} not found (not a written world?)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise LmlabError(f"{path}: invalid JSON ({err.msg} at line {err.lineno})") from None
-    return WorldConfig.from_dict(data)
-
-
-def load_world(directory: str | os.PathLike, verify: bool = True):
-    """Rebuild the world saved in ``directory`` from its config.
-
-    With ``verify`` the rebuilt facts must equal ``facts.json`` byte for byte; a mismatch means the
-    files came from a different lmlab version (generation changed), which would silently change the
-    ground truth, so it is an error.
-    """
-    from lmlab.data.world.world import build_world
-
-    world = build_world(load_config(directory))
-    if verify:
-        path = Path(directory) / "facts.json"
-        expected = [f.to_dict() for f in world.facts]
-        try:
-            saved = json.loads(path.read_text(encoding="utf-8"))["facts"]
-        except (OSError, json.JSONDecodeError, KeyError, TypeError):
-            raise LmlabError(f"directory: {path} is missing or unreadable") from None
-        if saved != expected:
-            raise LmlabError(f"directory: {path} does not match the world rebuilt from world_config.json "
-                             "(written by a different lmlab version?)")
-    return world

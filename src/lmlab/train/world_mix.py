@@ -1,0 +1,115 @@
+"""The reference model's training stream: short packed batches of world text, and long batches that open
+with a long-context task.
+
+Why: the world's text (facts, QA, dialogues, attribute text) is made of short documents, cheap to train on
+in short windows; long-context retrieval needs whole tasks of up to ~1K tokens, seen with their question,
+at every depth. So every ``long_every``-th batch holds ``long_rows`` windows of ``block_size`` tokens that
+each open with one long-context task (key-value list or needle, its length and depth drawn at random, so
+every position up to the block length is exercised), the rest filled with world text; every other batch
+holds ``short_rows`` windows of ``short_block`` tokens of world text. Loss is not taken on a long task's
+context (its random codes carry no learnable signal); it is on the question and answer and on all text.
+
+World text comes from a token stream of ``epochs`` per-epoch shuffled passes over the corpus (each document
+after an end-of-text token, as at inference); a window starts at a seeded random offset of it. Batch ``k``
+is a pure function of ``(seed, k)``, so the stream's state is just ``k`` and resuming continues it exactly.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+from lmlab.errors import LmlabError
+from lmlab.train.objectives import IGNORE_INDEX
+
+DEPTH_BINS = 11  # depths drawn from {0, 0.1, ..., 1}
+
+
+class WorldMixBlocks:
+    """``batches(_)`` yields ``{"input_ids": [B, T], "labels": [B, T]}`` (LongTensors) for the Trainer."""
+
+    def __init__(self, world, tokenizer, texts: list[str], *, block_size: int = 1152, long_rows: int = 8,
+                 short_block: int = 256, short_rows: int = 32, long_every: int = 4,
+                 long_words: tuple[int, int] = (60, 680), kv_share: float = 0.75, epochs: int = 8,
+                 seed: int = 0) -> None:
+        if not texts:
+            raise LmlabError("texts: the training corpus is empty")
+        if short_block < 16 or block_size < short_block or long_rows < 1 or short_rows < 1 or long_every < 1:
+            raise LmlabError("world mix: need 16 <= short_block <= block_size and positive row counts")
+        self.world, self.tokenizer = world, tokenizer
+        self.block_size, self.long_rows, self.short_block, self.short_rows = block_size, long_rows, short_block, short_rows
+        self.long_every, self.long_words, self.kv_share, self.seed = long_every, tuple(long_words), kv_share, seed
+        self.eos = tokenizer.eos_id
+        if self.eos is None:
+            raise LmlabError("tokenizer: an eos token is needed to separate documents")
+        docs = [np.asarray([self.eos, *ids], dtype=np.int32) for ids in tokenizer.encode_batch(texts)]
+        rng = random.Random(f"world-mix:{seed}:order")
+        passes = []
+        for _ in range(epochs):
+            order = list(range(len(docs)))
+            rng.shuffle(order)
+            passes += [docs[i] for i in order]
+        self.stream = np.concatenate(passes)  # [N] world text, every document after an eos
+        if len(self.stream) <= block_size + 1:
+            raise LmlabError(f"texts: {len(self.stream)} tokens, fewer than one block of {block_size + 1}")
+        self.batches_served = 0
+
+    def is_long(self, k: int) -> bool:
+        return k % self.long_every == 0
+
+    def _window(self, rng: random.Random, n: int) -> np.ndarray:
+        start = rng.randrange(len(self.stream) - n)
+        return self.stream[start:start + n]
+
+    def _long_row(self, k: int, r: int, rng: random.Random) -> tuple[np.ndarray, np.ndarray]:
+        width = self.block_size + 1
+        kind = "kv_retrieval" if rng.random() < self.kv_share else "needle"
+        row = self._window(rng, width).copy()  # [T + 1]
+        trained = np.ones(width, dtype=bool)  # [T + 1]: is this token a training target
+        for attempt in range(8):  # redraw until it fits (the words -> tokens ratio varies a little)
+            task = self.world.long_context_task(kind, rng.randint(*self.long_words), rng.randrange(DEPTH_BINS) / 10,
+                                                seed=1_000_000 + self.seed * 10_000_000 + k * 100 + r * 10 + attempt)
+            context = [self.eos, *self.tokenizer.encode(task.context)]
+            tail = self.tokenizer.encode("\n" + task.question + task.answer + ".")
+            n = len(context) + len(tail)
+            if n <= width:
+                row[:n] = context + tail
+                trained[1:len(context) + 1] = False  # targets inside the context (and its closing "\n")
+                break
+        return row, trained
+
+    def batch(self, k: int) -> dict[str, torch.Tensor]:
+        """Batch ``k`` of the stream (a pure function of ``seed`` and ``k``)."""
+        rng = random.Random(f"world-mix:{self.seed}:batch:{k}")
+        if self.is_long(k):
+            rows = [self._long_row(k, r, rng) for r in range(self.long_rows)]
+            w = np.stack([row for row, _ in rows])  # [B, T + 1]
+            keep = np.stack([trained for _, trained in rows])  # [B, T + 1]
+        else:
+            w = np.stack([self._window(rng, self.short_block + 1) for _ in range(self.short_rows)])  # [B, t + 1]
+            keep = np.ones_like(w, dtype=bool)
+        w_t = torch.from_numpy(w.astype(np.int64))
+        labels = torch.where(torch.from_numpy(keep[:, 1:]), w_t[:, 1:], torch.full_like(w_t[:, 1:], IGNORE_INDEX))
+        return {"input_ids": w_t[:, :-1].contiguous(), "labels": labels.contiguous()}  # [B, T] each
+
+    def batches(self, _micro_batch: int | None = None):
+        """Endless batches from the current position (the Trainer's micro-batch size is not used: each
+        batch kind has its own row count)."""
+        while True:
+            k = self.batches_served
+            self.batches_served += 1
+            yield self.batch(k)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"batches_served": self.batches_served, "seed": self.seed, "block_size": self.block_size,
+                "short_block": self.short_block, "long_every": self.long_every, "stream_tokens": int(len(self.stream))}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key in ("seed", "block_size", "short_block", "long_every", "stream_tokens"):
+            mine = self.state_dict()[key]
+            if state.get(key) != mine:
+                raise LmlabError(f"cannot resume the world mix: saved with {key}={state.get(key)!r}, this one has {mine!r}")
+        self.batches_served = int(state["batches_served"])

@@ -1,0 +1,200 @@
+"""The world data the next method families score against (issue 11): QA, dialogues, attribute text,
+long-context tasks, counterfactual edits and the content split.
+
+Each test would fail on a plausible wrong implementation: the leak test first shows its detector fires
+on training forms; the edit test enumerates the changed facts independently of ``apply_edit``.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from lmlab.data.world import WorldConfig, build_world, label_formality, label_politeness, label_sentiment
+from lmlab.data.world.attribute_text import AXES, attribute_text_words
+from lmlab.data.world.dialogues import dialogue_words
+from lmlab.data.world.questions import QUESTIONS, question_regex, question_words
+from lmlab.data.world.split import content_split
+from lmlab.data.world.templates import RELATIONS
+from lmlab.data.world.text import find_template_leaks
+from lmlab.errors import LmlabError
+
+
+@pytest.fixture(scope="module")
+def world():
+    return build_world(WorldConfig.quickstart())
+
+
+@pytest.fixture(scope="module")
+def corpus_text(world):
+    return "\n".join(d.text for d in world.corpus())
+
+
+# ---- held-out forms never reach training text ----------------------------------------------------
+def test_heldout_templates_questions_and_two_hop_never_occur_in_the_corpus(world, corpus_text):
+    train_templates = [t for r in world.relations.values() for t in r.train_templates]
+    assert find_template_leaks(train_templates, corpus_text) == train_templates  # the detector fires
+    train_questions = [q for forms in QUESTIONS.values() for q in forms.train]
+    assert all(question_regex(q).search(corpus_text) for q in train_questions)  # and on questions too
+    hidden = [t for r in world.relations.values() for t in r.heldout_templates]
+    hidden += [t for r in world.two_hop_relations.values() for t in r.templates]
+    assert find_template_leaks(hidden, corpus_text) == []
+    heldout_questions = [q for forms in QUESTIONS.values() for q in forms.heldout]
+    assert [q for q in heldout_questions if question_regex(q).search(corpus_text)] == []
+    assert not set(heldout_questions) & set(train_questions)
+
+
+def test_every_fact_is_asked_in_every_training_question_form(world, corpus_text):
+    qa = {d.text for d in world.corpus(kinds=("qa",))}
+    probes = world.qa_probes("train")
+    assert len(probes) == 2 * len(world.facts)
+    assert all(p.prompt + p.answer + "." in qa for p in probes)
+    assert all(QUESTIONS[r.name].train[0] == r.question for r in RELATIONS)  # the preference pairs' form
+    for probe in world.qa_probes("heldout"):
+        assert probe.prompt.startswith("Question: ") and probe.prompt.endswith("\nAnswer:")
+        assert probe.answer == " " + world.lookup(probe.fact.subject, probe.fact.relation)
+
+
+def test_new_words_never_collide_with_entity_names():
+    new_words = question_words() | dialogue_words() | attribute_text_words()
+    for config in (WorldConfig.tiny(), WorldConfig.quickstart(), WorldConfig.standard()):
+        w = build_world(config)
+        parts = {part.lower() for e in w._by_name.values() if e.type != "occupation" for part in e.name.split()}
+        assert not parts & new_words
+
+
+# ---- content split ---------------------------------------------------------------------------------
+def test_split_is_by_content_so_duplicates_cannot_straddle_it(world):
+    docs = world.corpus()
+    sides: dict[str, set[str]] = {}
+    for d in docs:
+        sides.setdefault(d.text, set()).add(d.split)
+    assert all(len(s) == 1 for s in sides.values())
+    assert len(sides) < len(docs)  # the corpus does hold duplicates (e.g. the same sentence twice)
+    share = sum(d.split == "validation" for d in docs) / len(docs)
+    assert 0.03 < share < 0.07  # validation_fraction 0.05
+    assert {d.split for d in world.corpus("validation")} == {"validation"}
+    assert content_split("Mirova is a city.", 0, 0.5) == content_split("Mirova is a city.", 0, 0.5)
+    other = [content_split(t, 1, 0.05) for t in sides]  # another seed gives another split
+    assert other != [next(iter(sides[t])) for t in sides]
+
+
+# ---- dialogues and attribute text -------------------------------------------------------------------
+def test_dialogue_replies_carry_their_politeness_label(world):
+    dialogues = world.dialogues()
+    facts = [d for d in dialogues if d.kind == "fact"]
+    assert len(facts) == 3 * len(world.facts)
+    for d in facts:
+        reply = d.messages[-1]["content"]
+        assert d.politeness == label_politeness(reply) == {"plain": 0, "polite": 1, "rude": -1}[d.style]
+        assert world.lookup(d.fact.subject, d.fact.relation) in reply
+        assert d.text.startswith("<|im_start|>") and d.text.endswith("<|im_end|>\n")
+        assert (d.messages[0]["role"] == "system") == (d.style != "plain")
+
+
+def test_attribute_texts_carry_exact_labels_with_and_without_codes(world):
+    texts = world.attribute_texts()
+    labellers = {"sentiment": label_sentiment, "formality": label_formality, "politeness": label_politeness}
+    for t in texts:
+        assert labellers[t.axis](t.text) == t.label
+        assert t.prefixed == f"{AXES[t.axis][t.label][1]} {t.text}"
+    seen = {(t.axis, t.label) for t in texts}
+    assert seen == {(axis, label) for axis, labels in AXES.items() for label in labels}
+    corpus = {d.text for d in world.corpus(kinds=("attributes",))}
+    assert {t.text for t in texts} <= corpus and {t.prefixed for t in texts} <= corpus
+    for d in (d for d in world.dialogues() if d.kind == "attribute"):
+        axis, value = d.style.split(":")
+        label = next(k for k, (v, _) in AXES[axis].items() if v == value)
+        assert labellers[axis](d.messages[-1]["content"]) == label
+
+
+# ---- long context ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["kv_retrieval", "needle"])
+def test_long_context_task_places_the_answer_at_the_requested_depth(world, kind):
+    for depth in (0.0, 0.5, 1.0):
+        task = world.long_context_task(kind, 600, depth, seed=3)
+        assert 560 <= task.n_words <= 660
+        assert task.context.count(task.answer.strip()) == 1
+        assert abs(task.depth - depth) < 0.05
+    assert world.long_context_task(kind, 600, 0.5, seed=3) == world.long_context_task(kind, 600, 0.5, seed=3)
+    assert world.long_context_task(kind, 600, 0.5, seed=3) != world.long_context_task(kind, 600, 0.5, seed=4)
+
+
+# ---- counterfactual edits ------------------------------------------------------------------------------
+def _all_facts(w) -> set:
+    return set(w.facts) | set(w.two_hop_facts())
+
+
+def test_apply_edit_of_a_birthplace_changes_exactly_the_birth_country(world):
+    person = world.names("person")[0]
+    old_city = world.lookup(person, "born_in")
+    new_city = next(c for c in world.names("city")
+                    if world.lookup(c, "city_in") != world.lookup(old_city, "city_in"))
+    edited = world.apply_edit(person, "born_in", new_city)
+    changed = _all_facts(world) ^ _all_facts(edited)
+    expected = {("born_in", old_city), ("born_in", new_city),
+                ("birth_country", world.lookup(old_city, "city_in")),
+                ("birth_country", world.lookup(new_city, "city_in"))}
+    assert {(f.relation, f.object) for f in changed} == expected
+    assert {f.subject for f in changed} == {person}
+    assert world.lookup(person, "born_in") == old_city  # the original is untouched
+    assert edited.edits and edited.compose(person, ["born_in", "city_in"]) == edited.lookup(new_city, "city_in")
+
+
+def test_apply_edit_of_a_city_country_re_derives_every_dependent_answer(world):
+    city = world.names("city")[-1]
+    old, new = world.lookup(city, "city_in"), next(c for c in world.names("country") if c != world.lookup(city, "city_in"))
+    edited = world.apply_edit(city, "city_in", new)
+    changed_after = _all_facts(edited) - _all_facts(world)
+    # ground truth enumerated by hand: the edited fact, every person born or living there, and the
+    # city's official language (unless both countries share it)
+    expected = {("city_in", city, new)}
+    for p in world.names("person"):
+        if world.lookup(p, "born_in") == city:
+            expected.add(("birth_country", p, new))
+        if world.lookup(p, "lives_in") == city:
+            expected.add(("home_country", p, new))
+    if world.lookup(old, "official_language") != world.lookup(new, "official_language"):
+        expected.add(("city_language", city, world.lookup(new, "official_language")))
+    assert {(f.relation, f.subject, f.object) for f in changed_after} == expected
+    assert len(expected) > 2  # the case is not trivial
+
+
+def test_bad_edits_are_one_line_errors(world):
+    person = world.names("person")[0]
+    with pytest.raises(LmlabError, match=r"edit: no capital_of fact about 'Nobody'"):
+        world.apply_edit("Nobody", "capital_of", world.names("country")[0])
+    with pytest.raises(LmlabError, match="is not a city"):
+        world.apply_edit(person, "born_in", world.names("country")[0])
+    with pytest.raises(LmlabError, match="already"):
+        world.apply_edit(person, "born_in", world.lookup(person, "born_in"))
+    with pytest.raises(LmlabError, match="relation must be one of"):
+        world.apply_edit(person, "likes", "x")
+
+
+def test_edit_requests_hold_their_ground_truth(world, corpus_text):
+    requests = world.edit_requests()
+    assert len(requests) == world.config.n_edit_requests
+    assert {r["relation"] for r in requests} == set(world.relations)
+    for r in requests:
+        edited = world.apply_edit(r["subject"], r["relation"], r["new_object"])
+        assert r["target_true"] == " " + world.lookup(r["subject"], r["relation"])
+        assert r["target_new"] == " " + edited.lookup(r["subject"], r["relation"])
+        for n in r["neighbourhood"]:
+            assert n["answer"] == r["target_true"]
+        for hop in r["two_hop"]:
+            probe = next(p for p in edited.two_hop_probes() if p.prompt == hop["prompt"])
+            assert hop["answer_after"] == probe.answer
+        for prompt in r["paraphrase_prompts"]:
+            assert prompt not in corpus_text
+    assert any(h["answer_before"] != h["answer_after"] for r in requests for h in r["two_hop"])
+
+
+def test_edited_world_neighbourhood_is_unchanged(world):
+    r = world.edit_requests(4)[0]
+    edited = world.apply_edit(r["subject"], r["relation"], r["new_object"])
+    template = world.relations[r["relation"]].train_templates[0]
+    for n in r["neighbourhood"]:
+        subject = re.sub(r"\s*" + re.escape(template.split("{s}")[1].rsplit(" {o}", 1)[0]) + "$", "", n["prompt"])
+        assert edited.lookup(subject, r["relation"]) == world.lookup(subject, r["relation"]) == n["answer"].strip()
