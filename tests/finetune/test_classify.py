@@ -40,3 +40,59 @@ def test_classification_objective_learns_a_rule(tiny):
         loss.backward()
         opt.step()
     assert float(metrics["accuracy"]) == 1.0
+
+
+def test_decoder_and_lora_get_gradients_through_the_head(tiny):
+    """Issue 10 item 2: hidden states used to come through run_with_cache (detached): 0 of 20 decoder
+    parameters received a gradient."""
+    clf = SequenceClassifier(tiny, ClassifierConfig(n_labels=3))
+    ids = torch.randint(2, tiny.config.vocab_size, (3, 6))
+    mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2, [1] * 2 + [0] * 4])
+    clf(ids, mask).square().sum().backward()
+    decoder = [(n, p) for n, p in tiny.named_parameters() if n != "lm_head.weight" or not tiny.config.tie_embeddings]
+    no_grad = [n for n, p in decoder if p.grad is None or p.grad.abs().sum() == 0]
+    # the lm_head is not on the head's path (tied here: its weight is the embedding, which is)
+    assert no_grad == [] and len(decoder) >= 20
+
+    from lmlab.peft import LoraConfig, add_adapter
+
+    tiny.zero_grad(set_to_none=True)
+    add_adapter(tiny, LoraConfig(r=2, target_modules=["q_proj", "v_proj", "down_proj"], init_b="random"))
+    clf(ids, mask).square().sum().backward()
+    adapters = [(n, p) for n, p in tiny.named_parameters() if "adapters" in n]
+    assert adapters and all(p.grad is not None and p.grad.abs().sum() > 0 for _, p in adapters)
+    assert all(p.grad is None for n, p in tiny.named_parameters() if "adapters" not in n)  # base frozen
+
+
+def test_lm_head_is_not_computed(tiny):
+    seen = []
+    handle = tiny.lm_head.register_forward_hook(lambda *a: seen.append(1))
+    try:
+        SequenceClassifier(tiny, ClassifierConfig(n_labels=2))(torch.randint(2, 50, (2, 5)))
+    finally:
+        handle.remove()
+    assert seen == []
+
+
+def test_scalar_head_for_reward_models(tiny):
+    import pytest
+
+    from lmlab.errors import LmlabError
+
+    torch.manual_seed(0)
+    clf = SequenceClassifier(tiny, ClassifierConfig(n_labels=1))
+    ids = torch.randint(2, tiny.config.vocab_size, (8, 5))
+    target = (ids[:, -1] % 3).float()
+    out = clf(ids)
+    assert out.shape == (8, 1)
+    opt = torch.optim.AdamW(clf.parameters(), lr=1e-2)
+    obj = ClassificationObjective()
+    first, _ = obj(clf, {"input_ids": ids, "labels": target})
+    for _ in range(40):
+        loss, metrics = obj(clf, {"input_ids": ids, "labels": target})
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1 * first.item() and "mse" in metrics
+    with pytest.raises(LmlabError, match="n_labels must be an integer >= 1"):
+        SequenceClassifier(tiny, ClassifierConfig(n_labels=0))

@@ -22,9 +22,19 @@ class CachePolicy:
     layer's attention probabilities [B, n_heads, T, S] when ``needs_attention`` is True, which makes the
     model take the eager attention path) and ``evict`` (called after every forward; may call
     ``cache.compact``).
+
+    State: a ``KVCache`` never mutates the policy object it is given; it works on ``policy.fresh()`` (a deep
+    copy by default), so one configured policy can be handed to many caches and generations without one
+    generation's accumulated scores leaking into the next (read a cache's live state from ``cache.policy``).
+    A policy that keeps per-row state (scores per batch row) also overrides ``select_rows`` and
+    ``append_rows``, which the cache calls when rows leave or join a running batch (continuous batching).
     """
 
     needs_attention = False
+
+    def fresh(self) -> "CachePolicy":
+        """A copy without shared mutable state, for one new cache (override if a deep copy is wrong or costly)."""
+        return copy.deepcopy(self)
 
     def capacity(self, max_len: int) -> int:
         return max_len
@@ -33,6 +43,14 @@ class CachePolicy:
         return None
 
     def evict(self, cache: "KVCache") -> None:
+        return None
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """The cache kept only batch rows ``rows`` [B'] (in that order)."""
+        return None
+
+    def append_rows(self, other: "CachePolicy") -> None:
+        """The rows of another cache (whose policy is ``other``) were appended after this cache's rows."""
         return None
 
 
@@ -48,7 +66,7 @@ class KVCache:
         if batch_size < 1 or max_len < 1:
             raise LmlabError(f"KVCache: batch_size and max_len must be positive, got {batch_size}, {max_len}")
         self.config = config
-        self.policy = policy or CachePolicy()
+        self.policy = policy.fresh() if policy is not None else CachePolicy()
         self.capacity = self.policy.capacity(max_len)
         shape = (config.n_layers, batch_size, config.kv_heads, self.capacity, config.head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
@@ -62,6 +80,11 @@ class KVCache:
     @property
     def batch_size(self) -> int:
         return self.k.shape[1]
+
+    @property
+    def is_empty(self) -> bool:
+        """True when no row holds a token (decided without reading tensors)."""
+        return self._uniform == 0
 
     # -- the model calls these, in this order, once per forward ------------------------------------------
     def begin(self, n_new: int, lengths: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,9 +189,42 @@ class KVCache:
         self._uniform = 0
 
     def select_rows(self, rows: torch.Tensor) -> None:
-        """Keep only batch rows ``rows`` (drop finished sequences from a batch)."""
+        """Keep only batch rows ``rows`` [B'] (drop finished sequences from a batch; may reorder or repeat)."""
+        rows = torch.as_tensor(rows, dtype=torch.long, device=self.k.device)
         for name in ("k", "v"):
             setattr(self, name, getattr(self, name)[:, rows].contiguous())
         self.slot_pos, self.n_slots, self.next_pos = self.slot_pos[rows], self.n_slots[rows], self.next_pos[rows]
-        first = int(self.n_slots[0]) if len(rows) else 0
+        self._refresh_uniform()
+        self.policy.select_rows(rows)
+
+    def append_rows(self, other: "KVCache") -> None:
+        """Append the rows of ``other`` (same model, dtype, device) after this cache's rows: a prefilled request
+        joins a running batch. The slot dimension grows to the larger of the two capacities."""
+        if (other.k.shape[0], other.k.shape[2], other.k.shape[4]) != (self.k.shape[0], self.k.shape[2], self.k.shape[4]):
+            raise LmlabError(f"KVCache.append_rows: cache shapes {tuple(other.k.shape)} and {tuple(self.k.shape)} "
+                             "are not of the same model")
+        if other.k.dtype != self.k.dtype or other.k.device != self.k.device:
+            raise LmlabError(f"KVCache.append_rows: dtype/device {other.k.dtype}/{other.k.device} differ from "
+                             f"{self.k.dtype}/{self.k.device}")
+        cap = max(self.capacity, other.capacity)
+        mine, theirs = self._padded_to(cap), other._padded_to(cap)
+        self.k = torch.cat([mine[0], theirs[0]], dim=1)  # [L, B + B', n_kv, cap, d_head]
+        self.v = torch.cat([mine[1], theirs[1]], dim=1)
+        self.slot_pos = torch.cat([mine[2], theirs[2]], dim=0)  # [B + B', cap]
+        self.n_slots = torch.cat([self.n_slots, other.n_slots])
+        self.next_pos = torch.cat([self.next_pos, other.next_pos])
+        self.capacity = cap
+        self._refresh_uniform()
+        self.policy.append_rows(other.policy)
+
+    def _padded_to(self, cap: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(k, v, slot_pos) with the slot dimension padded with empty slots up to ``cap``."""
+        extra = cap - self.capacity
+        if extra == 0:
+            return self.k, self.v, self.slot_pos
+        pad_kv = lambda t: torch.cat([t, t.new_zeros(*t.shape[:3], extra, t.shape[4])], dim=3)  # noqa: E731
+        return pad_kv(self.k), pad_kv(self.v), torch.cat([self.slot_pos, self.slot_pos.new_full((self.batch_size, extra), -1)], 1)
+
+    def _refresh_uniform(self) -> None:
+        first = int(self.n_slots[0]) if self.batch_size else 0
         self._uniform = first if bool((self.n_slots == first).all()) else None

@@ -89,6 +89,9 @@ class ModelConfig:
         need(self.n_heads % self.kv_heads == 0, f"n_heads {self.n_heads} is not divisible by n_kv_heads {self.kv_heads}")
         need(0 < self.rot_dim <= self.head_dim and self.rot_dim % 2 == 0 or self.pos_type == "learned",
              f"rotary_dim {self.rotary_dim} must be even and at most d_head {self.head_dim}")
+        need(not self.shared_block_norm or self.parallel_residual,
+             "shared_block_norm (one norm feeding attention and MLP, GPT-J) needs parallel_residual=True: a "
+             "sequential block normalises the MLP input after attention, so it needs its own norm")
         if self.sliding_window_layers is not None:
             need(len(self.sliding_window_layers) == self.n_layers,
                  f"sliding_window_layers has {len(self.sliding_window_layers)} entries for {self.n_layers} layers")

@@ -3,12 +3,28 @@
 Names: ``embed``, ``blocks.{i}.resid_pre|resid_mid|resid_post``, ``blocks.{i}.attn.q|k|v|pattern|z|out``,
 ``blocks.{i}.mlp.pre|post|out``, ``ln_final``, ``logits``. A hook is ``fn(tensor, name) -> tensor | None``;
 returning None keeps the tensor. Hooks are installed by a context manager that always removes them.
+
+Position-aware hooks: during a forward, :func:`current_context` returns a :class:`HookContext` with the
+absolute positions of the tokens being computed, the phase (``"prefill"``, ``"decode"`` or ``"forward"``
+for a cache-less call), and, when the decoder runs the forward, the request id and prompt length of every
+batch row. So one plain ``fn(x, name)`` hook can add a vector at prompt positions only (the same logits
+cached and uncached), at generated positions, at given indices, or to one request of a running batch::
+
+    def steer(x, name):                      # x: [B, T, d_model]
+        ctx = current_context()
+        return x + vec * ctx.prompt_mask()[..., None]          # prompt positions of every row
+
+A cache-less forward over prompt + generated tokens does not know where each prompt ends: declare it with
+``with forward_context(prompt_lengths=...)`` (the decoder declares phase, request ids and prompt lengths
+the same way).
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
 import torch
@@ -55,6 +71,85 @@ class HookPoint:
             if out is not None:
                 x = out
         return x
+
+
+@dataclass(frozen=True)
+class HookContext:
+    """What the current forward computes; read it inside a hook with :func:`current_context`.
+
+    - ``positions`` [B, T]: absolute position of every token of this forward (per row; with a KV cache they
+      continue the row's sequence, so position p is the same token cached or not).
+    - ``phase``: ``"prefill"`` (a cached forward that writes prompt tokens), ``"decode"`` (one generated token
+      per row) or ``"forward"`` (no cache).
+    - ``row_ids`` [B] (LongTensor) or None: the decoder's request id of each batch row.
+    - ``prompt_lengths`` [B] or None: each row's unpadded prompt length, when declared.
+    - ``input_lengths`` [B] or None: real tokens per row of a right-padded (ragged) prefill.
+    """
+
+    positions: torch.Tensor
+    phase: str
+    row_ids: torch.Tensor | None = None
+    prompt_lengths: torch.Tensor | None = None
+    input_lengths: torch.Tensor | None = None
+
+    def prompt_mask(self) -> torch.Tensor:
+        """[B, T] bool, True at prompt positions. Without declared prompt lengths: every position of a
+        prefill or cache-less forward counts as prompt, no position of a decode step does."""
+        if self.prompt_lengths is not None:
+            return self.positions < self.prompt_lengths.to(self.positions.device)[:, None]
+        return torch.full_like(self.positions, self.phase != "decode", dtype=torch.bool)
+
+    def generated_mask(self) -> torch.Tensor:
+        """[B, T] bool, True at generated positions (the complement of :meth:`prompt_mask`)."""
+        return ~self.prompt_mask()
+
+    def row_mask(self, request_id: int) -> torch.Tensor:
+        """[B] bool, True for the batch row of request ``request_id`` (all False if absent or unknown)."""
+        if self.row_ids is None:
+            return torch.zeros(self.positions.shape[0], dtype=torch.bool, device=self.positions.device)
+        return self.row_ids.to(self.positions.device) == request_id
+
+
+_CURRENT: ContextVar[HookContext | None] = ContextVar("lmlab_hook_context", default=None)
+_DECLARED: ContextVar[dict | None] = ContextVar("lmlab_forward_info", default=None)
+
+
+def current_context() -> HookContext | None:
+    """The :class:`HookContext` of the forward now running (None outside a forward)."""
+    return _CURRENT.get()
+
+
+@contextlib.contextmanager
+def forward_context(*, phase: str | None = None, row_ids: torch.Tensor | None = None,
+                    prompt_lengths: torch.Tensor | None = None) -> Iterator[None]:
+    """Declare facts about the forwards run inside the block that the model cannot infer: the phase,
+    the request id of each row ``row_ids`` [B], each row's prompt length ``prompt_lengths`` [B]."""
+    if phase is not None and phase not in ("prefill", "decode", "forward"):
+        raise LmlabError(f"forward_context: phase must be 'prefill', 'decode' or 'forward', got {phase!r}")
+    token = _DECLARED.set({"phase": phase, "row_ids": row_ids, "prompt_lengths": prompt_lengths})
+    try:
+        yield
+    finally:
+        _DECLARED.reset(token)
+
+
+def enter_forward(positions: torch.Tensor, cache_empty: bool | None, input_lengths: torch.Tensor | None):
+    """Called by the model at the start of a forward (``cache_empty`` None = no cache); returns a token for
+    :func:`exit_forward`."""
+    declared = _DECLARED.get() or {}
+    phase = declared.get("phase")
+    if phase is None:
+        if cache_empty is None:
+            phase = "forward"
+        else:
+            phase = "prefill" if cache_empty or positions.shape[1] > 1 else "decode"
+    ctx = HookContext(positions=positions, phase=phase, row_ids=declared.get("row_ids"),
+                      prompt_lengths=declared.get("prompt_lengths"), input_lengths=input_lengths)
+    return _CURRENT.set(ctx)
+
+
+def exit_forward(token) -> None:
+    _CURRENT.reset(token)
 
 
 def hook_points(model: nn.Module) -> dict[str, HookPoint]:

@@ -104,19 +104,44 @@ def pack_for_inference(model: nn.Module, batch_hint: int = 1) -> int:
     Why: bf16 matmul kernels want the weight in a blocked (VNNI) layout; with a plain weight oneDNN reorders it
     on every call. Prepacked, bf16 decode streams weights ~1.3x faster at batch 1 and ~2x at batch 8 on the
     machine of BENCHMARKS.md (fp32: ~1.2x at batch 8). The cost is a second copy of each weight, so this is
-    opt-in. The copy is used only on inference calls, and dropped as soon as the weight changes in place.
+    opt-in. The copy is used only on inference calls, and dropped as soon as the weight changes in place
+    (weights made under ``torch.inference_mode`` are first given a version counter, so this holds for them too:
+    see :func:`give_version_counters`).
     """
     if not _onednn_available():
         return 0
+    targets = [m for m in model.modules() if isinstance(m, Linear) and type(m.weight) in _PLAIN and m.weight.is_cpu
+               and m.weight.dtype in (torch.float32, torch.bfloat16)]
+    give_version_counters(model, [m.weight for m in targets])
     added = 0
-    for module in model.modules():
-        w = getattr(module, "weight", None)
-        if (isinstance(module, Linear) and type(w) in _PLAIN and w.is_cpu
-                and w.dtype in (torch.float32, torch.bfloat16)):
-            packed = torch.ops.mkldnn._reorder_linear_weight(w.detach(), batch_hint)
-            module._packed = (_version(w), w.data_ptr(), packed)
-            added += w.numel() * w.element_size()
+    for module in targets:
+        w = module.weight
+        packed = torch.ops.mkldnn._reorder_linear_weight(w.detach(), batch_hint)
+        module._packed = (_version(w), w.data_ptr(), packed)
+        added += w.numel() * w.element_size()
     return added
+
+
+def give_version_counters(model: nn.Module, weights: list[torch.Tensor]) -> int:
+    """Replace each inference-mode tensor among ``weights`` by a normal Parameter with the same values, in every
+    module of ``model`` that holds it (tied weights stay tied); returns how many were replaced.
+
+    Why: a tensor created under ``torch.inference_mode`` keeps no version counter, so an in-place change of it
+    (an edit, a merged LoRA, ``load_state_dict``) could not be noticed and a packed copy would keep serving
+    the old weight. A normal tensor's counter is bumped by every in-place write, inside inference mode too.
+    The swap costs one transient copy per weight; code holding the old Parameter object keeps the old one.
+    """
+    fresh: dict[int, nn.Parameter] = {}
+    for w in weights:
+        if id(w) not in fresh and _version(w) is None:
+            with torch.inference_mode(False):
+                fresh[id(w)] = nn.Parameter(w.detach().clone(), requires_grad=w.requires_grad)
+    if fresh:
+        for module in model.modules():
+            for name, p in list(module._parameters.items()):
+                if p is not None and id(p) in fresh:
+                    module._parameters[name] = fresh[id(p)]
+    return len(fresh)
 
 
 def unpack(model: nn.Module) -> None:

@@ -15,7 +15,7 @@ from torch import nn
 from lmlab.core.cache import KVCache
 from lmlab.core.config import ModelConfig
 from lmlab.core.linear import Linear
-from lmlab.core.hooks import BLOCK_HOOKS, HookPoint, run_with_cache
+from lmlab.core.hooks import BLOCK_HOOKS, HookPoint, enter_forward, exit_forward, run_with_cache
 from lmlab.core.hooks import hooks as hooks_cm
 from lmlab.core.rope import apply_rotary_prepared, inverse_frequencies, prepare_rotary, rotary_tables
 from lmlab.errors import LmlabError
@@ -262,11 +262,13 @@ class Transformer(nn.Module):
             if residual is None:
                 raise LmlabError("start_at_layer needs residual= (the residual stream [B, T, d_model])")
             B, T = residual.shape[:2]
+        cache_empty = None
         if cache is not None:
             if start != 0 or stop != n_layers:
                 raise LmlabError("a KV cache cannot be used with start_at_layer / stop_at_layer")
             if cache.batch_size != B:
                 raise LmlabError(f"cache batch size {cache.batch_size} != input batch size {B}")
+            cache_empty = cache.is_empty
             cache_pos, _ = cache.begin(T, input_lengths)
             positions = cache_pos if positions is None else positions
         elif positions is None:
@@ -275,7 +277,18 @@ class Transformer(nn.Module):
                 # left-padded rows start counting at their first real token, as HF generate does
                 positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         ctx = ForwardContext(cache, positions, attention_mask, segment_ids)
-        if start_at_layer is None:
+        token = enter_forward(positions, cache_empty, input_lengths)  # what hooks read via current_context()
+        try:
+            x = residual if start_at_layer is not None else None
+            return self._forward(input_ids, x, positions, ctx, cache, start, stop, logits_at)
+        finally:
+            exit_forward(token)
+
+    def _forward(self, input_ids, residual, positions, ctx: ForwardContext, cache: KVCache | None, start: int,
+                 stop: int, logits_at: torch.Tensor | None) -> torch.Tensor:
+        c, n_layers = self.config, self.config.n_layers
+        B = positions.shape[0]
+        if residual is None:
             x = self.embed(input_ids)
             if self.pos_embed is not None:
                 if int(positions.max()) >= c.max_seq_len:

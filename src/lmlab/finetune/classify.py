@@ -2,7 +2,7 @@
 LLaMA Finetuning", arXiv:2310.01208).
 
 A linear head maps the final hidden state (after the final norm) to label logits, trained with
-cross-entropy, usually with LoRA on the decoder (``lmlab.peft``). Sequence classification pools the last
+cross-entropy (``n_labels=1``: a scalar score, trained by regression or by a reward model's pairwise loss), usually with LoRA on the decoder (``lmlab.peft``). Sequence classification pools the last
 non-padding token (the abstract does not fix the pooling; the last token is what a causal decoder has seen
 everything at, and HF's ``*ForSequenceClassification`` does the same). ``token_level=True`` gives one label
 per token (NER). ``bidirectional=True`` removes the causal mask (LS-unLLaMA): during the classifier's
@@ -25,7 +25,8 @@ from lmlab.train.objectives import IGNORE_INDEX, register_objective
 
 @dataclass
 class ClassifierConfig:
-    """``n_labels``; ``bidirectional``: LS-unLLaMA (no causal mask); ``token_level``: per-token labels."""
+    """``n_labels`` (1: a scalar score, e.g. a reward model's); ``bidirectional``: LS-unLLaMA (no causal mask);
+    ``token_level``: per-token labels."""
 
     n_labels: int = 2
     bidirectional: bool = False
@@ -61,8 +62,9 @@ class SequenceClassifier(nn.Module):
 
     def __init__(self, model: nn.Module, config: ClassifierConfig) -> None:
         super().__init__()
-        if config.n_labels < 2:
-            raise LmlabError(f"classifier: n_labels must be >= 2, got {config.n_labels}")
+        if isinstance(config.n_labels, bool) or not isinstance(config.n_labels, int) or config.n_labels < 1:
+            raise LmlabError(f"classifier: n_labels must be an integer >= 1 (1: a scalar head, as a reward model "
+                             f"uses), got {config.n_labels!r}")
         self.model, self.config = model, config
         self.score = nn.Linear(model.config.d_model, config.n_labels, bias=False)
         nn.init.normal_(self.score.weight, std=0.02)
@@ -77,11 +79,13 @@ class SequenceClassifier(nn.Module):
                 return x, rope, _NonCausal(ctx)
             handles = [b.register_forward_pre_hook(pre_hook) for b in m.blocks]
         try:
-            _, acts = m.run_with_cache(input_ids, attention_mask=attention_mask, names=["ln_final"])
+            # the residual stream after the last block (no lm_head), then the final norm and its hook point:
+            # gradients flow into the decoder and any adapter (run_with_cache would detach them)
+            x = m(input_ids, attention_mask=attention_mask, stop_at_layer=m.config.n_layers)  # [B, T, d_model]
         finally:
             for h in handles:
                 h.remove()
-        return acts["ln_final"]
+        return m.hook_points["ln_final"](m.ln_final(x))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         h = self.hidden_states(input_ids, attention_mask)  # [B, T, d]
@@ -97,11 +101,20 @@ class SequenceClassifier(nn.Module):
 
 @register_objective("classify")
 class ClassificationObjective:
-    """Cross-entropy of ``model(input_ids, attention_mask)`` against ``labels`` ([B], or [B, T] with -100)."""
+    """Cross-entropy of ``model(input_ids, attention_mask)`` against ``labels`` ([B], or [B, T] with -100).
+
+    A single-output head (``n_labels=1``) is a regression: mean squared error against float ``labels``, as
+    HF's ``*ForSequenceClassification`` does with ``num_labels=1``."""
 
     def __call__(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]:
         logits = model(batch["input_ids"], batch.get("attention_mask"))
         labels = batch["labels"]
+        if logits.shape[-1] == 1:
+            scores = logits[..., 0].float()
+            target = labels.to(scores.dtype)
+            keep = target != IGNORE_INDEX
+            loss = F.mse_loss(scores[keep], target[keep])
+            return loss, {"mse": loss.detach()}
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
                                ignore_index=IGNORE_INDEX)
         keep = labels != IGNORE_INDEX
