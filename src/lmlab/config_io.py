@@ -55,6 +55,9 @@ def coerce_value(tp: Any, value: Any, key: str, source: str) -> Any:
             return None
         if isinstance(value, str) and value.strip().lower() in ("null", "none", "~") and type(None) in args:
             return None
+        for arg in args:  # a value that already has one of the types keeps it ("q_proj" stays a str)
+            if isinstance(arg, type) and arg is not type(None) and type(value) is arg:
+                return value
         errors = []
         for arg in (a for a in args if a is not type(None)):
             try:
@@ -161,6 +164,23 @@ def _validate(cls: type, data: dict, prefix: str, source: str) -> dict:
         else:
             out[name] = coerce_value(tp, value, dotted, source)
     return out
+
+
+def parse_fields(cls: type, data: dict, prefix: str, source: str) -> dict[str, Any]:
+    """The keys of ``data`` checked against the fields of dataclass ``cls`` and coerced through their
+    annotations (nested dataclasses built): a partial set of keyword arguments for ``cls`` or for a
+    function whose parameters ``cls`` describes (objective arguments, method settings)."""
+    out = _validate(cls, data, prefix, source)
+    hints = _hints(cls)
+    for name, value in out.items():
+        if _is_dataclass_type(hints[name]) and isinstance(value, dict):
+            out[name] = _construct(hints[name], value, f"{prefix}.{name}" if prefix else name)
+    return out
+
+
+def parse_dataclass(cls: type, data: dict, prefix: str, source: str) -> Any:
+    """``cls(**data)`` with every key checked and coerced (the one parsing path for nested settings)."""
+    return _construct(cls, _validate(cls, data, prefix, source), prefix)
 
 
 def _deep_merge(low: dict, high: dict) -> dict:

@@ -41,12 +41,15 @@ def test_config_validation_and_from_dict():
         LoraConfig(r=0).validate()
     cfg = config_from_dict({"method": "lora", "r": "16", "alpha": "5e-1", "target_modules": ["q_proj"]})
     assert cfg.r == 16 and cfg.alpha == 0.5
-    with pytest.raises(LmlabError, match=r"unknown key\(s\) \['rank'\]"):
+    with pytest.raises(LmlabError, match=r"unknown key 'rank'"):  # the config_io message (one parsing path)
         config_from_dict({"method": "lora", "rank": 4})
     with pytest.raises(LmlabError, match="unknown adapter method 'ia3'"):
         config_from_dict({"method": "ia3"})
-    with pytest.raises(LmlabError, match="r=2.5 is not a valid int"):
+    with pytest.raises(LmlabError, match="key 'r' has value 2.5 which is not a valid int"):
         config_from_dict({"method": "lora", "r": 2.5})
+    assert config_from_dict({"method": "lora", "target_modules": "q_proj"}).target_modules == "q_proj"  # a regex
+    with pytest.raises(LmlabError, match="key 'use_rslora' has value 'maybe'"):
+        config_from_dict({"method": "lora", "use_rslora": "maybe"})
 
 
 def _saved(model, tmp_path, **cfg):

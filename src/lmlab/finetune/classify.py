@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmlab.errors import LmlabError
-from lmlab.train.objectives import IGNORE_INDEX, register_objective
+from lmlab.train.objectives import IGNORE_INDEX
 
 
 @dataclass
@@ -99,12 +99,14 @@ class SequenceClassifier(nn.Module):
         return self.score(h[torch.arange(B, device=h.device), last])  # [B, n_labels]
 
 
-@register_objective("classify")
 class ClassificationObjective:
     """Cross-entropy of ``model(input_ids, attention_mask)`` against ``labels`` ([B], or [B, T] with -100).
-
     A single-output head (``n_labels=1``) is a regression: mean squared error against float ``labels``, as
-    HF's ``*ForSequenceClassification`` does with ``num_labels=1``."""
+    HF's ``*ForSequenceClassification`` does with ``num_labels=1``. Registered as ``classify``
+    (``lmlab.train.objective_registry``)."""
+
+    def loss_units(self, batch: Any) -> int:
+        return int((batch["labels"] != IGNORE_INDEX).sum())  # the labels the loss averages over
 
     def __call__(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]:
         logits = model(batch["input_ids"], batch.get("attention_mask"))

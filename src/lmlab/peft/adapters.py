@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmlab.errors import LmlabError
-from lmlab.peft import register_method
+from lmlab.peft.registry import register_method
 from lmlab.peft.inject import AdapterConfig
 
 ACTIVATIONS = {"tanh": torch.tanh, "relu": F.relu, "gelu": F.gelu, "silu": F.silu,

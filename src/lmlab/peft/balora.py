@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmlab.errors import LmlabError
-from lmlab.peft import register_method
+from lmlab.peft.registry import register_method
 from lmlab.peft.inject import active_adapter, disable_adapters
 from lmlab.peft.lora import LoraConfig
 
@@ -184,8 +184,17 @@ class BALoRAObjective:
     """Causal-LM cross-entropy + BA-LoRA regularisers, in lmlab's objective shape ``(model, batch) -> (loss, metrics)``.
 
     A batch is ``(inputs, targets)`` or a mapping with ``input_ids`` and ``labels``/``targets`` (targets
-    aligned with the logits, -100 = no loss).
+    aligned with the logits, -100 = no loss). Registered as ``balora`` (``lmlab.train.objective_registry``);
+    a recipe's ``run.objective_args`` may set any ``BALoRAConfig`` field (``args_schema``) to override the
+    active adapter's value.
     """
+
+    args_schema = BALoRAConfig
+
+    def loss_units(self, batch) -> int:
+        from lmlab.train.objectives import count_targets
+
+        return count_targets(batch)
 
     def __init__(self, config: BALoRAConfig | None = None, **overrides) -> None:
         known = set(fields_of(BALoRAConfig))
@@ -210,10 +219,3 @@ class BALoRAObjective:
         metrics = {"ce": ce.detach(), **{f"balora_{k}": v.detach() for k, v in terms.items()}}
         return ce + reg, metrics
 
-
-try:  # make it available as `objective: balora` in training recipes when the trainer is present
-    from lmlab.train.objectives import register_objective
-
-    register_objective("balora")(BALoRAObjective)
-except (ImportError, ValueError):  # pragma: no cover - trainer absent or registry changed
-    pass

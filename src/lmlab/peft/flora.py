@@ -23,7 +23,8 @@ from torch import nn
 
 from lmlab.errors import LmlabError
 from lmlab.peft.inject import (
-    _check_name, _configs, adapted_modules, attach, check_new_name, delete_adapter, merge_adapter, set_adapter,
+    adapted_modules, adapter_configs, attach, check_new_name, delete_adapter, merge_adapter, require_adapter,
+    set_adapter,
 )
 from lmlab.peft.lora import LoraAdapter, LoraConfig
 
@@ -86,7 +87,7 @@ def flora_stack(model: nn.Module, names: Sequence[str], weights: Sequence[float]
     if not names:
         raise LmlabError("flora_stack: no adapter names given")
     for n in names:
-        _check_name(model, n)
+        require_adapter(model, n)
     w = dict(zip(names, _weights(len(names), weights)))
     check_new_name(model, new_name)
     stacked: dict[str, tuple[LoraFactors, LoraAdapter]] = {}
@@ -108,7 +109,7 @@ def flora_stack(model: nn.Module, names: Sequence[str], weights: Sequence[float]
         adapter.set_factors(f.A, f.B)
         attach(model, mod_name, new_name, adapter)
     ranks = sorted({f.A.shape[0] for f, _ in stacked.values()})
-    _configs(model)[new_name] = LoraConfig(r=ranks[-1], alpha=float(ranks[-1]), target_modules=sorted(stacked))
+    adapter_configs(model)[new_name] = LoraConfig(r=ranks[-1], alpha=float(ranks[-1]), target_modules=sorted(stacked))
     if activate:
         set_adapter(model, new_name)
     return new_name

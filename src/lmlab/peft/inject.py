@@ -18,8 +18,8 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import MISSING, asdict, dataclass, fields
-from typing import Any, ClassVar, get_type_hints
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -56,33 +56,11 @@ class AdapterConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "adapter config") -> "AdapterConfig":
-        """Build from plain values, coercing ints/floats and rejecting unknown keys (YAML reads 5e-1 as str)."""
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(d) - set(known))
-        if unknown:
-            raise LmlabError(f"{where}: unknown key(s) {unknown} for method {cls.method!r} (known: {sorted(known)})")
-        hints = get_type_hints(cls)
-        kwargs = {}
-        for key, value in d.items():
-            hint = hints.get(key)
-            try:
-                if hint is int and not isinstance(value, bool):
-                    as_float = float(value)
-                    if as_float != int(as_float):
-                        raise ValueError(value)
-                    value = int(as_float)
-                elif hint is float and not isinstance(value, bool):
-                    value = float(value)
-                elif hint is bool and not isinstance(value, bool):
-                    raise TypeError
-            except (TypeError, ValueError):
-                raise LmlabError(f"{where}: {key}={value!r} is not a valid {getattr(hint, '__name__', hint)}") from None
-            kwargs[key] = value
-        missing = [f.name for f in known.values() if f.default is MISSING and f.default_factory is MISSING
-                   and f.name not in kwargs]
-        if missing:
-            raise LmlabError(f"{where}: missing required key(s) {missing}")
-        cfg = cls(**kwargs)
+        """Build from plain values through ``lmlab.config_io`` (the one coercion path: unknown keys and wrong
+        types are one-line errors naming the key; YAML's ``5e-1`` string becomes a float), then validate."""
+        from lmlab.config_io import parse_dataclass
+
+        cfg = parse_dataclass(cls, dict(d), "", where)
         cfg.validate()
         return cfg
 
@@ -174,7 +152,8 @@ def match_modules(model: nn.Module, config: AdapterConfig) -> list[str]:
 
 # ------------------------------------------------------------------------------------- model operations
 
-def _configs(model: nn.Module) -> dict[str, AdapterConfig]:
+def adapter_configs(model: nn.Module) -> dict[str, AdapterConfig]:
+    """The model's adapters by name -> their configs (kept on the model as ``model.adapter_configs``)."""
     if not hasattr(model, "adapter_configs"):
         model.adapter_configs = {}
     return model.adapter_configs
@@ -189,15 +168,16 @@ def adapted_modules(model: nn.Module, name: str | None = None) -> Iterator[tuple
 
 
 def list_adapters(model: nn.Module) -> list[str]:
-    return list(_configs(model))
+    return list(adapter_configs(model))
 
 
 def active_adapter(model: nn.Module) -> str | None:
     return getattr(model, "active_adapter_name", None)
 
 
-def _check_name(model: nn.Module, name: str) -> None:
-    if name not in _configs(model):
+def require_adapter(model: nn.Module, name: str) -> None:
+    """LmlabError unless the model has an adapter called ``name``."""
+    if name not in adapter_configs(model):
         raise LmlabError(f"no adapter named {name!r} on this model (adapters: {list_adapters(model) or 'none'})")
 
 
@@ -207,7 +187,7 @@ def check_new_name(model: nn.Module, name: str) -> None:
         raise LmlabError(f"adapter name must be a non-empty string without dots or a leading '_', got {name!r}")
     if hasattr(AdapterSlot, name):
         raise LmlabError(f"adapter name {name!r} is reserved (an attribute of torch modules); pick another")
-    if name in _configs(model):
+    if name in adapter_configs(model):
         raise LmlabError(f"an adapter named {name!r} already exists (delete_adapter it first)")
 
 
@@ -254,7 +234,7 @@ def add_adapter(model: nn.Module, config: AdapterConfig, name: str = "default", 
         module = model.get_submodule(mod_name)
         adapter = config.build(module, model).to(device=_device(module), dtype=adapter_dtype(module, dtype))
         attach(model, mod_name, name, adapter)
-    _configs(model)[name] = config
+    adapter_configs(model)[name] = config
     if activate or active_adapter(model) is None:
         set_adapter(model, name)
     if freeze_base:
@@ -265,7 +245,7 @@ def add_adapter(model: nn.Module, config: AdapterConfig, name: str = "default", 
 def set_adapter(model: nn.Module, name: str | None) -> None:
     """Make ``name`` the active adapter (None: no adapter, the base model). Unmerges a merged other one."""
     if name is not None:
-        _check_name(model, name)
+        require_adapter(model, name)
     for _, module, slot in adapted_modules(model):
         if slot._merged is not None and slot._merged != name:
             _unmerge_slot(module, slot)
@@ -279,7 +259,7 @@ def mark_trainable(model: nn.Module, name: str | None) -> None:
         p.requires_grad_(False)
     if name is None:
         return
-    _check_name(model, name)
+    require_adapter(model, name)
     for _, _, slot in adapted_modules(model, name):
         for p in slot[name].parameters():
             p.requires_grad_(True)
@@ -294,7 +274,7 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 def adapter_state_dict(model: nn.Module, name: str | None = None) -> dict[str, torch.Tensor]:
     """Adapter ``name``'s tensors keyed ``<module>.<param>`` (the module's own names, without the slot)."""
     name = name or active_adapter(model)
-    _check_name(model, name)
+    require_adapter(model, name)
     out = {}
     for mod_name, _, slot in adapted_modules(model, name):
         for pname, t in slot[name].state_dict().items():
@@ -307,7 +287,7 @@ def delete_adapter(model: nn.Module, name: str, *, unmerge: bool = True) -> None
 
     A merged adapter is unmerged first, unless ``unmerge=False`` (its update then stays in the weights).
     """
-    _check_name(model, name)
+    require_adapter(model, name)
     for _, module, slot in list(adapted_modules(model, name)):
         if slot._merged == name:
             if unmerge:
@@ -320,7 +300,7 @@ def delete_adapter(model: nn.Module, name: str, *, unmerge: bool = True) -> None
         if len(slot) == 0:
             delattr(module, SLOT)
             _remove_hooks(module)
-    del _configs(model)[name]
+    del adapter_configs(model)[name]
     if active_adapter(model) == name:
         model.active_adapter_name = None
 
@@ -353,7 +333,7 @@ def merge_adapter(model: nn.Module, name: str | None = None) -> None:
     name = name or active_adapter(model)
     if name is None:
         raise LmlabError("merge_adapter: no adapter is active and no name was given")
-    _check_name(model, name)
+    require_adapter(model, name)
     set_adapter(model, name)
     todo = [(n, m, s) for n, m, s in adapted_modules(model, name) if s._merged != name]
     for mod_name, module, slot in todo:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from lmlab.errors import LmlabError
-from lmlab.peft import register_method
+from lmlab.peft.registry import register_method
 from lmlab.peft.inject import AdapterConfig
 
 

@@ -36,8 +36,8 @@ from torch import nn
 
 from lmlab.errors import LmlabError
 from lmlab.peft.inject import (
-    _check_name, _configs, active_adapter, adapted_modules, adapter_dtype, adapter_state_dict, add_adapter,
-    attach, check_new_name, mark_trainable, set_adapter,
+    active_adapter, adapted_modules, adapter_configs, adapter_dtype, adapter_state_dict, add_adapter, attach,
+    check_new_name, mark_trainable, require_adapter, set_adapter,
 )
 from lmlab.peft.lora import LoraAdapter, LoraConfig, lora_scaling
 
@@ -164,14 +164,14 @@ def peft_adapter_config(model: nn.Module, name: str | None = None, base_model_na
     name = name or active_adapter(model)
     if name is None:
         raise LmlabError("save_adapter: no adapter is active and no name was given")
-    _check_name(model, name)
+    require_adapter(model, name)
     loras = [slot[name] for _, _, slot in adapted_modules(model, name)]
     if not all(isinstance(a, LoraAdapter) for a in loras):
         raise LmlabError(f"adapter {name!r} is not a LoRA: peft has no format for it")
     use_rslora = all(a.use_rslora for a in loras)
     entries = _export_entries(model, name, use_rslora)
     r, alpha = Counter((e[3], e[4]) for e in entries).most_common(1)[0][0]
-    cfg = _configs(model)[name]
+    cfg = adapter_configs(model)[name]
     config = {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
@@ -204,13 +204,13 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, name: str | Non
     name = name or active_adapter(model)
     if name is None:
         raise LmlabError("save_adapter: no adapter is active and no name was given")
-    _check_name(model, name)
+    require_adapter(model, name)
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     if all(isinstance(slot[name], LoraAdapter) for _, _, slot in adapted_modules(model, name)):
         config, tensors = peft_adapter_config(model, name, base_model_name_or_path)
     else:
-        cfg = _configs(model)[name].to_dict()
+        cfg = adapter_configs(model)[name].to_dict()
         config = {"lmlab_method": cfg.pop("method"), "lmlab_config": cfg}
         tensors = {k: v.detach().contiguous().clone() for k, v in adapter_state_dict(model, name).items()}
     save_file(tensors, str(d / WEIGHTS_FILE), metadata={"format": "pt"})
@@ -348,13 +348,13 @@ def _load_peft(model: nn.Module, d: Path, cfg: dict[str, Any], name: str, dtype)
     for our, adapter in built:
         attach(model, our, name, adapter)
     targets = sorted({o for o, _ in built})
-    _configs(model)[name] = LoraConfig(r=int(cfg.get("r", 8)), alpha=float(cfg.get("lora_alpha", 8)), dropout=dropout,
+    adapter_configs(model)[name] = LoraConfig(r=int(cfg.get("r", 8)), alpha=float(cfg.get("lora_alpha", 8)), dropout=dropout,
                                        target_modules=targets, use_rslora=use_rslora)
     return targets
 
 
 def _load_native(model: nn.Module, d: Path, cfg: dict[str, Any], name: str, dtype) -> list[str]:
-    from lmlab.peft import config_from_dict
+    from lmlab.peft.registry import config_from_dict
 
     method_cfg = config_from_dict({"method": cfg["lmlab_method"], **(cfg.get("lmlab_config") or {})},
                                   where=str(d / CONFIG_FILE))

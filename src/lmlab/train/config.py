@@ -82,7 +82,9 @@ class OptimSection:
 class RunSection:
     """Loop bookkeeping. ``precision: bf16`` runs forward+loss under ``torch.autocast(bfloat16)`` (weights and
     optimizer stay fp32, as in mixed-precision training, Micikevicius et al. 2018). ``device: auto`` = CUDA if
-    present (LOCAL_RANK's GPU under torchrun), else CPU. ``keep_last``: checkpoints kept (0 = all)."""
+    present (LOCAL_RANK's GPU under torchrun), else CPU. ``keep_last``: checkpoints kept (0 = all).
+    ``objective``: a registered objective name; ``objective_args``: its keyword arguments, checked against
+    its schema when the config is built (``lmlab.train.objective_registry.build_objective``)."""
 
     out_dir: str = "runs/default"
     max_steps: int = 1000
@@ -94,7 +96,8 @@ class RunSection:
     seed: int = 1337
     precision: Literal["fp32", "bf16"] = "fp32"
     device: str = "auto"
-    objective: str = "causal_lm"
+    objective: str = "causal_lm"  # any registered name (lmlab.train.objective_registry.available_objectives)
+    objective_args: dict[str, Any] = field(default_factory=dict)  # that objective's own arguments, e.g. {beta: 0.1}
     progress: bool = True
     tensorboard: bool = False
 
@@ -135,3 +138,12 @@ class TrainConfig:
         need(r.max_steps > 0, f"run.max_steps must be > 0, got {r.max_steps}")
         for name in ("eval_every", "eval_batches", "ckpt_every", "keep_last", "log_every"):
             need(getattr(r, name) >= 0, f"run.{name} must be >= 0, got {getattr(r, name)}")
+        check_objective(r)
+
+
+def check_objective(run: RunSection) -> None:
+    """Fail early (when the recipe is read) on an unknown objective or a bad ``run.objective_args``."""
+    from lmlab.train.objective_registry import parse_objective_args
+
+    if isinstance(run.objective, str):
+        parse_objective_args(run.objective, run.objective_args)

@@ -11,6 +11,16 @@ Data protocol (no dependency on a particular loader):
   re-iterable such as a list. ``run.eval_batches`` batches are used (0 = all).
 
 A batch is whatever the objective understands; the causal-LM objective takes ``(inputs, targets)``.
+
+Loss normalisation: an objective's loss is a mean over its micro-batch's loss units (``loss_units``: tokens
+with a target for causal LM / SFT, rows otherwise). A step weights micro-batch ``i`` of rank ``r`` by
+``n_ri / N`` with ``N`` the units of the whole global batch (all micro-batches, all ranks, one all-reduce
+before the forwards), so the step's loss and gradient are exactly those of one big batch, also when rows
+carry very different numbers of loss tokens.
+
+Callbacks: objects with any of ``on_step_start(trainer)`` (before the step's first forward; ``trainer.step``
+is the number of optimizer steps done so far) and ``on_step_end(trainer, metrics)`` (after the optimizer
+step). Half Fine-Tuning redraws its frozen half this way.
 """
 
 from __future__ import annotations
@@ -35,7 +45,8 @@ from lmlab.train.config import TrainConfig
 from lmlab.train.distributed import (all_reduce_mean, barrier, gather_objects, init_distributed, resolve_device,
                                      unwrap_model, wrap_model, dist_info_from_env)
 from lmlab.train.metrics import MetricsLogger
-from lmlab.train.objectives import Objective, batch_tokens, get_objective
+from lmlab.train.objective_registry import build_objective
+from lmlab.train.objectives import Objective, batch_rows, batch_tokens, loss_units
 from lmlab.train.optim import build_optimizer, make_schedule, set_lr
 
 
@@ -49,17 +60,12 @@ def to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def _rows(batch: Any) -> int:
-    first = batch[0] if isinstance(batch, (list, tuple)) else next(iter(batch.values())) if isinstance(batch, dict) else batch
-    return int(first.shape[0]) if isinstance(first, torch.Tensor) and first.dim() else 1
-
-
 class Trainer:
     """``Trainer(model, config, train_data, val_data).fit(resume=False) -> summary dict``."""
 
     def __init__(self, model: nn.Module, config: TrainConfig, train_data: Any, val_data: Any = None, *,
                  objective: str | Objective | None = None, data_state: Any = None,
-                 progress: bool | None = None) -> None:
+                 progress: bool | None = None, callbacks: list[Any] | tuple[Any, ...] = ()) -> None:
         self.cfg = config
         run = config.run
         self.device = resolve_device(run.device, dist_info_from_env())
@@ -73,7 +79,15 @@ class Trainer:
         self.module = unwrap_model(model).to(self.device)
         self.module.train()
         self.model = wrap_model(self.module, config.distributed.strategy, self.info, self.device)
-        self.objective = get_objective(objective if objective is not None else run.objective)
+        if objective is None or isinstance(objective, str):
+            name = run.objective if objective is None else objective
+            self.objective = build_objective(name, run.objective_args if name == run.objective else {})
+        else:
+            self.objective = objective
+        self.callbacks = list(callbacks)
+        for cb in self.callbacks:
+            if not (hasattr(cb, "on_step_start") or hasattr(cb, "on_step_end")):
+                raise LmlabError(f"callback {type(cb).__name__} has neither on_step_start nor on_step_end")
         self.optimizer = build_optimizer(self.model, config.optim)
         self.lr_at = make_schedule(config.optim, run.max_steps)
         self.train_data, self.val_data = train_data, val_data
@@ -137,27 +151,37 @@ class Trainer:
 
     def train_step(self) -> dict[str, float]:
         """One optimizer step over ``grad_accum`` micro-batches; returns the (all-reduced) step metrics."""
-        k = self.cfg.data.grad_accum
+        k, world = self.cfg.data.grad_accum, self.info.world_size
+        for cb in self.callbacks:
+            if hasattr(cb, "on_step_start"):
+                cb.on_step_start(self)
         lr = self.lr_at(self.step)
         set_lr(self.optimizer, lr)
         self.optimizer.zero_grad(set_to_none=True)
+        batches = [self._next_batch() for _ in range(k)]
+        units = [loss_units(self.objective, b) for b in batches]
+        tokens = sum(batch_tokens(b, self.objective) for b in batches)
+        # units of the global batch: every micro-batch of every rank (sum over ranks = mean * world)
+        counts = all_reduce_mean(torch.tensor([float(sum(units)), float(tokens)], dtype=torch.float64,
+                                              device=self.device), self.info) * world
+        global_units, global_tokens = float(counts[0]), int(round(float(counts[1])))
+        denom = max(global_units, 1.0)  # no unit anywhere: every loss is 0 x 0, the step only decays weights
         loss_sum = torch.zeros((), device=self.device)
         metric_sums: dict[str, torch.Tensor] = {}
-        tokens = 0
-        for i in range(k):
-            batch = self._next_batch()
-            tokens += batch_tokens(batch)
+        for i, (batch, n) in enumerate(zip(batches, units)):
+            weight = n / denom  # this micro-batch's share of the global batch's units
             with self._sync_context(i == k - 1):
                 with self.autocast:
                     loss, metrics = self.objective(self.model, batch)
-                (loss / k).backward()  # mean over micro-batches == the loss of the whole batch
-            loss_sum += loss.detach().float()
+                # DDP / FSDP average gradients over ranks, hence x world: the sum over ranks is what we want
+                (loss * (weight * world)).backward()
+            loss_sum += loss.detach().float() * weight
             for name, value in metrics.items():
                 value = torch.as_tensor(value, dtype=torch.float32, device=self.device).detach()
-                metric_sums[name] = metric_sums.get(name, 0.0) + value / k
+                metric_sums[name] = metric_sums.get(name, 0.0) + value * weight
         names = sorted(metric_sums)
-        packed = torch.stack([loss_sum / k] + [metric_sums[n] for n in names])
-        packed = all_reduce_mean(packed, self.info).tolist()
+        packed = torch.stack([loss_sum] + [metric_sums[n] for n in names])
+        packed = (all_reduce_mean(packed, self.info) * world).tolist()  # sums of the weighted shares
         step_loss = packed[0]
         if not math.isfinite(step_loss):
             self._stop(f"non-finite loss ({step_loss}) at step {self.step + 1}")
@@ -171,9 +195,13 @@ class Trainer:
             self._stop(f"non-finite gradient norm ({grad_norm}) at step {self.step + 1}")
         self.optimizer.step()
         self.step += 1
-        self.tokens_seen += tokens * self.info.world_size
-        out = {"loss": step_loss, "lr": lr, "grad_norm": grad_norm, "tokens": tokens * self.info.world_size}
+        self.tokens_seen += global_tokens
+        out = {"loss": step_loss, "lr": lr, "grad_norm": grad_norm, "tokens": global_tokens,
+               "loss_units": global_units}
         out.update(zip(names, packed[1:]))
+        for cb in self.callbacks:
+            if hasattr(cb, "on_step_end"):
+                cb.on_step_end(self, out)
         return out
 
     def _stop(self, what: str) -> None:
@@ -183,21 +211,22 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float] | None:
-        """Mean loss (weighted by rows) and perplexity on ``run.eval_batches`` validation batches."""
+        """Mean loss (weighted by each batch's loss units, as in training) and perplexity on
+        ``run.eval_batches`` validation batches."""
         if self.val_data is None:
             return None
         self.model.eval()
-        total = torch.zeros(2, dtype=torch.float64, device=self.device)  # [sum of loss*rows, rows]
+        total = torch.zeros(2, dtype=torch.float64, device=self.device)  # [sum of loss*units, units]
         try:
             for batch in self._val_batches():
                 batch = to_device(batch, self.device)
-                rows = _rows(batch)
-                if rows == 0:
+                units = loss_units(self.objective, batch) if batch_rows(batch) else 0
+                if units == 0:
                     continue
                 with self.autocast:
                     loss, _ = self.objective(self.model, batch)
-                total += torch.stack([loss.detach().double() * rows, torch.tensor(float(rows), device=self.device,
-                                                                                   dtype=torch.float64)])
+                total += torch.stack([loss.detach().double() * units, torch.tensor(float(units), device=self.device,
+                                                                                    dtype=torch.float64)])
         finally:
             self.model.train()
         total = all_reduce_mean(total, self.info)
@@ -348,7 +377,7 @@ class Trainer:
                            "tokens_per_s": sum(w["tokens"] for w in window) / max(window_time, 1e-9),
                            "elapsed_s": time.perf_counter() - wall0}
                     for key in out:
-                        if key not in ("loss", "lr", "grad_norm", "tokens"):
+                        if key not in ("loss", "lr", "grad_norm", "tokens", "loss_units"):
                             row[key] = sum(w[key] for w in window) / len(window)
                     window, window_time = [], 0.0
                 if self.val_data is not None and ((run.eval_every and self.step % run.eval_every == 0)
