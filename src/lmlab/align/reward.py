@@ -149,11 +149,17 @@ def save_reward_model(rm: SequenceClassifier, path: str | os.PathLike, tokenizer
     return out
 
 
-def load_reward_model(path: str | os.PathLike) -> SequenceClassifier:
-    """A reward model written by :func:`save_reward_model`; a directory without a head is an error."""
+def load_reward_model(path: str | os.PathLike, policy_tokenizer=None) -> SequenceClassifier:
+    """A reward model written by :func:`save_reward_model`; a directory without a head is an error, and so is
+    one whose tokenizer differs from ``policy_tokenizer`` (when given): it would read other tokens."""
     from lmlab.io.checkpoint import load_model
 
     path = Path(path)
+    if policy_tokenizer is not None:
+        from lmlab.align.preference_data import check_same_tokenizer
+        from lmlab.core.tokenizer import load_tokenizer
+
+        check_same_tokenizer(policy_tokenizer, load_tokenizer(path), what=f"reward model {path}")
     if not (path / HEAD_FILE).is_file():
         raise LmlabError(f"{path}: no {HEAD_FILE} (not a reward model written by lmlab.align.save_reward_model)")
     rm = SequenceClassifier(load_model(path), ClassifierConfig(n_labels=1))

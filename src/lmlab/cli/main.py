@@ -20,6 +20,7 @@ VERBS = {
     "tokenizer": ("lmlab.cli.tokenizer", "train a byte-level BPE tokenizer on text files"),
     "train": ("lmlab.cli.train", "train a model from a YAML recipe"),
     "finetune": ("lmlab.cli.finetune", "supervised fine-tuning on chat JSONL (assistant-only loss, packing; full, LoRA or HFT)"),
+    "align": ("lmlab.cli.align", "preference alignment from a YAML recipe: DPO, a Bradley-Terry or HaF-RM reward model"),
     "merge": ("lmlab.cli.merge", "fold a LoRA adapter (peft or lmlab format) into a base checkpoint, write an HF checkpoint"),
     "evaluate": ("lmlab.cli.evaluate", "evaluate a model on task YAML files and write a report"),
 }
