@@ -23,6 +23,7 @@ VERBS = {
     "data": ("lmlab.cli.data", "text/JSONL/Parquet files -> training shards, validation split and tokenizer"),
     "train": ("lmlab.cli.train", "train a model from a YAML recipe"),
     "finetune": ("lmlab.cli.finetune", "supervised fine-tuning on chat JSONL (assistant-only loss, packing; full, LoRA or HFT)"),
+    "align": ("lmlab.cli.align", "preference alignment from a YAML recipe: DPO, a Bradley-Terry or HaF-RM reward model"),
     "merge": ("lmlab.cli.merge", "fold a LoRA adapter (peft or lmlab format) into a base checkpoint, write an HF checkpoint"),
     "edit": ("lmlab.cli.edit", "write facts into a model's weights (ROME, MEMIT, AlphaEdit); save the checkpoint and the delta"),
     "evaluate": ("lmlab.cli.evaluate", "evaluate a model on task YAML files and write a report"),

@@ -87,22 +87,36 @@ def token_logprobs(model: nn.Module, input_ids: torch.Tensor, *, prompt_lengths=
     scored tokens and 0 elsewhere. Differentiable; one forward; the lm_head runs only where needed."""
     scored = scored_token_mask(input_ids, prompt_lengths=prompt_lengths, loss_mask=loss_mask,
                                attention_mask=attention_mask, lengths=lengths)
-    B, T = input_ids.shape
     mask = None if attention_mask is None else torch.as_tensor(attention_mask, device=input_ids.device).long()
-    predict = scored[:, 1:]  # [B, T-1]: position t predicts token t+1
-    targets = input_ids[:, 1:][predict]  # [N]
     points = getattr(model, "hook_points", {})
     hooked = any(points[n].active for n in ("ln_final", "logits") if n in points)
     if hooked:  # hooks on ln_final / logits must see the whole sequence, as in a plain forward
+        predict = scored[:, 1:]
         logits = model(input_ids, attention_mask=mask)[:, :-1][predict]  # [N, vocab]
-    else:
-        hidden = model(input_ids, attention_mask=mask, stop_at_layer=model.config.n_layers)  # [B, T, d_model]
-        logits = model.lm_head(model.ln_final(hidden[:, :-1][predict]))  # [N, vocab]
-    picked = F.log_softmax(logits.float(), dim=-1).gather(-1, targets[:, None])[:, 0]  # [N]
-    logp = torch.zeros(B, T, dtype=torch.float32, device=picked.device)
-    rows, cols = predict.nonzero(as_tuple=True)  # [N] each, in the same (row-major) order as the [predict] picks
-    logp = logp.index_put((rows, cols + 1), picked)
+        return _scatter_picked(logits, input_ids, predict), scored
+    residual = model(input_ids, attention_mask=mask, stop_at_layer=model.config.n_layers)  # [B, T, d_model]
+    logp = logprobs_from_residual(model, residual, input_ids, scored)
     return logp, scored
+
+
+def logprobs_from_residual(model: nn.Module, residual: torch.Tensor, input_ids: torch.Tensor,
+                           scored: torch.Tensor) -> torch.Tensor:
+    """``logp`` [B, T] from the final residual stream [B, T, d_model] (``forward(stop_at_layer=n_layers)``): the
+    final norm and lm_head run only at the positions predicting a scored token. For callers that need the
+    residual stream for something else too (a reward head, HaF-RM) and so run the decoder once."""
+    predict = scored[:, 1:]  # [B, T-1]: position t predicts token t+1
+    logits = model.lm_head(model.ln_final(residual[:, :-1][predict]))  # [N, vocab]
+    return _scatter_picked(logits, input_ids, predict)
+
+
+def _scatter_picked(logits: torch.Tensor, input_ids: torch.Tensor, predict: torch.Tensor) -> torch.Tensor:
+    """The log-softmax of each target token, put back at its position: [B, T] fp32, 0 where not scored."""
+    B, T = input_ids.shape
+    targets = input_ids[:, 1:][predict]  # [N]
+    picked = F.log_softmax(logits.float(), dim=-1).gather(-1, targets[:, None])[:, 0]  # [N]
+    rows, cols = predict.nonzero(as_tuple=True)  # [N] each, in the same (row-major) order as the [predict] picks
+    logp = torch.zeros(B, T, dtype=torch.float32, device=picked.device)
+    return logp.index_put((rows, cols + 1), picked)
 
 
 def sequence_logprobs(model: nn.Module, input_ids: torch.Tensor, *, prompt_lengths=None, loss_mask=None,

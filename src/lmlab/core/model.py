@@ -280,12 +280,13 @@ class Transformer(nn.Module):
         token = enter_forward(positions, cache_empty, input_lengths)  # what hooks read via current_context()
         try:
             x = residual if start_at_layer is not None else None
-            return self._forward(input_ids, x, positions, ctx, cache, start, stop, logits_at)
+            return self._forward(input_ids, x, positions, ctx, cache, start, stop, logits_at,
+                                 partial=stop_at_layer is not None)
         finally:
             exit_forward(token)
 
     def _forward(self, input_ids, residual, positions, ctx: ForwardContext, cache: KVCache | None, start: int,
-                 stop: int, logits_at: torch.Tensor | None) -> torch.Tensor:
+                 stop: int, logits_at: torch.Tensor | None, partial: bool = False) -> torch.Tensor:
         c, n_layers = self.config, self.config.n_layers
         B = positions.shape[0]
         if residual is None:
@@ -307,7 +308,7 @@ class Transformer(nn.Module):
         finally:
             if cache is not None:
                 cache.end()
-        if stop_at_layer is not None:  # a partial forward: the residual stream, no ln_final / lm_head
+        if partial:  # a partial forward: the residual stream, no ln_final / lm_head
             return x
         rows = None if logits_at is None else torch.arange(B, device=x.device)
         hooked = self.hook_points["ln_final"].active or self.hook_points["logits"].active

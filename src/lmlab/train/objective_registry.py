@@ -30,6 +30,9 @@ BUILTIN_OBJECTIVES: dict[str, str] = {
     "sft_regularized": "lmlab.finetune.objectives:RegularizedObjective",
     "classify": "lmlab.finetune.classify:ClassificationObjective",
     "balora": "lmlab.peft.balora:BALoRAObjective",
+    "dpo": "lmlab.align.dpo:DPOObjective",
+    "reward": "lmlab.align.reward:RewardObjective",
+    "haf_rm": "lmlab.align.reward:HaFRMObjective",
 }
 
 _REGISTRY: dict[str, Callable[..., Any]] = {}
