@@ -111,7 +111,7 @@ def pack_for_inference(model: nn.Module, batch_hint: int = 1) -> int:
     if not _onednn_available():
         return 0
     targets = [m for m in model.modules() if isinstance(m, Linear) and type(m.weight) in _PLAIN and m.weight.is_cpu
-               and m.weight.dtype in (torch.float32, torch.bfloat16)]
+               and m.weight.dtype in (torch.float32, torch.bfloat16) and packing_supported(m.weight.dtype)]
     give_version_counters(model, [m.weight for m in targets])
     added = 0
     for module in targets:
@@ -120,6 +120,22 @@ def pack_for_inference(model: nn.Module, batch_hint: int = 1) -> int:
         module._packed = (_version(w), w.data_ptr(), packed)
         added += w.numel() * w.element_size()
     return added
+
+
+_PACKABLE: dict[torch.dtype, bool] = {}  # dtype -> this CPU's oneDNN can prepack it (probed once per process)
+
+
+def packing_supported(dtype: torch.dtype) -> bool:
+    """Whether oneDNN can prepack weights of ``dtype`` on this CPU. bf16 packing needs AVX-512 (BW/VL/DQ) or
+    AVX-NE-CONVERT: on a CPU without them PyTorch raises, and ``pack_for_inference`` leaves those weights as
+    they are (they still run, unpacked)."""
+    if dtype not in _PACKABLE:
+        try:
+            torch.ops.mkldnn._reorder_linear_weight(torch.zeros(16, 16, dtype=dtype), 1)
+            _PACKABLE[dtype] = True
+        except (RuntimeError, AttributeError):
+            _PACKABLE[dtype] = False
+    return _PACKABLE[dtype]
 
 
 def give_version_counters(model: nn.Module, weights: list[torch.Tensor]) -> int:
