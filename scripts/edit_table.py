@@ -44,7 +44,7 @@ def main() -> None:
     ref = load_reference()
     model, tok, world = ref.model, ref.tokenizer, ref.world
     docs = world.training_documents()
-    cols = ["efficacy", "efficacy_score", "paraphrase", "neighbourhood", "fluency"]
+    cols = ["efficacy", "efficacy_score", "paraphrase", "neighbourhood", "portability", "fluency"]
     print("| method | settings | N | " + " | ".join(cols) + " | seconds |")
     print("|---|---|---|" + "---|" * (len(cols) + 1))
     for n in args.n:

@@ -23,6 +23,10 @@ def test_world_edits_are_counterfactual_and_reproducible(ref):
         assert e.paraphrases and all(e.request.subject in p for p in e.paraphrases)
         assert e.paraphrases[0] != e.request.text
         assert all(e.request.subject not in p for p, _ in e.neighbours)
+        for prompt, answer in e.portability:  # the two-hop answer follows the NEW object
+            assert e.request.subject in prompt
+            assert answer.strip() in {ref.world.lookup(e.request.target, r, default=None) for r in ref.world.relations}
+    assert any(e.portability for e in edits)
 
 
 def test_memit_moves_the_edited_facts_and_keeps_the_neighbourhood(ref, tmp_path):

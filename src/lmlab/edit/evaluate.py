@@ -3,7 +3,8 @@
 - ``world_edits(world, n)``: counterfactual requests built from true facts (CounterFact-style): the fact's
   first training template as the edit prompt, a different object of the same relation as the new target, the
   relation's held-out templates (never in training text) as paraphrases, and other subjects' facts of the
-  same relation as the neighbourhood.
+  same relation as the neighbourhood, and two-hop questions whose answer is re-derived from the new object
+  (``born_in`` -> X: "The country where S was born is" -> city_in(X)) as portability.
 - ``evaluate_edits(model, tok, edits)``: exact-match rates under greedy decoding (the library's recall rule,
   with BOS), CounterFact's efficacy score ``P[log p(new) > log p(old)]``, and fluency: the n-gram entropy of
   greedy text generated from each edited subject (ROME Sec. 4.2 / EasyEdit: ``(2/3 H_2 + 4/3 H_3) / 2`` in bits
@@ -35,6 +36,7 @@ class WorldEdit:
     old: str  # the true object, leading space
     paraphrases: list[str] = field(default_factory=list)  # prompts
     neighbours: list[tuple[str, str]] = field(default_factory=list)  # (prompt, true answer) of other subjects
+    portability: list[tuple[str, str]] = field(default_factory=list)  # two-hop (prompt, answer in the edited world)
 
 
 def world_edits(world, n: int, seed: int = 0, relations: Sequence[str] = DEFAULT_RELATIONS,
@@ -55,10 +57,14 @@ def world_edits(world, n: int, seed: int = 0, relations: Sequence[str] = DEFAULT
         new = rng.choice(objects)
         others = [g for g in facts if g.relation == f.relation and g.subject not in edited_subjects]
         neigh = rng.sample(others, min(n_neighbours, len(others)))
+        # two-hop consequences re-derived in the edited world: r2(new object)
+        port = [(prompt_of(t, f.subject), " " + world.lookup(new, hop.path[1]))
+                for hop in world.two_hop_relations.values() if hop.path[0] == f.relation
+                and world.lookup(new, hop.path[1], default=None) is not None for t in hop.templates]
         out.append(WorldEdit(
             EditRequest(prompt_of(rel.train_templates[0], "{}"), f.subject, new), " " + f.object,
             [prompt_of(t, f.subject) for t in rel.heldout_templates],
-            [(prompt_of(rel.train_templates[0], g.subject), " " + g.object) for g in neigh]))
+            [(prompt_of(rel.train_templates[0], g.subject), " " + g.object) for g in neigh], port))
     return out
 
 
@@ -98,18 +104,21 @@ def fluency(model, tok, edits: Sequence[WorldEdit], max_new_tokens: int = 40) ->
 
 def evaluate_edits(model, tok, edits: Sequence[WorldEdit]) -> dict[str, float]:
     """Efficacy (new target on the edit prompt), efficacy score (p(new) > p(old)), paraphrase (new target on
-    held-out templates), neighbourhood (other subjects keep their true answers), all in [0, 1]."""
+    held-out templates), neighbourhood (other subjects keep their true answers), portability (two-hop answers
+    of the edited world; NaN when no edit has one), all in [0, 1]; and fluency in bits."""
     prompts = [e.request.text for e in edits]
     new = [e.request.target_text for e in edits]
     old = [e.old for e in edits]
     para = [(p, e.request.target_text) for e in edits for p in e.paraphrases]
     neigh = [pa for e in edits for pa in e.neighbours]
+    port = [pa for e in edits for pa in e.portability]
     score = (_logp(model, tok, prompts, new) > _logp(model, tok, prompts, old)).float().mean()
     return {
         "efficacy": _match_rate(model, tok, prompts, new),
         "efficacy_score": float(score),
         "paraphrase": _match_rate(model, tok, [p for p, _ in para], [a for _, a in para]),
         "neighbourhood": _match_rate(model, tok, [p for p, _ in neigh], [a for _, a in neigh]),
+        "portability": _match_rate(model, tok, [p for p, _ in port], [a for _, a in port]),
         "fluency": fluency(model, tok, edits),
         "n_edits": len(edits),
     }
