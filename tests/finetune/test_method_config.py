@@ -73,3 +73,14 @@ def test_shipped_recipes_parse():
         (method,) = _cfg(yaml_path=ROOT / "configs" / f"{name}.yaml").build_methods()
         assert isinstance(method, kind)
     assert _cfg(yaml_path=ROOT / "configs" / "finetune-sft.yaml").build_methods() == []
+
+
+def test_lora_defaults_match_peft():
+    import dataclasses
+
+    import peft
+
+    theirs = {f.name: f.default for f in dataclasses.fields(peft.LoraConfig)}
+    ours = LoraConfig()
+    assert (ours.r, ours.alpha, ours.dropout) == (theirs["r"], theirs["lora_alpha"], theirs["lora_dropout"])
+    assert ours.alpha == ours.r == 8  # the LoRA paper: alpha set to the first r tried, scaling alpha / r = 1

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from lmlab.errors import LmlabError
-from lmlab.finetune import SFTData, SFTObjective, load_chat_jsonl, pack_examples, sft_token_losses, tokenize_conversation
+from lmlab.finetune import (SFTData, SFTObjective, load_chat_jsonl, pack_examples, sft_token_losses,
+                            tokenize_conversation)
 from lmlab.train.objectives import IGNORE_INDEX
 
 

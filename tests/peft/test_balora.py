@@ -40,7 +40,8 @@ def test_definitions_on_small_tensors():
     assert consistency_nlg(ft, pre).item() == pytest.approx(kl.item(), rel=1e-6)
     T = 2.0
     q_pre, q_ft = (pre / T).softmax(-1), (ft / T).softmax(-1)
-    assert consistency_nlg(ft, pre, T).item() == pytest.approx(T * T * (q_pre * (q_pre / q_ft).log()).sum().item(), rel=1e-6)
+    want = T * T * (q_pre * (q_pre / q_ft).log()).sum().item()
+    assert consistency_nlg(ft, pre, T).item() == pytest.approx(want, rel=1e-6)
     x = torch.tensor([[1.0, 2.0], [3.0, 1.0], [0.0, 0.0]])
     cov = torch.cov(x.T)
     assert diversity_nlu(x).item() == pytest.approx(2 * cov[0, 1].item() ** 2 / 2, rel=1e-6)

@@ -48,7 +48,8 @@ def test_flora_on_a_model_equals_sum_of_client_updates(hf_dir, ids):
     add_adapter(model, LoraConfig(r=1, alpha=1, target_modules=["v_proj"], init_b="random"), "c3")
     w = [0.5, 0.3, 0.2]
     slots = {n: m.adapters for n, m in model.named_modules() if hasattr(m, "adapters")}
-    want = {n: sum(wk * s[c].delta_weight() for c, wk in zip(["c1", "c2", "c3"], w) if c in s) for n, s in slots.items()}
+    want = {n: sum(wk * s[c].delta_weight() for c, wk in zip(["c1", "c2", "c3"], w) if c in s)
+            for n, s in slots.items()}
     flora_stack(model, ["c1", "c2", "c3"], w, new_name="global")
     for n, s in slots.items():
         torch.testing.assert_close(s["global"].delta_weight(), want[n], rtol=1e-5, atol=1e-6)
@@ -64,6 +65,7 @@ def test_flora_on_a_model_equals_sum_of_client_updates(hf_dir, ids):
 
 def test_flora_errors():
     with pytest.raises(LmlabError, match="disagree"):
-        stack_loras([LoraFactors(torch.zeros(2, 4), torch.zeros(3, 2)), LoraFactors(torch.zeros(2, 5), torch.zeros(3, 2))])
+        stack_loras([LoraFactors(torch.zeros(2, 4), torch.zeros(3, 2)),
+                     LoraFactors(torch.zeros(2, 5), torch.zeros(3, 2))])
     with pytest.raises(LmlabError, match="2 weights for 1"):
         stack_loras([LoraFactors(torch.zeros(2, 4), torch.zeros(3, 2))], [0.5, 0.5])

@@ -38,10 +38,17 @@ def test_lmlab_train_with_sft_objective_from_a_fresh_interpreter(tmp_path):
     assert "objective: sft" in saved
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert "assistant_tokens" in rows[-1] and rows[-1]["assistant_tokens"] == 8 * 32  # every target counts
-    bad = _lmlab("train", RECIPE, "--set", "run.objective=sft", "--set", "run.objective_args.beta=0.1",
-                 "--set", f"run.out_dir={tmp_path / 'bad'}")
-    assert bad.returncode != 0 and "Traceback" not in bad.stderr
-    assert len(bad.stderr.strip().splitlines()) == 1 and "run.objective_args.beta" in bad.stderr, bad.stderr
+
+
+def test_bad_objective_args_are_one_cli_line(tmp_path, capsys):
+    from lmlab.cli.main import main
+
+    code = main(["train", RECIPE, "--set", "run.objective=sft", "--set", "run.objective_args.beta=0.1",
+                 "--set", f"run.out_dir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and "run.objective_args.beta" in err, err
+    assert not (tmp_path / "config.yaml").exists()
 
 
 def test_every_builtin_objective_resolves_by_name():

@@ -150,7 +150,8 @@ def balora_terms(model: nn.Module, logits: torch.Tensor, input_ids: torch.Tensor
                 ref_logits = model(input_ids, **(model_kwargs or {}))
         ref_logits = ref_logits.detach()
         if ref_logits.shape != logits.shape:
-            raise LmlabError(f"balora: ref_logits shape {tuple(ref_logits.shape)} != logits shape {tuple(logits.shape)}")
+            raise LmlabError(f"balora: ref_logits shape {tuple(ref_logits.shape)} != logits shape "
+                             f"{tuple(logits.shape)}")
     rows = _token_rows(logits, mask)
     zero = logits.new_zeros((), dtype=torch.float32)
     if cfg.task == "nlg":

@@ -96,7 +96,8 @@ def hf_modules(c) -> list[_HFModule]:
         ours = [o.format(i=i) if i is not None else o for o in rule.ours]
         if not hf_key.endswith(".weight") or not all(o.endswith(".weight") for o in ours):
             continue
-        conv1d = isinstance(rule.transform, Transpose) or (isinstance(rule.transform, SplitQKV) and rule.transform.conv1d)
+        conv1d = isinstance(rule.transform, Transpose) or (isinstance(rule.transform, SplitQKV)
+                                                           and rule.transform.conv1d)
         rows = _row_transform(rule.transform) if len(ours) > 1 else None
         out.append(_HFModule(hf_key[: -len(".weight")], [o[: -len(".weight")] for o in ours], rows, conv1d))
     if not any(m.ours == ["lm_head"] for m in out):  # tied heads have no rule of their own
@@ -348,8 +349,8 @@ def _load_peft(model: nn.Module, d: Path, cfg: dict[str, Any], name: str, dtype)
     for our, adapter in built:
         attach(model, our, name, adapter)
     targets = sorted({o for o, _ in built})
-    adapter_configs(model)[name] = LoraConfig(r=int(cfg.get("r", 8)), alpha=float(cfg.get("lora_alpha", 8)), dropout=dropout,
-                                       target_modules=targets, use_rslora=use_rslora)
+    adapter_configs(model)[name] = LoraConfig(r=int(cfg.get("r", 8)), alpha=float(cfg.get("lora_alpha", 8)),
+                                              dropout=dropout, target_modules=targets, use_rslora=use_rslora)
     return targets
 
 
