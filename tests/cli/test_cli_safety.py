@@ -338,3 +338,11 @@ def test_data_reads_jsonl_and_parquet_with_a_given_tokenizer(tmp_path, model_dir
     assert_one_line_error(run("data", tmp_path / "in", "--out", mine, "--tokenizer", model_dir, "--text-field",
                               "body"), "refusing to replace it")
     assert (mine / "notes.txt").read_text() == "keep"
+
+
+def test_library_fix_spellings_become_cli_spellings():
+    from lmlab.cli.main import cli_spelling
+
+    assert cli_spelling("x is not empty (pass overwrite=True to replace it)").endswith("(pass --overwrite to replace it)")
+    assert "--set data.truncate=true" in cli_spelling("too long (raise the block size or pass truncate=True)")
+    assert cli_spelling("pass resume=True (--resume) to continue") == "pass --resume to continue"
