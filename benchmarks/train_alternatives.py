@@ -31,7 +31,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_throughput import CONFIGS, Batches, PlainLoop, lmlab_forward, train_config  # noqa: E402
+from train_throughput import CONFIGS, QUICK_CONFIGS, Batches, PlainLoop, lmlab_forward, train_config  # noqa: E402
+
+CONFIGS = {**QUICK_CONFIGS, **CONFIGS}  # tiny-gqa: a smoke-test size
 
 
 def compile_case(name: str, rounds: int, steps: int, warmup: int) -> dict:

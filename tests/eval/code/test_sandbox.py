@@ -137,3 +137,15 @@ def test_test_process_survives_and_mini_humaneval_scores():
     assert result.pass_at_k["pass@3"] == pytest.approx(1.0)
     assert os.getpid() > 0  # still here
     assert check_completion(problems[0], problems[0].canonical_solution, CFG).passed
+
+
+def test_writes_stay_in_the_programs_own_directory(tmp_path):
+    outside = tmp_path / "outside.txt"
+    src = (f"import os\nopen(os.devnull, 'w').write('x')\nopen('scratch.txt', 'w').write('ok')\n"
+           f"try:\n    open({str(outside)!r}, 'w').write('escaped')\nexcept PermissionError as exc:\n"
+           f"    print('outside:', exc.strerror)\n")
+    res = run(src)
+    if "landlock" not in res.guards:
+        pytest.skip("no Landlock on this kernel")
+    assert res.passed and "outside: Permission denied" in res.stdout, (res.reason, res.stdout)
+    assert not outside.exists()

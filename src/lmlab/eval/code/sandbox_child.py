@@ -100,7 +100,8 @@ def _drop_privileges():
 def _landlock():
     """A Landlock domain (Linux >= 5.13): the process can no longer reach processes outside it (no
     ``/proc/PID/mem``, ``/proc/PID/fd``, ptrace; from ABI 6 no signals), may create, write, rename or
-    delete files only beneath its work directory, and (ABI >= 4) may not connect or bind TCP."""
+    delete files only beneath its work directory (and write ``/dev/null``), and (ABI >= 4) may not connect
+    or bind TCP."""
     try:
         import ctypes
         import struct
@@ -124,10 +125,13 @@ def _landlock():
         if ruleset < 0:
             return False
         try:
-            work = os.open(".", os.O_PATH | os.O_DIRECTORY)
-            beneath = ctypes.create_string_buffer(struct.pack("=Qi", write_rights, work), 12)
-            ok = libc.syscall(445, ruleset, 1, beneath, 0) == 0       # LANDLOCK_RULE_PATH_BENEATH
-            os.close(work)
+            ok = True
+            null_rights = (1 << 1) | ((1 << 14) if abi >= 3 else 0)   # /dev/null: WRITE_FILE (+ TRUNCATE)
+            for path, rights, flags in ((".", write_rights, os.O_DIRECTORY), ("/dev/null", null_rights, 0)):
+                target = os.open(path, os.O_PATH | flags)
+                beneath = ctypes.create_string_buffer(struct.pack("=Qi", rights, target), 12)
+                ok = ok and libc.syscall(445, ruleset, 1, beneath, 0) == 0   # LANDLOCK_RULE_PATH_BENEATH
+                os.close(target)
             libc.prctl(38, 1, 0, 0, 0)                                 # PR_SET_NO_NEW_PRIVS
             return ok and libc.syscall(446, ruleset, 0) == 0           # landlock_restrict_self
         finally:
