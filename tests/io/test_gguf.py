@@ -229,7 +229,7 @@ def test_unknown_architecture_and_quant_type_are_one_line(tmp_path):
     assert "'mamba'" in _one_line_error(_write(tmp_path / "mamba.gguf", arch="mamba"))
     from lmlab.io.gguf_read import GGUFFile
 
-    block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q8_1]
+    _block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q8_1]
     q81 = np.zeros((8, size), np.uint8)  # one Q8_1 block per row (gguf-py has no Q8_1 dequantizer)
     f = GGUFFile(_write(tmp_path / "q81.gguf", tensors={"token_embd.weight": q81}, raw_dtype=gguf.GGMLQuantizationType.Q8_1))
     with pytest.raises(LmlabError, match="Q8_1") as err:

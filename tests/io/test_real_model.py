@@ -104,3 +104,14 @@ def test_factual_chat_question_answered_as_transformers_answers(ours, theirs):
     assert mine == ref
     answer = tok.decode(mine)
     assert "Paris" in answer, answer
+
+
+def test_hooks_on_the_real_model(ours):
+    """The hook vocabulary works unchanged: the logit lens at the last layer is the model's own output."""
+    model, tok = ours
+    ids = torch.tensor([tok.encode(PROMPTS[0])])
+    logits, acts = model.run_with_cache(ids, names=["blocks.29.resid_post", "blocks.20.attn.pattern"])
+    assert acts["blocks.20.attn.pattern"].shape == (1, 9, ids.shape[1], ids.shape[1])
+    lens = model.lm_head(model.ln_final(acts["blocks.29.resid_post"]))
+    torch.testing.assert_close(lens, logits, rtol=0, atol=1e-5)
+    assert tok.decode([int(logits[0, -1].argmax())]).strip() == "Paris"

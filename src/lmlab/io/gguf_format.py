@@ -125,8 +125,10 @@ def expand(rules: list[TensorRule], n_layers: int):
     """(gguf_name, our_names, rule) for every layer."""
     for rule in rules:
         for i in (range(n_layers) if rule.layered else [None]):
-            fmt = (lambda s: s.format(i=i)) if i is not None else (lambda s: s)
-            yield fmt(rule.gguf), tuple(fmt(o) for o in rule.ours), rule
+            if i is None:
+                yield rule.gguf, rule.ours, rule
+            else:
+                yield rule.gguf.format(i=i), tuple(o.format(i=i) for o in rule.ours), rule
 
 
 def to_ours(rule: TensorRule, t: torch.Tensor, c) -> list[torch.Tensor]:

@@ -22,7 +22,15 @@ import numpy as np
 import torch
 
 from lmlab.errors import LmlabError
-from lmlab.io.gguf_format import EXPORT_TYPES, FILE_TYPES, MODEL_TYPE_TO_ARCH, expand, require_gguf, tensor_rules, to_gguf
+from lmlab.io.gguf_format import (
+    EXPORT_TYPES,
+    FILE_TYPES,
+    MODEL_TYPE_TO_ARCH,
+    expand,
+    require_gguf,
+    tensor_rules,
+    to_gguf,
+)
 
 QUANT_BLOCK = 32  # values per Q8_0 / Q4_0 block (gguf.GGML_QUANT_SIZES)
 
