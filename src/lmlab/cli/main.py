@@ -22,6 +22,7 @@ VERBS = {
     "finetune": ("lmlab.cli.finetune", "supervised fine-tuning on chat JSONL (assistant-only loss, packing; full, LoRA or HFT)"),
     "merge": ("lmlab.cli.merge", "fold a LoRA adapter (peft or lmlab format) into a base checkpoint, write an HF checkpoint"),
     "evaluate": ("lmlab.cli.evaluate", "evaluate a model on task YAML files and write a report"),
+    "serve": ("lmlab.cli.serve", "serve a model over an OpenAI-compatible HTTP API with a playground page"),
 }
 
 
