@@ -3,7 +3,7 @@
 Unknown fields are refused (``extra="forbid"``), so a client never believes a setting took effect when it
 did not; OpenAI fields the server knows but does not implement are accepted only at their neutral value
 (e.g. ``presence_penalty: 0``) and otherwise refused by name. Extensions beyond OpenAI (as in vLLM):
-``top_k``, ``min_p``, ``repetition_penalty``, and the per-request methods ``adapter`` and ``steer``.
+``top_k``, ``min_p``, ``repetition_penalty``, ``ignore_eos``, and the per-request methods ``adapter`` and ``steer``.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ class _Sampling(BaseModel):
     top_k: int | None = Field(None, ge=-1)
     min_p: float | None = Field(None, ge=0, le=1)
     repetition_penalty: float | None = Field(None, gt=0)
+    ignore_eos: bool = False  # generate max_tokens tokens whatever comes (load tests)
     adapter: str | None = None
     steer: Steer | None = None
     # known but not implemented: refused unless neutral

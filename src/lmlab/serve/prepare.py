@@ -123,7 +123,7 @@ def completion_job(engine: Engine, body: CompletionRequest) -> Job:
     if body.max_tokens == 0 and body.n > 1:
         raise bad_request("n > 1 needs max_tokens >= 1", param="n")
     return Job(prompts=prompts, params=params, max_tokens=max_tokens, n=body.n, seed=body.seed,
-               stop_token_ids=engine.stop_token_ids, stop_strings=body.stop_strings(),
+               stop_token_ids=[] if body.ignore_eos else engine.stop_token_ids, stop_strings=body.stop_strings(),
                logprobs=body.logprobs, prompt_logprobs=body.logprobs if body.echo else None,
                adapter=adapter, steer=steer)
 
@@ -151,5 +151,5 @@ def chat_job(engine: Engine, body: ChatCompletionRequest) -> Job:
     _check_lengths(engine, [prompt], max_tokens, body.n, "messages")
     top = body.top_logprobs or 0
     return Job(prompts=[prompt], params=params, max_tokens=max_tokens, n=body.n, seed=body.seed,
-               stop_token_ids=engine.stop_token_ids, stop_strings=body.stop_strings(),
+               stop_token_ids=[] if body.ignore_eos else engine.stop_token_ids, stop_strings=body.stop_strings(),
                logprobs=top if body.logprobs else None, adapter=adapter, steer=steer)

@@ -57,6 +57,7 @@ class Collector:
     async def events(self, disconnected: Callable[[], Awaitable[bool]] | None = None) -> AsyncIterator:
         """Yields ("token", choice, text, event), ("finish", choice, text, None) and ("prompt", ...) items;
         raises APIError if the engine failed the job. ``disconnected`` is polled while waiting (non-stream)."""
+        checked = time.monotonic()
         while True:
             if disconnected is None:
                 ev = await self.queue.get()
@@ -64,9 +65,13 @@ class Collector:
                 try:
                     ev = await asyncio.wait_for(self.queue.get(), timeout=0.5)
                 except asyncio.TimeoutError:
+                    ev = None
+                if time.monotonic() - checked >= 0.5 or ev is None:  # tokens may arrive faster than that
+                    checked = time.monotonic()
                     if await disconnected():
                         self.engine.cancel(self.job)
                         return
+                if ev is None:
                     continue
             if ev is DONE:
                 return
