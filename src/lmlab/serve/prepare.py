@@ -14,6 +14,9 @@ from lmlab.serve.errors import APIError, bad_request
 from lmlab.serve.openai_schema import ChatCompletionRequest, CompletionRequest, _Sampling
 
 
+_TYPE_TAGS = ("str", "int", "float", "bool", "dict", "list", "none")
+
+
 def parse_body(raw: bytes, schema: type[BaseModel]):
     """The validated body; bad JSON or a bad field is a 400 naming it."""
     try:
@@ -26,7 +29,13 @@ def parse_body(raw: bytes, schema: type[BaseModel]):
         return schema.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-", "union")))
+        parts = []
+        for p in err["loc"]:
+            if isinstance(p, str) and (p in _TYPE_TAGS or "[" in p):  # a union member's tag: the field ends here
+                err = {**err, "msg": "not one of the accepted types"}
+                break
+            parts.append(str(p))
+        loc = ".".join(parts)
         if err["type"] == "extra_forbidden":
             raise bad_request(f"unsupported parameter '{loc}'", param=loc, code="unsupported_parameter") from None
         if err["type"] == "missing":
