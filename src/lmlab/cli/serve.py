@@ -24,6 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set max_batch_size=32 (repeatable)")
     p.add_argument("--pack", action="store_true", help="prepack weights for faster CPU decoding")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (default: torch's choice; 1 on a machine shared with other work)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
@@ -48,6 +50,12 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0 <= args.port < 65536:
         raise LmlabError(f"--port must be in [0, 65535], got {args.port}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise LmlabError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     config = load_serve_config(args.config, args.overrides)
     if not _is_loopback(args.host) and not args.api_key:
         print(f"lmlab serve: warning: listening on {args.host} without --api-key: anyone who can reach it may use it",
