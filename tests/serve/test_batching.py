@@ -4,6 +4,7 @@ go away free their rows, and requests for different adapters are scheduled apart
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -29,8 +30,7 @@ def test_seeded_request_same_alone_and_with_15_others(client, server, engine):
                   seed=1234, extra_body={"ignore_eos": True})
     wait_idle(server, engine)
     alone = client.completions.create(**seeded).choices[0].text
-    others = []
-    for i in range(15):  # mixed settings: greedy, sampled with and without seeds, other prompts and lengths
+    def start(i):  # mixed settings: greedy, sampled with and without seeds, other prompts and lengths
         kw = dict(model="world", prompt=["Kamsa speaks", "Where is", "The language of"][i % 3] + " x" * (i % 4),
                   max_tokens=100 - i, temperature=[0.0, 1.0, 0.7][i % 3], stream=True,
                   extra_body={"ignore_eos": True})
@@ -38,7 +38,10 @@ def test_seeded_request_same_alone_and_with_15_others(client, server, engine):
             kw["seed"] = i
         stream = client.completions.create(**kw)
         next(iter(stream))  # the request has its row: it is decoding
-        others.append(stream)
+        return stream
+
+    with ThreadPoolExecutor(15) as pool:  # all at once, so none is near its end when the seeded one comes
+        others = list(pool.map(start, range(15)))
     assert engine.batch_size == 15
     loaded = client.completions.create(**seeded).choices[0].text
     assert engine.batch_size == 15  # the others were still running when the seeded one finished

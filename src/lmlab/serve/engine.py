@@ -228,6 +228,8 @@ class Engine:
         except Exception as e:  # noqa: BLE001 - the loop must report its death, not vanish
             self.failure = f"{type(e).__name__}: {e}"
             self._fail_everything(500, f"engine failure: {self.failure}")
+            return
+        self._fail_everything(503, "the server is shutting down")
 
     def _post(self, job: Job, *events) -> None:
         if job.loop is None or job.loop.is_closed():
@@ -238,12 +240,14 @@ class Engine:
             pass
 
     def _drop(self, job: Job) -> None:
+        if job.done:  # it finished between the client's hang-up and now
+            return
         with self._cv:
             if job in self._pending:
                 self._pending.remove(job)
         rows = [r for r in self._job_rows.get(id(job), []) if r in self._rows]
-        if rows:
-            active = set(self.decoder.active)
+        active = set(self.decoder.active)
+        if any(r in active for r in rows):
             self.decoder.cancel([r for r in rows if r in active])
         self._finish_job(job, rows)
         self.metrics.add("cancelled", 1)

@@ -11,7 +11,7 @@ from lmlab.core.sampling import SamplingParams
 from lmlab.errors import LmlabError
 from lmlab.serve.engine import Engine, Job
 from lmlab.serve.errors import APIError, bad_request
-from lmlab.serve.openai_schema import ChatCompletionRequest, CompletionRequest, _Sampling
+from lmlab.serve.openai_schema import ChatCompletionRequest, CompletionRequest, SamplingFields
 
 
 _TYPE_TAGS = ("str", "int", "float", "bool", "dict", "list", "none")
@@ -43,7 +43,7 @@ def parse_body(raw: bytes, schema: type[BaseModel]):
         raise bad_request(f"invalid '{loc}': {err['msg']}", param=loc or None, code="invalid_value") from None
 
 
-def resolve_methods(engine: Engine, body: _Sampling) -> tuple[str | None, tuple[str, float] | None]:
+def resolve_methods(engine: Engine, body: SamplingFields) -> tuple[str | None, tuple[str, float] | None]:
     """(adapter, steer) the request asks for; ``model`` may also name an adapter (as vLLM serves LoRAs)."""
     adapters = engine.adapters.names
     adapter = body.adapter
@@ -70,7 +70,7 @@ def resolve_methods(engine: Engine, body: _Sampling) -> tuple[str | None, tuple[
     return adapter, steer
 
 
-def sampling_params(body: _Sampling) -> SamplingParams:
+def sampling_params(body: SamplingFields) -> SamplingParams:
     params = SamplingParams(temperature=body.temperature,
                             top_k=body.top_k if body.top_k not in (None, -1, 0) else None,
                             top_p=body.top_p if body.top_p < 1 else None, min_p=body.min_p or None,

@@ -9,7 +9,7 @@ import uuid
 from typing import AsyncIterator, Awaitable, Callable
 
 from lmlab.serve.engine import DONE, Engine, Failed, Finish, Job, PromptLogprobs, Token
-from lmlab.serve.errors import APIError, error_body
+from lmlab.serve.errors import APIError
 from lmlab.serve.text import TextStream
 
 
@@ -243,7 +243,3 @@ async def chat_stream(collector: Collector, model: str, want_logprobs: bool,
         yield sse("[DONE]")
     finally:
         engine.cancel(job)
-
-
-def error_json(status: int, message: str, **kw) -> dict:
-    return error_body(status, message, **kw)
