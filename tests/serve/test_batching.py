@@ -55,13 +55,12 @@ def test_closing_a_stream_frees_its_row(server, engine):
     wait_idle(server, engine)
     cancelled = metric(server, "lmlab_requests_cancelled_total")
     body = {"model": "world", "prompt": "Kamsa speaks", "max_tokens": 100, "stream": True, "ignore_eos": True}
-    with httpx.Client(timeout=30) as http:
-        with http.stream("POST", server.url + "/v1/completions", json=body) as r:
-            assert r.status_code == 200
-            lines = r.iter_lines()
-            got = [next(lines) for _ in range(6)]
-            assert any(line.startswith("data: {") for line in got)
-            assert engine.batch_size == 1
+    with httpx.Client(timeout=30) as http, http.stream("POST", server.url + "/v1/completions", json=body) as r:
+        assert r.status_code == 200
+        lines = r.iter_lines()
+        got = [next(lines) for _ in range(6)]
+        assert any(line.startswith("data: {") for line in got)
+        assert engine.batch_size == 1
     wait_idle(server, engine)  # the row left the batch well before its 100 tokens
     assert metric(server, "lmlab_requests_cancelled_total") == cancelled + 1
 

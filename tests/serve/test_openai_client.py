@@ -126,3 +126,16 @@ def test_seeded_samples_n_equal_separate_seeds(client):
     singles = [client.completions.create(seed=11 + r, **kw).choices[0].text for r in range(3)]
     assert texts == singles
     assert len(set(texts)) > 1  # sampling, not greedy
+
+
+def test_stream_with_n_and_echo(client):
+    kw = dict(model="world", prompt="Kamsa speaks", max_tokens=10, temperature=1.0, seed=5, n=2,
+              extra_body={"ignore_eos": True})
+    whole = sorted(client.completions.create(**kw).choices, key=lambda c: c.index)
+    chunks = list(client.completions.create(stream=True, echo=True, **kw))
+    texts = ["", ""]
+    for c in chunks:
+        for ch in c.choices:
+            texts[ch.index] += ch.text
+    assert texts == ["Kamsa speaks" + w.text for w in whole]
+    assert whole[0].text != whole[1].text

@@ -39,7 +39,7 @@ class Job:
     sample j of prompt i."""
 
     prompts: list[list[int]]
-    params: SamplingParams = SamplingParams()
+    params: SamplingParams = field(default_factory=SamplingParams)
     max_tokens: int = 16
     n: int = 1
     seed: int | None = None
@@ -153,7 +153,7 @@ class Engine:
                        prefill_chunk_size=self.config.prefill_chunk_size)
 
     # -- the HTTP side (any thread) ---------------------------------------------------------------------------
-    def start(self) -> "Engine":
+    def start(self) -> Engine:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="lmlab-serve-engine", daemon=True)
             self._thread.start()

@@ -49,7 +49,8 @@ class SteeringTable:
         for name, spec in specs.items():
             if spec.hook not in points:
                 sample = ", ".join(list(points)[:4])
-                raise LmlabError(f"steering '{name}': unknown hook point {spec.hook!r} (names look like: {sample}, ...)")
+                raise LmlabError(f"steering '{name}': unknown hook point {spec.hook!r} "
+                                 f"(names look like: {sample}, ...)")
         shapes = self._hook_shapes({s.hook for s in specs.values()})
         self.vectors: dict[str, torch.Tensor] = {}
         for name, spec in specs.items():

@@ -13,7 +13,6 @@ from lmlab.serve.engine import Engine, Job
 from lmlab.serve.errors import APIError, bad_request
 from lmlab.serve.openai_schema import ChatCompletionRequest, CompletionRequest, SamplingFields
 
-
 _TYPE_TAGS = ("str", "int", "float", "bool", "dict", "list", "none")
 
 

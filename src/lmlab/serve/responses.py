@@ -6,7 +6,7 @@ import asyncio
 import json
 import time
 import uuid
-from typing import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from lmlab.serve.engine import DONE, Engine, Failed, Finish, Job, PromptLogprobs, Token
 from lmlab.serve.errors import APIError
@@ -64,7 +64,7 @@ class Collector:
             else:
                 try:
                     ev = await asyncio.wait_for(self.queue.get(), timeout=0.5)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     ev = None
                 if time.monotonic() - checked >= 0.5 or ev is None:  # tokens may arrive faster than that
                     checked = time.monotonic()

@@ -34,7 +34,7 @@ class ServerThread:
         self.thread = threading.Thread(target=self.server.run, name="lmlab-serve-http", daemon=True)
         self.host, self.port = host, port
 
-    def __enter__(self) -> "ServerThread":
+    def __enter__(self) -> ServerThread:
         self.thread.start()
         deadline = time.monotonic() + 30
         while not self.server.started:

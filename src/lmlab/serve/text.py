@@ -3,7 +3,7 @@ change (an incomplete UTF-8 sequence, or the beginning of a stop string) is held
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 
 class TextStream:
