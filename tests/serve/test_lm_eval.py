@@ -1,5 +1,6 @@
 """lm-eval's ``local-completions`` model scores a multiple-choice task through the server (echo + logprobs)
-exactly as lm-eval scores the same task in-process with ``LmlabLM``."""
+exactly as lm-eval scores the same task in-process with ``LmlabLM`` -- with a local HF tokenizer, and with
+the server's own tokenizer routes (``/tokenizer_info``, ``/tokenize``, which lm-eval detects by itself)."""
 
 from __future__ import annotations
 
@@ -53,15 +54,16 @@ def runs(server, tmp_path_factory):
                       bootstrap_iters=0, log_samples=True)
         local = lm_eval.simple_evaluate(
             model=LmlabLM(lmlab.load(ASSET_DIR).eval(), lmlab.load_tokenizer(ASSET_DIR), batch_size=4), **common)
-        remote = lm_eval.simple_evaluate(
-            model="local-completions",
-            model_args=(f"model=world,base_url={server.url}/v1/completions,tokenizer_backend=huggingface,"
-                        f"tokenizer={ASSET_DIR},max_length=128,num_concurrent=1,max_retries=1"), **common)
-    return local, remote
+        args = f"model=world,base_url={server.url}/v1/completions,max_length=128,num_concurrent=1,max_retries=1"
+        hf = lm_eval.simple_evaluate(model="local-completions", **common,
+                                     model_args=f"{args},tokenizer_backend=huggingface,tokenizer={ASSET_DIR}")
+        auto = lm_eval.simple_evaluate(model="local-completions", model_args=args, **common)
+    return local, {"hf": hf, "auto": auto}
 
 
-def test_local_completions_equals_in_process(runs):
-    local, remote = runs
+@pytest.mark.parametrize("tokenizer", ["hf", "auto"])
+def test_local_completions_equals_in_process(runs, tokenizer):
+    local, remote = runs[0], runs[1][tokenizer]
     acc_local, acc_remote = local["results"]["serve_mc"]["acc,none"], remote["results"]["serve_mc"]["acc,none"]
     assert acc_remote == acc_local
     assert 0 < acc_local < 1  # informative: neither every answer right nor every answer wrong

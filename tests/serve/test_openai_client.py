@@ -139,3 +139,18 @@ def test_stream_with_n_and_echo(client):
             texts[ch.index] += ch.text
     assert texts == ["Kamsa speaks" + w.text for w in whole]
     assert whole[0].text != whole[1].text
+
+
+def test_tokenizer_routes(server, ref):
+    import httpx
+
+    info = httpx.get(server.url + "/tokenizer_info").json()
+    assert info["eos_token"] == ref.tokenizer.eos_token and info["chat_template"] == ref.tokenizer.chat_template
+    ids = httpx.post(server.url + "/tokenize", json={"prompt": "Kamsa speaks"}).json()["tokens"]
+    assert ids == ref.tokenizer.encode("Kamsa speaks")
+    assert httpx.post(server.url + "/detokenize", json={"tokens": ids}).json()["prompt"] == "Kamsa speaks"
+    chat = httpx.post(server.url + "/tokenize", json={"messages": [{"role": "user", "content": "Hi"}]}).json()
+    assert chat["tokens"] == ref.tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}],
+                                                               add_generation_prompt=True, tokenize=True)
+    r = httpx.post(server.url + "/detokenize", json={"tokens": [10**6]})
+    assert r.status_code == 400 and "outside the vocabulary" in r.json()["error"]["message"]

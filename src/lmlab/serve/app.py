@@ -22,11 +22,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lmlab.serve.engine import Engine
 from lmlab.serve.errors import APIError, error_body
-from lmlab.serve.openai_schema import ChatCompletionRequest, CompletionRequest
+from lmlab.errors import LmlabError
+from lmlab.serve.openai_schema import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
 from lmlab.serve.prepare import chat_job, completion_job, parse_body
 from lmlab.serve.responses import Collector, chat_body, chat_stream, completion_body, completion_stream
 
-_COUNTED = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics", "/")
+_COUNTED = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics", "/", "/tokenize",
+            "/detokenize", "/tokenizer_info")
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -117,6 +119,45 @@ def create_app(engine: Engine, api_key: str | None = None) -> FastAPI:
                 "steering": {n: {"hook": s.hook, "coeff": s.coeff} for n, s in engine.steering.specs.items()},
                 "limits": {"max_tokens": engine.config.max_tokens_limit, "context_length": engine.context_length,
                            "max_batch_size": engine.config.max_batch_size, "max_queue": engine.config.max_queue}}
+
+    # vLLM's tokenizer routes: lm-eval's local-completions finds them and then needs no local tokenizer
+    @v1.get("/tokenizer_info")
+    async def tokenizer_info():
+        tok = need_tokenizer()
+        return {"eos_token": tok.eos_token, "bos_token": tok.bos_token, "pad_token": tok.pad_token,
+                "chat_template": tok.chat_template, "model_max_length": engine.context_length,
+                "vocab_size": tok.vocab_size}
+
+    @v1.post("/tokenize")
+    async def tokenize(request: Request):
+        body = parse_body(await request.body(), TokenizeRequest)
+        tok = need_tokenizer()
+        if (body.prompt is None) == (body.messages is None):
+            raise APIError(400, "give exactly one of 'prompt' and 'messages'", param="prompt")
+        if body.prompt is not None:
+            ids = tok.encode(body.prompt, add_special_tokens=body.add_special_tokens)
+        else:
+            try:
+                ids = tok.apply_chat_template([m.as_template_message() for m in body.messages],
+                                              add_generation_prompt=body.add_generation_prompt, tokenize=True)
+            except LmlabError as e:
+                raise APIError(400, f"the messages do not fit the chat template: {e}", param="messages") from None
+        return {"tokens": ids, "count": len(ids), "max_model_len": engine.context_length}
+
+    @v1.post("/detokenize")
+    async def detokenize(request: Request):
+        body = parse_body(await request.body(), DetokenizeRequest)
+        tok = need_tokenizer()
+        vocab = engine.model.config.vocab_size
+        bad = [t for t in body.tokens if not 0 <= t < vocab]
+        if bad:
+            raise APIError(400, f"token id {bad[0]} is outside the vocabulary [0, {vocab})", param="tokens")
+        return {"prompt": tok.decode(body.tokens)}
+
+    def need_tokenizer():
+        if engine.tokenizer is None:
+            raise APIError(400, "this server has no tokenizer (the checkpoint has no tokenizer.json)")
+        return engine.tokenizer
 
     @v1.post("/v1/completions")
     async def completions(request: Request):
