@@ -166,6 +166,7 @@ class Engine:
         if self._thread is not None:
             self._thread.join(timeout=30)
             self._thread = None
+        self._fail_everything(503, "the server is shutting down")  # jobs still waiting (the loop has ended)
         self.steering.close()
 
     def submit(self, job: Job, loop: asyncio.AbstractEventLoop) -> asyncio.Queue:

@@ -123,7 +123,8 @@ def completion_job(engine: Engine, body: CompletionRequest) -> Job:
         ids = _encode(engine, p) if isinstance(p, str) else [int(t) for t in p]
         _check_ids(engine, ids, f"prompt {i}" if not isinstance(body.prompt, str) else "the prompt")
         prompts.append(ids)
-    max_tokens = body.max_tokens if body.max_tokens is not None else engine.context_length - max(map(len, prompts))
+    max_tokens = body.max_tokens if body.max_tokens is not None else \
+        max(1, min(engine.config.max_tokens_limit, engine.context_length - max(map(len, prompts))))
     _check_lengths(engine, prompts, max_tokens, body.n, "prompt")
     if body.stream and body.echo and body.logprobs is not None:
         raise bad_request("'echo' with 'logprobs' is not supported when streaming", param="echo",
