@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from conftest import metric
+from servehelpers import metric
 
 import lmlab
 from lmlab.peft import load_adapter

@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import openai
 import pytest
-from conftest import metric
+from servehelpers import metric
 
 MSG = [{"role": "user", "content": "Hi"}]
 

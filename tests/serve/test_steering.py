@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import STEER_COEFF, STEER_HOOK
+from servehelpers import STEER_COEFF, STEER_HOOK
 from safetensors.torch import load_file
 
 import lmlab
