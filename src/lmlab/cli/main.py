@@ -28,6 +28,7 @@ VERBS = {
     "edit": ("lmlab.cli.edit", "write facts into a model's weights (ROME, MEMIT, AlphaEdit); save the checkpoint and the delta"),
     "evaluate": ("lmlab.cli.evaluate", "evaluate a model on task YAML files and write a report"),
     "quantize": ("lmlab.cli.quantize", "weight-only int8/int4 quantization of a checkpoint (round-to-nearest or GPTQ)"),
+    "serve": ("lmlab.cli.serve", "serve a model over an OpenAI-compatible HTTP API with a playground page"),
 }
 
 
