@@ -1,11 +1,12 @@
 """Alignment claims on the world, judged by its ground truth (docs/claims.md, "Preference alignment").
 
-On the shipped quickstart model (``lmlab.reference``) and the world's preference pairs (factual: the true
-object vs a wrong one; politeness: polite vs rude frames around the true answer):
+On the shipped quickstart model (``lmlab.reference``), first SFT-tuned on the question/answer format (the
+chosen answers of the *factual* training pairs, plain style), and the world's preference pairs (factual: the
+true object vs a wrong one; politeness: polite vs rude frames around the true answer):
 
 1. reward models (Bradley-Terry vs HaF-RM): held-out pair accuracy;
-2. DPO and SPIN policies: win rate of a sampled answer against the base policy's sample on held-out prompts,
-   judged by the true reward, and the KL to the base estimated on the policy's own samples;
+2. DPO and SPIN policies: win rate of a sampled answer against the SFT policy's sample on held-out prompts,
+   judged by the true reward, and the KL to the SFT policy estimated on the policy's own samples;
 3. best-of-N (N = 1, 4, 16) with the trained reward model, and InfAlign's calibrate-and-transform tilt
    (sampling-importance-resampling of 32 reference samples, calibrated reward, exp transform with the t the
    analytic tool picks for N) vs the same tilt on the raw reward at the same KL; win rate over plain sampling.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 import time
@@ -53,6 +55,22 @@ def train(model, objective, data, steps: int, lr: float, batch: int) -> None:
             it = iter(data.batches(batch))
             b = next(it)
         loss, _ = objective(model, b)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+
+
+def sft_loop(model, pairs, pad, steps: int, lr: float = 1e-3, batch: int = 8) -> None:
+    """Plain SFT: mean token NLL of the chosen responses given their prompts."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    model.train()
+    for step in range(steps):
+        chunk = [pairs[(step * batch + i) % len(pairs)] for i in range(batch)]
+        b = collate_pairs(chunk, pad)
+        n = len(chunk)
+        loss = -sequence_logprobs(model, b["input_ids"][:n], loss_mask=b["completion_mask"][:n],
+                                  attention_mask=b["attention_mask"][:n], reduction="mean").mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -122,6 +140,12 @@ def main() -> None:
     held_pairs = [tokenize_record(tok, r) for r in held_recs]
     results: dict = {"steps": args.steps, "train_pairs": len(train_pairs), "heldout_pairs": len(held_pairs)}
 
+    # 0. the SFT policy every method starts from (and is compared with)
+    sft_pairs = [p for p, r in zip(train_pairs, train_recs) if r.meta["reason"] == "factual"]
+    sft = copy.deepcopy(ref.model)
+    sft_loop(sft, sft_pairs, pad, args.steps)
+    ref = dataclasses.replace(ref, model=sft)  # from here on "the reference policy" is the SFT model
+
     # 1. reward models
     rms = {}
     for name, obj in (("bradley_terry", RewardObjective()), ("haf_rm", HaFRMObjective(alpha=1.0, beta=0.1))):
@@ -144,7 +168,7 @@ def main() -> None:
 
     base_samples = sample(ref.model, prompts, 1, seed=1, eos=eos)
     base_scores = [g[0] for g in judged(base_samples)]
-    results["base_mean_true_reward"] = sum(base_scores) / len(base_scores)
+    results["sft_mean_true_reward"] = sum(base_scores) / len(base_scores)
 
     # 2. DPO and SPIN policies vs the base policy
     policies = {}
@@ -163,10 +187,10 @@ def main() -> None:
         samples = sample(policy, prompts, 1, seed=2, eos=eos)
         scores = [g[0] for g in judged(samples)]
         kl = sum(float((logp(policy, p, g) - logp(ref.model, p, g)).mean()) for p, g in zip(prompts, samples))
-        results[f"{name}_win_rate_vs_base"] = win_rate(scores, base_scores)
+        results[f"{name}_win_rate_vs_sft"] = win_rate(scores, base_scores)
         results[f"{name}_mean_true_reward"] = sum(scores) / len(scores)
-        results[f"{name}_kl_to_base"] = kl / len(prompts)
-        print(name, results[f"{name}_win_rate_vs_base"], results[f"{name}_kl_to_base"], flush=True)
+        results[f"{name}_kl_to_sft"] = kl / len(prompts)
+        print(name, results[f"{name}_win_rate_vs_sft"], results[f"{name}_kl_to_sft"], flush=True)
 
     # 3. best-of-N with the reward model, and InfAlign's calibrated tilt
     scorer = reward_model_scorer(rms["bradley_terry"], pad)
