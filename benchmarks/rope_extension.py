@@ -26,7 +26,12 @@ def scalings(s: float, original: int) -> dict[str, tuple[str, dict]]:
     }
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--only", default=None, help="comma-separated scaling names to run (default: all)")
+    args = p.parse_args(argv)
     torch.manual_seed(0)
     ref = load_reference()
     base_cfg = ref.model.config
@@ -36,6 +41,8 @@ def main() -> int:
     print("| scaling | " + " | ".join(f"ppl @ {n} (s = {n / original:g})" for n in LENGTHS) + " |")
     print("|---|" + "---|" * len(LENGTHS))
     for name in scalings(2.0, original):
+        if args.only and name not in args.only.split(","):
+            continue
         cells = []
         for n in LENGTHS:
             s = max(n / original, 1.0)
