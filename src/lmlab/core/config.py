@@ -90,6 +90,9 @@ class ModelConfig:
         need(self.n_heads % self.kv_heads == 0, f"n_heads {self.n_heads} is not divisible by n_kv_heads {self.kv_heads}")
         need(0 < self.rot_dim <= self.head_dim and self.rot_dim % 2 == 0 or self.pos_type == "learned",
              f"rotary_dim {self.rotary_dim} must be even and at most d_head {self.head_dim}")
+        # lists (from JSON / YAML) become tuples, so the frozen config stays hashable
+        object.__setattr__(self, "rope_scaling_params", tuple(
+            (k, tuple(v) if isinstance(v, list) else v) for k, v in self.rope_scaling_params))
         try:
             check_rope_scaling(self.rope_scaling, dict(self.rope_scaling_params), self.rot_dim,
                                self.pos_type == "rotary", self.max_seq_len)

@@ -62,7 +62,7 @@ def check_rope_scaling(kind: str, params: dict[str, Any], rot_dim: int, rotary: 
     for name in ("factor", "original_max_position_embeddings", "attention_factor", "low_freq_factor",
                  "high_freq_factor"):
         value = params.get(name)
-        if value is not None and (isinstance(value, (bool, tuple, list)) or not value > 0):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
             raise LmlabError(f"rope scaling {kind!r}: {name} must be a positive number, got {value!r}")
     if kind == "llama3" and not params["high_freq_factor"] > params["low_freq_factor"]:
         raise LmlabError("rope scaling 'llama3': high_freq_factor must exceed low_freq_factor")
