@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lmlab.cli.common import add_model_argument, add_sampling_arguments, generation_config, load_model_and_tokenizer
+from lmlab.cli.common import (add_model_argument, add_sampling_arguments, cache_policy, generation_config,
+                              load_model_and_tokenizer)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
             return 0
         messages.append({"role": "user", "content": line.rstrip("\n")})
         prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        out = lmlab.generate(model, [prompt], cfg, tokenizer=tokenizer)[0][len(prompt):]
+        policy = cache_policy(args)  # a fresh one per turn: each turn prefills its own cache
+        out = lmlab.generate(model, [prompt], cfg, tokenizer=tokenizer, cache_policy=policy)[0][len(prompt):]
         reply = tokenizer.decode(out).strip()
         messages.append({"role": "assistant", "content": reply})
         print(f"assistant> {reply}" if interactive else reply, flush=True)

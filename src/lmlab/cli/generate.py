@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lmlab.cli.common import add_model_argument, add_sampling_arguments, generation_config, load_model_and_tokenizer
+from lmlab.cli.common import (add_model_argument, add_sampling_arguments, cache_policy, generation_config,
+                              load_model_and_tokenizer)
 from lmlab.errors import LmlabError
 
 
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     printed = ""
     if args.prompt is not None:
         sys.stdout.write(args.prompt)
-    for tok in stream_generate(model, [ids], cfg, tokenizer=tokenizer):
+    for tok in stream_generate(model, [ids], cfg, tokenizer=tokenizer, cache_policy=cache_policy(args)):
         new.append(int(tok[0]))
         if args.ids is not None:  # ids in, ids out
             sys.stdout.write(f" {new[-1]}")

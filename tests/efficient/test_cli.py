@@ -1,4 +1,4 @@
-"""``lmlab quantize`` on the shipped reference model: writes a checkpoint lmlab.load reads; errors are one line."""
+"""`lmlab quantize` and `--kv-policy` on the shipped reference model: loadable output; errors are one line."""
 
 from __future__ import annotations
 
@@ -31,5 +31,27 @@ def test_quantize_cli_writes_a_loadable_checkpoint(tmp_path, capsys, args):
 ])
 def test_quantize_cli_errors_are_one_line(tmp_path, capsys, args, message):
     assert main(["quantize", str(ASSET_DIR), str(tmp_path / "q"), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_generate_cli_takes_a_kv_policy(capsys):
+    args = ["generate", str(ASSET_DIR), "--prompt", "The capital of", "--max-new-tokens", "6"]
+    assert main(args) == 0
+    plain = capsys.readouterr().out
+    assert main(args + ["--kv-policy", "h2o", "--kv-budget", "1.0"]) == 0  # never evicts: same text
+    assert capsys.readouterr().out == plain
+    assert main(args + ["--kv-policy", "window", "--kv-budget", "2"]) == 0
+    assert capsys.readouterr().out.startswith("The capital of")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--kv-policy", "h2o"], "--kv-policy needs --kv-budget"),
+    (["--kv-budget", "0.5"], "--kv-budget needs --kv-policy"),
+    (["--kv-policy", "window", "--kv-budget", "0"], "budget must be at least 1 token, got 0"),
+    (["--kv-policy", "lru", "--kv-budget", "8"], "unknown KV policy 'lru'"),
+])
+def test_generate_cli_kv_errors_are_one_line(capsys, extra, message):
+    assert main(["generate", str(ASSET_DIR), "--prompt", "The", *extra]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
