@@ -55,3 +55,14 @@ def test_generate_cli_kv_errors_are_one_line(capsys, extra, message):
     assert main(["generate", str(ASSET_DIR), "--prompt", "The", *extra]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_rope_search_cli_writes_a_longrope_checkpoint(tmp_path, capsys):
+    out = tmp_path / "long"
+    assert main(["rope-search", str(ASSET_DIR), str(out), "--length", "256", "--budget", "3", "--windows", "1"]) == 0
+    assert "3 evaluations" in capsys.readouterr().out
+    model = lmlab.load(out)
+    assert model.config.rope_scaling == "longrope" and model.config.max_seq_len == 256
+    assert len(dict(model.config.rope_scaling_params)["long_factor"]) == model.config.rot_dim // 2
+    assert main(["rope-search", str(ASSET_DIR), str(out), "--length", "64"]) == 2
+    assert "must exceed the model's context 128" in capsys.readouterr().err

@@ -22,6 +22,7 @@ VERBS = {
     "finetune": ("lmlab.cli.finetune", "supervised fine-tuning on chat JSONL (assistant-only loss, packing; full, LoRA or HFT)"),
     "merge": ("lmlab.cli.merge", "fold a LoRA adapter (peft or lmlab format) into a base checkpoint, write an HF checkpoint"),
     "evaluate": ("lmlab.cli.evaluate", "evaluate a model on task YAML files and write a report"),
+    "rope-search": ("lmlab.cli.rope_search", "search per-dimension RoPE factors (DCIS / evolutionary) for a longer context"),
     "quantize": ("lmlab.cli.quantize", "weight-only int8/int4 quantization of a checkpoint (round-to-nearest or GPTQ)"),
 }
 
