@@ -93,7 +93,7 @@ def _yarn(config: "ModelConfig", params: dict[str, Any]) -> torch.Tensor:
     dim, base = config.rot_dim, config.rope_base
     original = params["original_max_position_embeddings"]
     factor = params.get("factor") or config.max_seq_len / original
-    beta_fast = params.get("beta_fast") or 32  # paper: alpha = 1, beta = 32 (HF's names are swapped)
+    beta_fast = params.get("beta_fast") or 32  # the paper's beta = 32 (HF beta_fast) and alpha = 1 (beta_slow)
     beta_slow = params.get("beta_slow") or 1
 
     def correction_dim(rotations: float) -> float:  # the dim whose wavelength fits `rotations` times in L0
