@@ -5,7 +5,7 @@ model is built, save_pretrained, and ``lmlab.load``ed), at batch 1 (and any ``--
 greedy ``generate`` calls (64-token prompt, 128 new tokens) for
 
 - lmlab fp32 and bf16 (the baselines),
-- lmlab int8 (per channel, RTN) and int4 (group 128, RTN), through ``torch._weight_int8pack_mm`` /
+- lmlab int8 (per channel, RTN) and int4 (group 128, RTN), blocks only and blocks + untied LM head, through ``torch._weight_int8pack_mm`` /
   ``torch._weight_int4pack_mm_for_cpu`` with bf16 activations (``lmlab.efficient.quantize``),
 - transformers fp32 on the same weights,
 - transformers + torchao ``Int8WeightOnlyConfig`` / ``Int4WeightOnlyConfig`` where torchao is installed and
@@ -65,6 +65,19 @@ def lmlab_variants(path: Path, only: set[str]):
         yield "lmlab-int8", quantize(lmlab.load(path), bits=8)
     if "lmlab-int4" in only:
         yield "lmlab-int4", quantize(lmlab.load(path), bits=4, group_size=128)
+    # the LM head is a large share of a small model's bytes (Llama-124M: 98 MB of 440 in fp32); quantize it
+    # too where it is not tied to the embedding table
+    from lmlab.efficient.quantize import DEFAULT_MODULES
+
+    for bits in (8, 4):
+        label = f"lmlab-int{bits}-head"
+        if label in only:
+            model = lmlab.load(path)
+            if model.config.tie_embeddings:
+                print(f"| {label}: skipped (the LM head is tied to the embedding table)", flush=True)
+                continue
+            yield label, quantize(model, bits=bits, group_size=128 if bits == 4 else None,
+                                  modules=DEFAULT_MODULES + "|lm_head")
 
 
 def hf_variants(hf, only: set[str]):
@@ -149,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="smoke run: 1 rep, 16 new tokens")
     p.add_argument("--models", default="gpt2,llama")
-    p.add_argument("--variants", default="lmlab-fp32,lmlab-bf16,lmlab-int8,lmlab-int4,hf-fp32,hf-torchao-int8,"
-                                         "hf-torchao-int4")
+    p.add_argument("--variants", default="lmlab-fp32,lmlab-bf16,lmlab-int8,lmlab-int4,lmlab-int8-head,"
+                                         "lmlab-int4-head,hf-fp32,hf-torchao-int8,hf-torchao-int4")
     p.add_argument("--batches", default="1")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)

@@ -251,6 +251,19 @@ def test_bad_quantize_arguments(kwargs, match):
         quantize(_tiny(), **kwargs)
 
 
+def test_tied_lm_head_is_refused_untied_one_round_trips(tmp_path):
+    from lmlab.efficient.quantize import DEFAULT_MODULES
+
+    tied = Transformer(ModelConfig.llama_like(vocab_size=101, d_model=64, n_heads=4, tie_embeddings=True))
+    with pytest.raises(LmlabError, match="lm_head shares its weight with the embedding table"):
+        quantize(tied, modules=DEFAULT_MODULES + "|lm_head")
+    model = quantize(_tiny(), bits=4, group_size=32, modules=DEFAULT_MODULES + "|lm_head")
+    assert isinstance(model.lm_head, QuantizedLinear)
+    lmlab.save(model, tmp_path)
+    with torch.no_grad():
+        assert torch.equal(lmlab.load(tmp_path)(_ids()), model(_ids()))
+
+
 def test_quantizing_twice_is_refused():
     model = quantize(_tiny())
     with pytest.raises(LmlabError, match="already quantized"):

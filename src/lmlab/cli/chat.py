@@ -14,6 +14,7 @@ import sys
 from lmlab.cli.common import (
     add_model_argument,
     add_sampling_arguments,
+    cache_policy,
     check_sampling_arguments,
     generation_config,
     load_model_and_tokenizer,
@@ -83,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.write("assistant> ")
         new: list[int] = []
         printed = ""
-        for tok in stream_generate(model, [prompt], cfg, tokenizer=tokenizer):
+        for tok in stream_generate(model, [prompt], cfg, tokenizer=tokenizer,
+                                   cache_policy=cache_policy(args)):  # a fresh policy per turn
             new.append(int(tok[0]))
             text_so_far = tokenizer.decode(new).lstrip()
             sys.stdout.write(text_so_far[len(printed):])

@@ -71,6 +71,26 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--truncate-left", action="store_true",
                    help="drop the oldest prompt tokens to fit the model's context instead of refusing the prompt")
+    p.add_argument("--kv-policy", default=None, help="KV-cache eviction: window, sinks, h2o or keyformer")
+    p.add_argument("--kv-budget", default=None,
+                   help="with --kv-policy: tokens kept (e.g. 512) or a fraction of the prompt (e.g. 0.25)")
+
+
+def cache_policy(args: argparse.Namespace):
+    """A fresh KV policy from --kv-policy / --kv-budget, or None."""
+    if args.kv_policy is None:
+        if args.kv_budget is not None:
+            raise LmlabError("--kv-budget needs --kv-policy")
+        return None
+    if args.kv_budget is None:
+        raise LmlabError("--kv-policy needs --kv-budget (tokens, or a fraction such as 0.25)")
+    try:
+        budget = float(args.kv_budget) if "." in args.kv_budget else int(args.kv_budget)
+    except ValueError:
+        raise LmlabError(f"--kv-budget: expected a number of tokens or a fraction, got {args.kv_budget!r}") from None
+    from lmlab.efficient import kv_policy
+
+    return kv_policy(args.kv_policy, budget=budget)
 
 
 class OpenAIPenalties:

@@ -15,6 +15,7 @@ import sys
 from lmlab.cli.common import (
     add_model_argument,
     add_sampling_arguments,
+    cache_policy,
     check_sampling_arguments,
     fit_context,
     generation_config,
@@ -79,7 +80,7 @@ def _stream(model, tokenizer, ids, cfg, args, echo: str | None) -> None:
     printed = ""
     if echo is not None:
         sys.stdout.write(echo)
-    for tok in stream_generate(model, [ids], cfg, tokenizer=tokenizer):
+    for tok in stream_generate(model, [ids], cfg, tokenizer=tokenizer, cache_policy=cache_policy(args)):
         new.append(int(tok[0]))
         if args.ids is not None:  # ids in, ids out
             sys.stdout.write(f" {new[-1]}")
@@ -95,7 +96,8 @@ def _samples(model, tokenizer, ids, cfg, args) -> int:
     """N rows of the same prompt in one batch; plain text (one sample per block) or JSON lines."""
     import lmlab
 
-    outs = lmlab.generate(model, [list(ids) for _ in range(args.num_samples)], cfg, tokenizer=tokenizer)
+    outs = lmlab.generate(model, [list(ids) for _ in range(args.num_samples)], cfg, tokenizer=tokenizer,
+                          cache_policy=cache_policy(args))
     for i, row in enumerate(outs):
         new = row[len(ids):]
         text = tokenizer.decode(new) if tokenizer is not None else None

@@ -27,6 +27,7 @@ VERBS = {
     "merge": ("lmlab.cli.merge", "fold a LoRA adapter (peft or lmlab format) into a base checkpoint, write an HF checkpoint"),
     "edit": ("lmlab.cli.edit", "write facts into a model's weights (ROME, MEMIT, AlphaEdit); save the checkpoint and the delta"),
     "evaluate": ("lmlab.cli.evaluate", "evaluate a model on task YAML files and write a report"),
+    "rope-search": ("lmlab.cli.rope_search", "search per-dimension RoPE factors (DCIS / evolutionary) for a longer context"),
     "quantize": ("lmlab.cli.quantize", "weight-only int8/int4 quantization of a checkpoint (round-to-nearest or GPTQ)"),
     "serve": ("lmlab.cli.serve", "serve a model over an OpenAI-compatible HTTP API with a playground page"),
 }

@@ -93,6 +93,9 @@ class ModelConfig:
         need(not self.shared_block_norm or self.parallel_residual,
              "shared_block_norm (one norm feeding attention and MLP, GPT-J) needs parallel_residual=True: a "
              "sequential block normalises the MLP input after attention, so it needs its own norm")
+        # lists (from JSON / YAML) become tuples, so the frozen config stays hashable
+        object.__setattr__(self, "rope_scaling_params", tuple(
+            (k, tuple(v) if isinstance(v, list) else v) for k, v in self.rope_scaling_params))
         try:
             check_rope_scaling(self.rope_scaling, dict(self.rope_scaling_params), self.rot_dim,
                                self.pos_type == "rotary", self.max_seq_len)

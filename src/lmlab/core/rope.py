@@ -62,7 +62,7 @@ def check_rope_scaling(kind: str, params: dict[str, Any], rot_dim: int, rotary: 
     for name in ("factor", "original_max_position_embeddings", "attention_factor", "low_freq_factor",
                  "high_freq_factor"):
         value = params.get(name)
-        if value is not None and (isinstance(value, (bool, tuple, list)) or not value > 0):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
             raise LmlabError(f"rope scaling {kind!r}: {name} must be a positive number, got {value!r}")
     if kind == "llama3" and not params["high_freq_factor"] > params["low_freq_factor"]:
         raise LmlabError("rope scaling 'llama3': high_freq_factor must exceed low_freq_factor")
@@ -93,7 +93,7 @@ def _yarn(config: "ModelConfig", params: dict[str, Any]) -> torch.Tensor:
     dim, base = config.rot_dim, config.rope_base
     original = params["original_max_position_embeddings"]
     factor = params.get("factor") or config.max_seq_len / original
-    beta_fast = params.get("beta_fast") or 32  # paper: alpha = 1, beta = 32 (HF's names are swapped)
+    beta_fast = params.get("beta_fast") or 32  # the paper's beta = 32 (HF beta_fast) and alpha = 1 (beta_slow)
     beta_slow = params.get("beta_slow") or 1
 
     def correction_dim(rotations: float) -> float:  # the dim whose wavelength fits `rotations` times in L0

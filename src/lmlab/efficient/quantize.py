@@ -137,6 +137,9 @@ def quantize(model: nn.Module, bits: int = 8, method: str = "rtn", group_size: i
     names = quantizable(model, modules)
     if not names:
         raise LmlabError(f"quantize: modules {modules!r} matches no linear layer of this model")
+    config = getattr(model, "config", None)
+    if "lm_head" in names and getattr(config, "tie_embeddings", False):
+        raise LmlabError("quantize: lm_head shares its weight with the embedding table (tied); leave it out of modules")
     act = ACTIVATION_DTYPES[activation_dtype]
     if method == "rtn":
         for name in names:
