@@ -67,7 +67,9 @@ def test_local_completions_equals_in_process(runs, tokenizer):
     acc_local, acc_remote = local["results"]["serve_mc"]["acc,none"], remote["results"]["serve_mc"]["acc,none"]
     assert acc_remote == acc_local
     assert 0 < acc_local < 1  # informative: neither every answer right nor every answer wrong
-    key = lambda s: s["doc_id"]
+    def key(sample):
+        return sample["doc_id"]
+
     pairs = list(zip(sorted(local["samples"]["serve_mc"], key=key), sorted(remote["samples"]["serve_mc"], key=key)))
     assert len(pairs) == 10
     for mine, theirs in pairs:

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from lmlab.core.rope import ROPE_SCALINGS, check_rope_scaling
+from lmlab.core.rope_scaling import ROPE_SCALINGS, check_rope_scaling
 from lmlab.errors import LmlabError
 
 NORM_TYPES = ("layernorm", "rmsnorm")

@@ -287,7 +287,7 @@ class Transformer(nn.Module):
 
     def _forward(self, input_ids, residual, positions, ctx: ForwardContext, cache: KVCache | None, start: int,
                  stop: int, logits_at: torch.Tensor | None, partial: bool = False) -> torch.Tensor:
-        c, n_layers = self.config, self.config.n_layers
+        c = self.config
         B = positions.shape[0]
         if residual is None:
             x = self.embed(input_ids)

@@ -25,71 +25,31 @@ Scalings (``config.rope_scaling``, parameters in ``config.rope_scaling_params``,
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from lmlab.errors import LmlabError
 
-if TYPE_CHECKING:  # rope.py is imported by config.py (validation), so no runtime import back
-    from lmlab.core.config import ModelConfig
+from lmlab.core.config import ModelConfig
+from lmlab.core.rope_scaling import ROPE_SCALING_REQUIRED, ROPE_SCALINGS, check_rope_scaling  # noqa: F401 (re-exported)
 
-# scaling type -> parameters it requires (HF names); the rest are optional.
-ROPE_SCALING_REQUIRED: dict[str, tuple[str, ...]] = {
-    "default": (),
-    "linear": ("factor",),
-    "dynamic": ("factor",),
-    "yarn": (),  # factor defaults to max_seq_len / original_max_position_embeddings, as in HF
-    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
-    "longrope": ("short_factor", "long_factor"),
-}
-ROPE_SCALINGS = tuple(ROPE_SCALING_REQUIRED)
 # types whose frequencies depend on the forward's sequence length
 _LENGTH_DEPENDENT = ("dynamic", "longrope")
 
 
-def check_rope_scaling(kind: str, params: dict[str, Any], rot_dim: int, rotary: bool, max_seq_len: int) -> None:
-    """Raise LmlabError (one line naming the field) if a scaling and its parameters cannot be used."""
-    if kind not in ROPE_SCALING_REQUIRED:
-        raise LmlabError(f"rope scaling {kind!r} is not one of {ROPE_SCALINGS}")
-    if kind == "default":
-        return
-    if not rotary:
-        raise LmlabError(f"rope scaling {kind!r} needs rotary positions; this model has learned position embeddings")
-    for name in ROPE_SCALING_REQUIRED[kind]:
-        if name not in params:
-            raise LmlabError(f"rope scaling {kind!r} needs parameter {name!r}")
-    for name in ("factor", "original_max_position_embeddings", "attention_factor", "low_freq_factor",
-                 "high_freq_factor"):
-        value = params.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
-            raise LmlabError(f"rope scaling {kind!r}: {name} must be a positive number, got {value!r}")
-    if kind == "llama3" and not params["high_freq_factor"] > params["low_freq_factor"]:
-        raise LmlabError("rope scaling 'llama3': high_freq_factor must exceed low_freq_factor")
-    if kind == "longrope":
-        for name in ("short_factor", "long_factor"):
-            value = params[name]
-            if not isinstance(value, (tuple, list)) or len(value) != rot_dim // 2:
-                got = len(value) if isinstance(value, (tuple, list)) else repr(value)
-                raise LmlabError(f"rope scaling 'longrope': {name} must list rot_dim / 2 = {rot_dim // 2} factors "
-                                 f"(one per rotated pair), got {got}")
-            if not all(isinstance(f, (int, float)) and not isinstance(f, bool) and f > 0 for f in value):
-                raise LmlabError(f"rope scaling 'longrope': {name} must hold positive numbers")
-
-
-def _params(config: "ModelConfig") -> dict[str, Any]:
+def _params(config: ModelConfig) -> dict[str, Any]:
     params = dict(config.rope_scaling_params)
     params.setdefault("original_max_position_embeddings", config.max_seq_len)  # as HF's standardize_rope_params
     return params
 
 
-def _base_inverse_frequencies(config: "ModelConfig", base: float | None = None) -> torch.Tensor:
+def _base_inverse_frequencies(config: ModelConfig, base: float | None = None) -> torch.Tensor:
     dim = config.rot_dim
     base = config.rope_base if base is None else base
     return 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
 
 
-def _yarn(config: "ModelConfig", params: dict[str, Any]) -> torch.Tensor:
+def _yarn(config: ModelConfig, params: dict[str, Any]) -> torch.Tensor:
     dim, base = config.rot_dim, config.rope_base
     original = params["original_max_position_embeddings"]
     factor = params.get("factor") or config.max_seq_len / original
@@ -124,7 +84,7 @@ def _llama3(inv_freq: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
     return torch.where(medium, blended, scaled)
 
 
-def inverse_frequencies(config: "ModelConfig", seq_len: int | None = None) -> torch.Tensor:
+def inverse_frequencies(config: ModelConfig, seq_len: int | None = None) -> torch.Tensor:
     """[rot_dim // 2] float32 inverse frequencies with the config's scaling applied.
 
     ``seq_len`` (the largest position + 1 of a forward) matters for ``dynamic`` and ``longrope`` only; None
@@ -150,7 +110,7 @@ def inverse_frequencies(config: "ModelConfig", seq_len: int | None = None) -> to
     return _base_inverse_frequencies(config)
 
 
-def attention_scaling(config: "ModelConfig") -> float:
+def attention_scaling(config: ModelConfig) -> float:
     """The factor cos and sin are multiplied by (YaRN's temperature, LongRoPE's attention factor); else 1."""
     kind, params = config.rope_scaling, _params(config)
     if kind not in ("yarn", "longrope"):
@@ -170,7 +130,7 @@ def attention_scaling(config: "ModelConfig") -> float:
     return mscale(factor)
 
 
-def rotary_tables(config: "ModelConfig", positions: torch.Tensor, dtype: torch.dtype,
+def rotary_tables(config: ModelConfig, positions: torch.Tensor, dtype: torch.dtype,
                   inv_freq: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin of shape [B, T, rot_dim] for integer positions [B, T], laid out for ``config.rope_style``.
 

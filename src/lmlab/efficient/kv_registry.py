@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, Callable
 
 from lmlab.errors import LmlabError
@@ -21,7 +22,7 @@ def register_policy(name: str) -> Callable[[type], type]:
 
 
 def available_policies() -> list[str]:
-    import lmlab.efficient.kv_policies  # noqa: F401  (registers the built-in policies)
+    importlib.import_module("lmlab.efficient.kv_policies")  # the built-ins register themselves (by name: no cycle)
 
     return sorted(_POLICIES)
 

@@ -41,7 +41,7 @@ def is_quantized_checkpoint(directory: str | os.PathLike) -> bool:
 
 def save_quantized(model: Any, path: str | os.PathLike, tokenizer: Any = None) -> Path:
     """Write a quantized model (from ``lmlab.efficient.quantize``) atomically: temp directory, then rename."""
-    from lmlab.io.checkpoint import _dtype_name
+    from lmlab.io.files import dtype_name as _dtype_name
     from lmlab.io.hf_config import config_to_hf
 
     qcfg: QuantizationConfig = model.quantization_config
@@ -71,7 +71,7 @@ def save_quantized(model: Any, path: str | os.PathLike, tokenizer: Any = None) -
 def load_quantized(path: str | os.PathLike, dtype: Any = None, device: str | torch.device = "cpu") -> Any:
     """A Transformer with ``QuantizedLinear`` layers, from a directory ``save_quantized`` wrote."""
     from lmlab.core.model import Transformer
-    from lmlab.io.checkpoint import parse_dtype, read_json
+    from lmlab.io.files import parse_dtype, read_json
     from lmlab.io.hf_config import config_from_hf
 
     d = Path(path)

@@ -22,28 +22,8 @@ from lmlab.core.model import Transformer
 from lmlab.errors import LmlabError
 from lmlab.io.gguf_format import gguf_path_or_none
 from lmlab.io.hf_config import config_from_hf, config_to_hf, generation_config_json, with_special_tokens
+from lmlab.io.files import DTYPES, dtype_name, parse_dtype, read_json  # noqa: F401 (re-exported)
 from lmlab.io.keymaps import TIED_HEAD_KEYS, key_map
-
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-
-
-def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in DTYPES:
-        raise LmlabError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
-    return DTYPES[dtype]
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise LmlabError(f"{path}: file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise LmlabError(f"{path}: not valid JSON ({err})") from None
-
 
 def read_config(directory: str | os.PathLike) -> ModelConfig:
     """The ModelConfig of a checkpoint directory (or a GGUF file), with BOS/EOS/PAD ids that config.json lacks
@@ -238,10 +218,6 @@ def _stale_weight_files(d: Path) -> list[Path]:
     return stale + [f for f in d.glob("model-*-of-*.safetensors") if f.is_file()]
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
-    return {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}[dtype]
-
-
 def save_model(model: Transformer, path: str | os.PathLike, tokenizer: Any = None) -> Path:
     """Write an HF-layout directory that ``transformers.AutoModelForCausalLM.from_pretrained`` loads.
 
@@ -263,7 +239,7 @@ def save_model(model: Transformer, path: str | os.PathLike, tokenizer: Any = Non
         config = with_special_tokens(config, tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id)
     d.mkdir(parents=True, exist_ok=True)
     hf_cfg = config_to_hf(config)
-    hf_cfg["dtype"] = _dtype_name(model.dtype)
+    hf_cfg["dtype"] = dtype_name(model.dtype)
     gen_cfg = generation_config_json(config)
     stale = _stale_weight_files(d)
     tmp = Path(tempfile.mkdtemp(prefix=".lmlab-save-", dir=d))

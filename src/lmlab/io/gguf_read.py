@@ -193,7 +193,7 @@ def load_gguf_model(path: str | os.PathLike, dtype: str | torch.dtype | None = N
                     device: str | torch.device = "cpu"):
     """A Transformer in eval mode from a GGUF file; tensors dequantised, then cast to ``dtype`` (default float32)."""
     from lmlab.core.model import Transformer
-    from lmlab.io.checkpoint import parse_dtype
+    from lmlab.io.files import parse_dtype
 
     f = GGUFFile(path)
     config = config_from_gguf(f)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from lmlab.core.config import ModelConfig
-from lmlab.core.rope import ROPE_SCALINGS
+from lmlab.core.rope_scaling import ROPE_SCALINGS
 from lmlab.errors import LmlabError
 
 # HF keys we read (or knowingly ignore because they do not change inference) per family are listed in

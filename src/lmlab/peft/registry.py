@@ -8,6 +8,7 @@ recipes, ``--set`` overrides and adapter files share.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from lmlab.errors import LmlabError
@@ -30,10 +31,14 @@ def register_method(name: str):
     return decorate
 
 
+# The built-in methods' modules register themselves when imported; they are imported by name on first use of
+# the registry (never at import time), so the registry does not depend on them and nothing on import order.
+BUILTIN_MODULES = ("lmlab.peft.lora", "lmlab.peft.adapters", "lmlab.peft.balora")
+
+
 def _load_builtins() -> None:
-    import lmlab.peft.adapters  # noqa: F401  (registers series_adapter, parallel_adapter)
-    import lmlab.peft.balora  # noqa: F401  (registers balora)
-    import lmlab.peft.lora  # noqa: F401  (registers lora)
+    for module in BUILTIN_MODULES:
+        importlib.import_module(module)
 
 
 def available_methods() -> list[str]:
