@@ -1,13 +1,14 @@
 """Label-supervised fine-tuning of a decoder (LS-LLaMA / LS-unLLaMA; Li et al. 2023, "Label Supervised
 LLaMA Finetuning", arXiv:2310.01208).
 
-A linear head maps the final hidden state (after the final norm) to label logits, trained with
-cross-entropy (``n_labels=1``: a scalar score, trained by regression or by a reward model's pairwise loss),
-usually with LoRA on the decoder (``lmlab.peft``). Sequence classification pools the last non-padding token
-(the abstract does not fix the pooling; the last token is what a causal decoder has seen everything at, and
-HF's ``*ForSequenceClassification`` does the same). ``token_level=True`` gives one label per token (NER). ``bidirectional=True`` removes the causal mask (LS-unLLaMA): during the classifier's
-forward only, a pre-hook on each block hands it a mask context that hides padding but not the future (the
-Transformer's own forward, positions and rotary tables are used unchanged; the hooks are removed after).
+A linear head maps the final hidden state (after the final norm) to label logits, trained with cross-entropy
+(``n_labels=1``: a scalar score, trained by regression or by a reward model's pairwise loss), usually with LoRA on
+the decoder (``lmlab.peft``). Sequence classification pools the last non-padding token (the abstract does not fix
+the pooling; the last token is what a causal decoder has seen everything at, and HF's
+``*ForSequenceClassification`` does the same). ``token_level=True`` gives one label per token (NER).
+``bidirectional=True`` removes the causal mask (LS-unLLaMA): during the classifier's forward only, a pre-hook on
+each block hands it a mask context that hides padding but not the future (the Transformer's own forward, positions
+and rotary tables are used unchanged; the hooks are removed after).
 """
 
 from __future__ import annotations
