@@ -7,6 +7,7 @@
 """
 
 from lmlab.steer.actadd import actadd
+from lmlab.steer.concept import ConceptDirection, concept_direction
 from lmlab.steer.vector import SteeringVector, model_fingerprint
 
-__all__ = ["SteeringVector", "actadd", "model_fingerprint"]
+__all__ = ["ConceptDirection", "SteeringVector", "actadd", "concept_direction", "model_fingerprint"]
