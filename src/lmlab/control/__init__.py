@@ -6,6 +6,7 @@
 """
 
 from lmlab.control.constrain import ForbidStrings, ForbidTokens
+from lmlab.control.gedi import GeDi, GeDiConfig
 from lmlab.control.proxy import ProxyTuning
 
-__all__ = ["ForbidStrings", "ForbidTokens", "ProxyTuning"]
+__all__ = ["ForbidStrings", "ForbidTokens", "GeDi", "GeDiConfig", "ProxyTuning"]
