@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from lmlab.cli.common import add_model_argument, add_sampling_arguments, generation_config, load_model_and_tokenizer
@@ -15,6 +16,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     group.add_argument("--prompt", help="prompt text (needs tokenizer.json in the model directory)")
     group.add_argument("--ids", help="comma-separated prompt token ids, for models without a tokenizer")
     add_sampling_arguments(p)
+    steer = p.add_argument_group("steering (lmlab steer builds the file)")
+    steer.add_argument("--steer", default=None, help="steering-vector file (.safetensors) to add while generating")
+    steer.add_argument("--coeff", type=float, default=1.0, help="steering coefficient (default 1)")
+    steer.add_argument("--steer-positions", choices=["front", "all", "prompt", "generated"], default="front",
+                       help="where to add the vector (default front: the first positions, as ActAdd does)")
 
 
 def _parse_ids(text: str) -> list[int]:
@@ -39,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
         if bad or not ids:
             raise LmlabError(f"--ids: token ids must be in [0, {model.config.vocab_size}), got {bad or 'none'}")
     cfg = generation_config(args, tokenizer)
+    steering = _steering(model, args)  # hooks held until closed below
     new: list[int] = []
     printed = ""
     if args.prompt is not None:
@@ -52,5 +59,17 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.write(text[len(printed):])
             printed = text
         sys.stdout.flush()
+    steering.close()
     sys.stdout.write("\n")
     return 0
+
+
+def _steering(model, args: argparse.Namespace) -> contextlib.ExitStack:
+    """An ExitStack holding the --steer vector's hooks (empty without --steer)."""
+    stack = contextlib.ExitStack()
+    if args.steer is not None:
+        from lmlab.steer import SteeringVector
+
+        vec = SteeringVector.load(args.steer, model=model)
+        stack.enter_context(vec.apply(model, coeff=args.coeff, positions=args.steer_positions))
+    return stack

@@ -21,6 +21,7 @@ VERBS = {
     "train": ("lmlab.cli.train", "train a model from a YAML recipe"),
     "finetune": ("lmlab.cli.finetune", "supervised fine-tuning on chat JSONL (assistant-only loss, packing; full, LoRA or HFT)"),
     "merge": ("lmlab.cli.merge", "fold a LoRA adapter (peft or lmlab format) into a base checkpoint, write an HF checkpoint"),
+    "steer": ("lmlab.cli.steer", "build a steering vector (ActAdd prompt pair or concept direction) and save it"),
     "evaluate": ("lmlab.cli.evaluate", "evaluate a model on task YAML files and write a report"),
 }
 
