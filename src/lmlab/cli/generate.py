@@ -7,6 +7,7 @@ import contextlib
 import sys
 
 from lmlab.cli.common import add_model_argument, add_sampling_arguments, generation_config, load_model_and_tokenizer
+from lmlab.control.cli_options import add_guide_arguments, build_processors
 from lmlab.errors import LmlabError
 
 
@@ -16,6 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     group.add_argument("--prompt", help="prompt text (needs tokenizer.json in the model directory)")
     group.add_argument("--ids", help="comma-separated prompt token ids, for models without a tokenizer")
     add_sampling_arguments(p)
+    add_guide_arguments(p)
     steer = p.add_argument_group("steering (lmlab steer builds the file)")
     steer.add_argument("--steer", default=None, help="steering-vector file (.safetensors) to add while generating")
     steer.add_argument("--coeff", type=float, default=1.0, help="steering coefficient (default 1)")
@@ -45,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         if bad or not ids:
             raise LmlabError(f"--ids: token ids must be in [0, {model.config.vocab_size}), got {bad or 'none'}")
     cfg = generation_config(args, tokenizer)
+    cfg.logits_processors = tuple(cfg.logits_processors) + tuple(build_processors(args, model, tokenizer))
     steering = _steering(model, args)  # hooks held until closed below
     new: list[int] = []
     printed = ""
