@@ -9,7 +9,7 @@ prompt is not counted). The per-string lookup tables are built once, so a step c
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

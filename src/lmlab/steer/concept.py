@@ -13,8 +13,8 @@ to the mean projected gap between the pairs, so coefficient 1 moves a representa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 

@@ -23,9 +23,9 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import torch
 
@@ -111,7 +111,7 @@ class SteeringVector:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike, model=None) -> "SteeringVector":
+    def load(cls, path: str | os.PathLike, model=None) -> SteeringVector:
         """Read a file written by :meth:`save`; with ``model`` also check it fits that model."""
         from safetensors import safe_open
 
