@@ -36,10 +36,10 @@ def guide():
 
 
 @torch.no_grad()
-def posterior_from_scratch(guide, seq: list[int]) -> torch.Tensor:
+def posterior_from_scratch(guide, seq: list[int], codes=(DESIRED, ANTI)) -> torch.Tensor:
     """[V] log P(desired | seq + candidate), eq. 5 with length normalisation, no cache."""
     scores = []
-    for code in (DESIRED, ANTI):
+    for code in codes:
         full = code + seq
         logp = guide(torch.tensor([full]))[0].log_softmax(-1)  # [L, V]
         prev = sum(float(logp[i, full[i + 1]]) for i in range(len(code) - 1, len(full) - 1))
@@ -48,10 +48,10 @@ def posterior_from_scratch(guide, seq: list[int]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def gedi_from_scratch(base, guide, prompt, n, cfg: GeDiConfig) -> list[int]:
+def gedi_from_scratch(base, guide, prompt, n, cfg: GeDiConfig, codes=(DESIRED, ANTI)) -> list[int]:
     seq = list(prompt)
     for _ in range(n):
-        post = posterior_from_scratch(guide, seq)
+        post = posterior_from_scratch(guide, seq, codes)
         w = base(torch.tensor([seq]))[0, -1].log_softmax(-1) + cfg.omega * post
         order = post.argsort()
         cum = w.softmax(-1)[order].cumsum(0)
@@ -75,6 +75,13 @@ def test_batched_cached_equals_paper_formula(base, guide, omega):
                    logits_processors=[GeDi(guide, DESIRED, ANTI, cfg, base=base)])
     assert out == [gedi_from_scratch(base, guide, p, 6, cfg) for p in PROMPTS]
     assert out != generate(base, PROMPTS, max_new_tokens=6, stop_token_ids=[])
+
+
+def test_control_codes_of_different_lengths(base, guide):
+    codes = ([47], [48, 9, 30])
+    out = generate(base, PROMPTS, max_new_tokens=5, stop_token_ids=[],
+                   logits_processors=[GeDi(guide, *codes, GeDiConfig(omega=10.0))])
+    assert out == [gedi_from_scratch(base, guide, p, 5, GeDiConfig(omega=10.0), codes) for p in PROMPTS]
 
 
 def test_rows_joining_and_leaving(base, guide):

@@ -77,19 +77,23 @@ class GeDi(StatefulProcessor):
     @torch.no_grad()
     def start(self, prompts, max_new_tokens, row_ids) -> None:
         g, V = self.guide, self.guide.config.vocab_size
-        caches, sums = [], []
-        for prompt, m in zip(prompts, max_new_tokens):
-            for code in self.codes:
-                head = code + list(prompt[:-1])  # [code, x_1 .. x_{n-1}]: predicts x_1 .. x_n
-                cache = g.new_cache(1, len(head) + m + 1)
-                logp = g(torch.tensor([head], device=g.device), cache=cache)[0].float().log_softmax(-1)  # [L, V]
-                scored = logp[len(code) - 1:]  # [n, V] rows predicting x_1 .. x_n
-                target = torch.tensor(prompt, device=scored.device)
-                sums.append(float(scored.gather(1, target[:, None]).sum()))
-                caches.append(cache)
-        joined = caches[0]
-        for c in caches[1:]:
-            joined.append_rows(c)
+        # one ragged, right-padded prefill of 2 rows per prompt: [code, x_1 .. x_{n-1}] predicts x_1 .. x_n
+        heads = [code + list(prompt[:-1]) for prompt in prompts for code in self.codes]
+        caps = [len(h) + m + 1 for h, m in zip(heads, [m for m in max_new_tokens for _ in range(2)])]
+        T = max(len(h) for h in heads)
+        right = torch.zeros(len(heads), T, dtype=torch.long, device=g.device)
+        for r, h in enumerate(heads):
+            right[r, :len(h)] = torch.tensor(h)
+        lengths = torch.tensor([len(h) for h in heads], device=g.device)
+        joined = g.new_cache(len(heads), max(caps))
+        logp = g(right, cache=joined, input_lengths=lengths if int(lengths.min()) < T else None)
+        logp = logp.float().log_softmax(-1)  # [2n, T, V]
+        sums = []
+        for r, prompt in enumerate(p for p in prompts for _ in range(2)):
+            start = len(self.codes[r % 2]) - 1
+            scored = logp[r, start:start + len(prompt)]  # [n_r, V] rows predicting x_1 .. x_n
+            target = torch.tensor(prompt, device=scored.device)
+            sums.append(float(scored.gather(1, target[:, None]).sum()))
         if self.cache is None or not self.rows:
             self.cache = joined
         else:
