@@ -62,3 +62,14 @@ def test_different_vocabulary_is_one_line_error(models):
     proc = ProxyTuning(tuned, tuned)  # no base given: checked at the first step instead
     with pytest.raises(LmlabError, match="base vocabulary 60 differs"):
         generate(tiny(4, vocab=60), [[1, 2, 3]], max_new_tokens=2, logits_processors=[proc])
+
+
+def test_different_tokenizers_are_refused(models):
+    from lmlab.core.tokenizer import train_bpe
+
+    a = train_bpe(["the cat sat on the mat"] * 5, vocab_size=300)
+    b = train_bpe(["a dog ran in the park"] * 5, vocab_size=300)
+    base, tuned, untuned = models
+    ProxyTuning(tuned, untuned, tokenizers={"base": a, "tuned": a})  # the same tokenizer is fine
+    with pytest.raises(LmlabError, match="tokenizer\\(s\\) tuned differ from base's"):
+        ProxyTuning(tuned, untuned, tokenizers={"base": a, "tuned": b})
