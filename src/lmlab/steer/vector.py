@@ -13,7 +13,8 @@ Applying is a context manager over position-aware hooks (``lmlab.core.hooks.curr
 prompt positions; a [d] vector at position 0 only), ``"all"``, ``"prompt"``, ``"generated"``, or a list of
 absolute positions. For every choice but "front" a sequence vector is collapsed to the mean of its rows.
 ``rows``: request ids (in ``generate`` the output row index); None = every row. In a forward run outside the
-decoder, rows are batch indices.
+decoder, rows are batch indices. With ``num_samples`` > 1 the shared prefill reports only each prompt's first
+sample id, so steer all samples of a prompt or none (a later sample's rows are steered from its first token on).
 """
 
 from __future__ import annotations
