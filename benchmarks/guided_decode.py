@@ -1,4 +1,4 @@
-"""Guided-decoding cost: tokens/s of ActAdd, GeDi, proxy-tuning and forbidden strings relative to plain
+"""Guided-decoding cost: tokens/s of ActAdd, GeDi, GenARM, proxy-tuning and forbidden strings relative to plain
 decoding of the same model (issue 16's targets: GeDi with a guide a quarter of the base's size at <= 1.5x the
 plain decode time; ActAdd <= 1.05x).
 
@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from lmlab.control import ForbidStrings, GeDi, ProxyTuning
+from lmlab.control import ForbidStrings, GeDi, GenARM, ProxyTuning
 from lmlab.core.config import ModelConfig
 from lmlab.core.generate import generate
 from lmlab.core.model import Transformer
@@ -54,6 +54,7 @@ def main() -> None:
         "actadd (all positions)": lambda: ((), vec.apply(base, coeff=1.0, positions="all")),
         "gedi (guide d=128)": lambda: ((GeDi(small_a, [1], [2], base=base),), contextlib.nullcontext()),
         "proxy-tuning (2 x d=128)": lambda: ((ProxyTuning(small_a, small_b, base=base),), contextlib.nullcontext()),
+        "genarm (1 ARM d=128)": lambda: ((GenARM([small_a], base=base),), contextlib.nullcontext()),
         "forbid 2 strings": lambda: ((ForbidStrings(_CharTokenizer(), ["abc", "zzq"], vocab),),
                                      contextlib.nullcontext()),
     }
