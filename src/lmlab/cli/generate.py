@@ -9,6 +9,7 @@ log-probabilities of the model (log-softmax of its raw logits, before any sampli
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 
@@ -21,6 +22,7 @@ from lmlab.cli.common import (
     generation_config,
     load_model_and_tokenizer,
 )
+from lmlab.control.cli_options import add_guide_arguments, build_processors
 from lmlab.errors import LmlabError
 
 
@@ -34,6 +36,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="continuations of the prompt to draw (with --temperature > 0 they differ)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON line per sample: text, token ids and per-token log-probabilities")
+    add_guide_arguments(p)
+    steer = p.add_argument_group("steering (lmlab steer builds the file)")
+    steer.add_argument("--steer", default=None, help="steering-vector file (.safetensors) to add while generating")
+    steer.add_argument("--coeff", type=float, default=1.0, help="steering coefficient (default 1)")
+    steer.add_argument("--steer-positions", choices=["front", "all", "prompt", "generated"], default="front",
+                       help="where to add the vector (default front: the first positions, as ActAdd does)")
 
 
 def _parse_ids(text: str) -> list[int]:
@@ -66,10 +74,12 @@ def run(args: argparse.Namespace) -> int:
     ids, budget = fit_context(ids, args.max_new_tokens, model.config.max_seq_len, args.truncate_left,
                               what="--prompt" if args.prompt is not None else "--ids")
     cfg = generation_config(args, tokenizer, prompt_len=len(ids), max_new_tokens=budget)
-    if args.json or args.num_samples > 1:
-        return _samples(model, tokenizer, ids, cfg, args)
-    _stream(model, tokenizer, ids, cfg, args, echo=args.prompt if len(ids) == full_len else tokenizer.decode(ids)
-            if args.prompt is not None else None)
+    cfg.logits_processors = tuple(cfg.logits_processors) + tuple(build_processors(args, model, tokenizer))
+    with _steering(model, args):  # --steer: the vector's hooks, removed on the way out
+        if args.json or args.num_samples > 1:
+            return _samples(model, tokenizer, ids, cfg, args)
+        _stream(model, tokenizer, ids, cfg, args, echo=args.prompt if len(ids) == full_len else tokenizer.decode(ids)
+                if args.prompt is not None else None)
     return 0
 
 
@@ -125,3 +135,14 @@ def token_logprobs(model, prompt: list[int], new: list[int]) -> list[float]:
         logits = model(seq[:, :-1]).float()  # [1, P + N - 1, V]
     logp = logits[0, len(prompt) - 1:].log_softmax(-1)  # [N, V]: positions predicting each new token
     return logp.gather(1, torch.tensor(new, device=logp.device)[:, None])[:, 0].tolist()
+
+
+def _steering(model, args: argparse.Namespace) -> contextlib.ExitStack:
+    """An ExitStack holding the --steer vector's hooks (empty without --steer)."""
+    stack = contextlib.ExitStack()
+    if args.steer is not None:
+        from lmlab.steer import SteeringVector
+
+        vec = SteeringVector.load(args.steer, model=model)
+        stack.enter_context(vec.apply(model, coeff=args.coeff, positions=args.steer_positions))
+    return stack

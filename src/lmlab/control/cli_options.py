@@ -1,0 +1,62 @@
+"""``lmlab generate --guide gedi|genarm|proxy ...`` and ``--forbid``: the options and the processors they build.
+
+Kept here, not in ``lmlab.cli.generate``, so the generate verb only gains two lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from lmlab.errors import LmlabError
+
+
+def add_guide_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("guided decoding (lmlab.control)")
+    g.add_argument("--guide", choices=["gedi", "genarm", "proxy"], default=None,
+                   help="gedi: --guide-model with --desired-code/--anti-code; proxy: --tuned and --untuned; "
+                        "genarm: --arm (repeatable) [--arm-weight ...] [--beta]")
+    g.add_argument("--guide-model", default=None, help="GeDi: class-conditional guide checkpoint (same tokenizer)")
+    g.add_argument("--desired-code", default=None, help="GeDi: desired control code text")
+    g.add_argument("--anti-code", default=None, help="GeDi: anti control code text")
+    g.add_argument("--omega", type=float, default=30.0, help="GeDi: posterior weight (paper: 30)")
+    g.add_argument("--tuned", default=None, help="proxy-tuning: small tuned checkpoint")
+    g.add_argument("--untuned", default=None, help="proxy-tuning: the same small model untuned")
+    g.add_argument("--alpha", type=float, default=1.0, help="proxy-tuning coefficient (paper: 1)")
+    g.add_argument("--arm", action="append", default=[], help="GenARM: autoregressive reward model (repeatable)")
+    g.add_argument("--arm-weight", action="append", type=float, default=[], help="GenARM: weight per --arm")
+    g.add_argument("--beta", type=float, default=1.0, help="GenARM: KL coefficient (logits += w / beta * ARM)")
+    g.add_argument("--forbid", action="append", default=[], help="forbidden string, also across tokens (repeatable)")
+
+
+def build_processors(args: argparse.Namespace, model, tokenizer) -> list:
+    import lmlab
+    from lmlab.control import ForbidStrings, GeDi, GeDiConfig, GenARM, ProxyTuning
+
+    procs: list = []
+    if args.guide == "gedi":
+        missing = [f for f, v in (("--guide-model", args.guide_model), ("--desired-code", args.desired_code),
+                                  ("--anti-code", args.anti_code)) if v is None]
+        if missing:
+            raise LmlabError(f"--guide gedi needs {', '.join(missing)}")
+        if tokenizer is None:
+            raise LmlabError("--guide gedi needs a tokenizer to encode the control codes")
+        codes = [tokenizer.encode(args.desired_code), tokenizer.encode(args.anti_code)]
+        if not all(codes):
+            raise LmlabError("--desired-code/--anti-code: a control code encodes to no tokens")
+        guide = lmlab.load(args.guide_model).eval()
+        procs.append(GeDi(guide, codes[0], codes[1], GeDiConfig(omega=args.omega), base=model))
+    elif args.guide == "proxy":
+        if args.tuned is None or args.untuned is None:
+            raise LmlabError("--guide proxy needs --tuned and --untuned")
+        procs.append(ProxyTuning(lmlab.load(args.tuned).eval(), lmlab.load(args.untuned).eval(), alpha=args.alpha,
+                                 base=model))
+    elif args.guide == "genarm":
+        if not args.arm:
+            raise LmlabError("--guide genarm needs at least one --arm")
+        arms = [lmlab.load(a).eval() for a in args.arm]
+        procs.append(GenARM(arms, weights=args.arm_weight or None, beta=args.beta, base=model))
+    if args.forbid:
+        if tokenizer is None:
+            raise LmlabError("--forbid needs a tokenizer")
+        procs.append(ForbidStrings(tokenizer, args.forbid, model.config.vocab_size))
+    return procs

@@ -1,0 +1,13 @@
+"""Activation steering: vectors read from the residual stream and added back at chosen positions and rows.
+
+- :func:`actadd` -- ActAdd (Turner et al. 2023): the difference of a prompt pair's activations.
+- :func:`concept_direction` -- a concept direction by PCA over contrasting activations (Schramowski et al.
+  2022, the "moral direction"); scores text by projection and steers as a vector.
+- :class:`SteeringVector` -- the vector, its file format (safetensors + JSON metadata) and ``apply``.
+"""
+
+from lmlab.steer.actadd import actadd
+from lmlab.steer.concept import ConceptDirection, concept_direction
+from lmlab.steer.vector import SteeringVector, model_fingerprint
+
+__all__ = ["ConceptDirection", "SteeringVector", "actadd", "concept_direction", "model_fingerprint"]
