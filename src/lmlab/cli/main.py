@@ -21,6 +21,7 @@ VERBS = {
     "train": ("lmlab.cli.train", "train a model from a YAML recipe"),
     "finetune": ("lmlab.cli.finetune", "supervised fine-tuning on chat JSONL (assistant-only loss, packing; full, LoRA or HFT)"),
     "merge": ("lmlab.cli.merge", "fold a LoRA adapter (peft or lmlab format) into a base checkpoint, write an HF checkpoint"),
+    "adapt-vocab": ("lmlab.cli.adapt_vocab", "extend a checkpoint's vocabulary or swap its tokenizer (WECHSEL/mean/random init)"),
     "evaluate": ("lmlab.cli.evaluate", "evaluate a model on task YAML files and write a report"),
 }
 
