@@ -77,7 +77,7 @@ def main() -> None:
         for name, init, copy in [("wechsel", "wechsel", False), ("wechsel + overlap copy", "wechsel", True),
                                  ("mean + overlap copy (FOCUS-style baseline)", "mean", True),
                                  ("mean", "mean", False), ("random", "random", False)]:
-            kwargs = dict(source_texts=base, target_texts=target, dictionary=dictionary, config=WechselConfig())
+            kwargs = {"source_texts": base, "target_texts": target, "dictionary": dictionary, "config": WechselConfig()}
             model = swap_tokenizer(ref.model, src_tok, tgt_tok, init, copy_overlap=copy,
                                    **(kwargs if init == "wechsel" else {}))
             rows.append((name, model, tgt_tok))

@@ -11,9 +11,9 @@ import tokenizers
 from tokenizers import models, pre_tokenizers
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hf_models import VOCAB  # noqa: E402
+from hf_models import VOCAB
 
-from lmlab.core.tokenizer import Tokenizer  # noqa: E402
+from lmlab.core.tokenizer import Tokenizer
 
 
 def word_tokenizer(n: int = VOCAB) -> Tokenizer:

@@ -10,5 +10,5 @@ from lmlab.adapt.resize import RowMapping, apply_row_mapping
 from lmlab.adapt.swap import swap_tokenizer
 from lmlab.adapt.wechsel import WechselConfig, wechsel_mapping
 
-__all__ = ["extend_vocabulary", "swap_tokenizer", "wechsel_mapping", "WechselConfig", "read_dictionary",
-           "RowMapping", "apply_row_mapping"]
+__all__ = ["RowMapping", "WechselConfig", "apply_row_mapping", "extend_vocabulary", "read_dictionary",
+           "swap_tokenizer", "wechsel_mapping"]

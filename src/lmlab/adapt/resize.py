@@ -36,7 +36,7 @@ class RowMapping:
             raise LmlabError(f"RowMapping: sources/weights must have {self.n_rows} entries")
 
     @classmethod
-    def identity(cls, n_rows: int) -> "RowMapping":
+    def identity(cls, n_rows: int) -> RowMapping:
         return cls(n_rows, [[i] for i in range(n_rows)], [[1.0] for _ in range(n_rows)])
 
 

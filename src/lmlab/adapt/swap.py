@@ -25,7 +25,7 @@ SWAP_INITS = ("wechsel", "mean", "random")
 
 def swap_tokenizer(model: Transformer, source_tokenizer: Tokenizer, target_tokenizer: Tokenizer, init: str = "wechsel",
                    *, copy_overlap: bool = True, source_texts: Iterable[str] = (), target_texts: Iterable[str] = (),
-                   dictionary: Mapping[str, str] | None = None, config: WechselConfig = WechselConfig(),
+                   dictionary: Mapping[str, str] | None = None, config: WechselConfig | None = None,
                    seed: int = 0) -> Transformer:
     """A new model whose vocabulary is ``target_tokenizer``'s (rows = its max id + 1)."""
     if init not in SWAP_INITS:

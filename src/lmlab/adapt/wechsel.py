@@ -82,10 +82,11 @@ def subword_embeddings(tokenizer: Tokenizer, words: list[str], vectors: np.ndarr
 
 
 def wechsel_mapping(source_tokenizer: Tokenizer, target_tokenizer: Tokenizer, source_texts: Iterable[str],
-                    target_texts: Iterable[str], dictionary: Mapping[str, str], config: WechselConfig = WechselConfig()
+                    target_texts: Iterable[str], dictionary: Mapping[str, str], config: WechselConfig | None = None
                     ) -> tuple[list[list[int]], list[list[float]]]:
     """Per target token id: (source token ids, softmax weights) of its k nearest aligned source subwords; an empty
     list where the target token occurs in no word of the target text (it then gets a random row)."""
+    config = config or WechselConfig()
     if config.neighbors < 1 or config.temperature <= 0:
         raise LmlabError(f"WechselConfig: neighbors must be >= 1 and temperature > 0, got {config}")
     sw, sv, sc = word_embeddings(split_words(source_texts), config.dim, config.window, config.min_count)

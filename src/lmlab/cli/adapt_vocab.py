@@ -57,7 +57,12 @@ def _read_texts(paths: list[str], field: str, flag: str) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     import lmlab
-    from lmlab.adapt import WechselConfig, extend_vocabulary, read_dictionary, swap_tokenizer
+    from lmlab.adapt import (
+        WechselConfig,
+        extend_vocabulary,
+        read_dictionary,
+        swap_tokenizer,
+    )
 
     src, out = Path(args.src), Path(args.out)
     if out.exists() and out.resolve() == src.resolve():
@@ -75,10 +80,10 @@ def run(args: argparse.Namespace) -> int:
         if init == "wechsel":
             if not args.dictionary:
                 raise LmlabError("--init wechsel needs --dictionary FILE (source<TAB>target word pairs)")
-            kwargs = dict(dictionary=read_dictionary(args.dictionary),
-                          source_texts=_read_texts(args.source_text, args.text_field, "--source-text"),
-                          target_texts=_read_texts(args.target_text, args.text_field, "--target-text"),
-                          config=WechselConfig(neighbors=args.neighbors, temperature=args.temperature))
+            kwargs = {"dictionary": read_dictionary(args.dictionary),
+                          "source_texts": _read_texts(args.source_text, args.text_field, "--source-text"),
+                          "target_texts": _read_texts(args.target_text, args.text_field, "--target-text"),
+                          "config": WechselConfig(neighbors=args.neighbors, temperature=args.temperature)}
         model = swap_tokenizer(model, tokenizer, target, init, copy_overlap=not args.no_copy_overlap,
                                seed=args.seed, **kwargs)
         tokenizer = target
