@@ -63,14 +63,18 @@ def extend_vocabulary(model: Transformer, tokenizer: Tokenizer, new_tokens: Sequ
     n_new = max(n_old, new_tok.max_token_id + 1)
     by_id = {new_tok.token_to_id(t): t for t in fresh}
     sources, weights = [], []
+    all_old, uniform = list(range(n_old)), [1.0 / n_old] * n_old  # shared objects: the mean is computed once
     for i in range(n_new):
         token = by_id.get(i)
         if token is None:  # an old row (or padding past the tokenizer): copied exactly
             sources.append([i] if i < n_old else [])
             weights.append([1.0] if i < n_old else [])
             continue
-        ids = pieces[token] if init == "subword_mean" else list(range(n_old)) if init == "mean" else []
-        ids = [j for j in ids if j < n_old and j not in by_id]
+        if init == "mean":
+            sources.append(all_old)
+            weights.append(uniform)
+            continue
+        ids = [j for j in pieces[token] if j < n_old and j not in by_id] if init == "subword_mean" else []
         sources.append(ids)
         weights.append([1.0 / len(ids)] * len(ids) if ids else [])
     return apply_row_mapping(model, RowMapping(n_new, sources, weights, seed)), new_tok

@@ -46,14 +46,22 @@ def _map_rows(old: torch.Tensor, mapping: RowMapping) -> torch.Tensor:
     mean, std = old.double().mean(0), old.double().std(0) if old.shape[0] > 1 else torch.zeros_like(old[0]).double()
     gen = torch.Generator().manual_seed(mapping.seed)
     n_old = old.shape[0]
+    sums: dict[tuple, torch.Tensor] = {}  # rows sharing one sources list object (mean init) are computed once
     for i, (ids, ws) in enumerate(zip(mapping.sources, mapping.weights)):
         if any(not 0 <= j < n_old for j in ids):
             raise LmlabError(f"RowMapping: row {i} refers to an old row outside 0..{n_old - 1}")
         if len(ids) == 1 and ws[0] == 1.0:
             out[i] = old[ids[0]]  # exact copy
         elif ids:
-            w = torch.tensor(ws, dtype=torch.float64).reshape(-1, *([1] * (old.dim() - 1)))
-            out[i] = (old[ids].double() * w).sum(0).to(old.dtype)
+            key = (id(ids), id(ws)) if len(ids) > 16 else None  # the lists stay alive during the loop
+            if key is None or key not in sums:
+                w = torch.tensor(ws, dtype=torch.float64).reshape(-1, *([1] * (old.dim() - 1)))
+                row = (old[ids].double() * w).sum(0).to(old.dtype)
+                if key is None:
+                    out[i] = row
+                    continue
+                sums[key] = row
+            out[i] = sums[key]
         else:
             out[i] = (mean + std * torch.randn(mean.shape, generator=gen, dtype=torch.float64)).to(old.dtype)
     return out

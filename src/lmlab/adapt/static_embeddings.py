@@ -16,12 +16,14 @@ import numpy as np
 from lmlab.errors import LmlabError
 
 
-def word_embeddings(sentences: Iterable[list[str]], dim: int = 64, window: int = 4, min_count: int = 1
-                    ) -> tuple[list[str], np.ndarray, Counter]:
-    """(words, vectors [n_words, dim], word counts) for the words seen >= ``min_count`` times."""
+def word_embeddings(sentences: Iterable[list[str]], dim: int = 64, window: int = 4, min_count: int = 1,
+                    max_words: int = 5000) -> tuple[list[str], np.ndarray, Counter]:
+    """(words, vectors [n_words, dim], word counts) for the ``max_words`` most frequent words seen >= ``min_count``
+    times (the co-occurrence matrix is dense: max_words**2 floats)."""
     sentences = [s for s in sentences if s]
     counts = Counter(w for s in sentences for w in s)
-    words = sorted(w for w, c in counts.items() if c >= min_count)
+    frequent = [w for w, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if c >= min_count]
+    words = sorted(frequent[:max_words])
     if len(words) < 2:
         raise LmlabError(f"static embeddings: need at least 2 distinct words in the text, got {len(words)}")
     index = {w: i for i, w in enumerate(words)}

@@ -40,6 +40,7 @@ class WechselConfig:
     dim: int = 64
     window: int = 4
     min_count: int = 1
+    max_words: int = 5000
 
 
 def split_words(texts: Iterable[str]) -> list[list[str]]:
@@ -89,8 +90,10 @@ def wechsel_mapping(source_tokenizer: Tokenizer, target_tokenizer: Tokenizer, so
     config = config or WechselConfig()
     if config.neighbors < 1 or config.temperature <= 0:
         raise LmlabError(f"WechselConfig: neighbors must be >= 1 and temperature > 0, got {config}")
-    sw, sv, sc = word_embeddings(split_words(source_texts), config.dim, config.window, config.min_count)
-    tw, tv, tc = word_embeddings(split_words(target_texts), config.dim, config.window, config.min_count)
+    sw, sv, sc = word_embeddings(split_words(source_texts), config.dim, config.window, config.min_count,
+                                 config.max_words)
+    tw, tv, tc = word_embeddings(split_words(target_texts), config.dim, config.window, config.min_count,
+                                 config.max_words)
     dim = min(sv.shape[1], tv.shape[1])
     sv, tv = sv[:, :dim], tv[:, :dim]
     pairs = _dictionary_pairs(dictionary, sw, tw)
