@@ -27,6 +27,7 @@ VERBS = {
     "merge": ("lmlab.cli.merge", "fold a LoRA adapter (peft or lmlab format) into a base checkpoint, write an HF checkpoint"),
     "edit": ("lmlab.cli.edit", "write facts into a model's weights (ROME, MEMIT, AlphaEdit); save the checkpoint and the delta"),
     "steer": ("lmlab.cli.steer", "build a steering vector (ActAdd prompt pair or concept direction) and save it"),
+    "adapt-vocab": ("lmlab.cli.adapt_vocab", "extend a checkpoint's vocabulary or swap its tokenizer (WECHSEL/mean/random init)"),
     "evaluate": ("lmlab.cli.evaluate", "evaluate a model on task YAML files and write a report"),
     "rope-search": ("lmlab.cli.rope_search", "search per-dimension RoPE factors (DCIS / evolutionary) for a longer context"),
     "quantize": ("lmlab.cli.quantize", "weight-only int8/int4 quantization of a checkpoint (round-to-nearest or GPTQ)"),
