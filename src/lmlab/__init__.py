@@ -20,9 +20,17 @@ def load(path, dtype=None, device="cpu") -> "Transformer":
     """Load a Hugging Face checkpoint directory (config.json + safetensors), or a model id found in the local
     Hugging Face cache (downloaded when the network allows), as an lmlab Transformer."""
     from lmlab.io.checkpoint import load_model
+
+    return load_model(_local(path), dtype=dtype, device=device)
+
+
+def _local(path):
+    """``path`` as given when it is a GGUF file or a real-model name, else a directory (model ids resolved
+    from the local Hugging Face cache)."""
+    from lmlab.io.gguf_format import gguf_path_or_none
     from lmlab.io.hub import resolve_model_path
 
-    return load_model(resolve_model_path(path), dtype=dtype, device=device)
+    return path if gguf_path_or_none(path) is not None else resolve_model_path(path)
 
 
 def save(model, path, tokenizer=None):
@@ -51,9 +59,8 @@ def generate(model, input_ids, config=None, **kwargs: Any):
 def load_tokenizer(path):
     """Load a ``tokenizer.json`` directory (or a cached Hugging Face model id) as a lmlab ``Tokenizer``."""
     from lmlab.core.tokenizer import load_tokenizer as _load
-    from lmlab.io.hub import resolve_model_path
 
-    return _load(resolve_model_path(path))
+    return _load(_local(path))
 
 
 def sequence_logprobs(model, input_ids, **kwargs: Any):

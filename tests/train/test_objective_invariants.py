@@ -58,12 +58,31 @@ def _setup(name):
         labels = torch.where(rows["labels"] == -100, rows["labels"], rows["labels"] % 3)  # 3 token classes
         return (SequenceClassifier(model, ClassifierConfig(n_labels=3, token_level=True)),
                 {"input_ids": rows["input_ids"], "labels": labels}, build_objective(name))
+    if name in ("dpo", "reward", "haf_rm"):  # preference pairs: responses of 3, 3, 58 and 58 tokens
+        from lmlab.align.preference_data import PreferenceData, TokenizedPair
+
+        gen = torch.Generator().manual_seed(2)
+        draw = lambda n: torch.randint(1, model.config.vocab_size, (n,), generator=gen).tolist()  # noqa: E731
+        pairs = [TokenizedPair(draw(4), draw(n), draw(max(1, n - 2))) for n in (3, 3, 58, 58)]
+        data = PreferenceData(pairs, pad_token_id=0, shuffle=False)
+        if name == "dpo":
+            import copy
+
+            reference = copy.deepcopy(model)
+            with torch.no_grad():  # the policy starts away from its reference, as after a few steps
+                for p in model.parameters():
+                    p.add_(0.01 * torch.randn(p.shape, generator=gen))
+            return model, data, build_objective(name, {"reference_model": reference})
+        from lmlab.align.reward import reward_model
+
+        return reward_model(model, seed=0), data, build_objective(name)
     raise AssertionError(f"no invariant setup for objective {name!r}: add one")
 
 
 def _grads(tmp_path, name, accum):
     model, rows, objective = _setup(name)
-    trainer = Trainer(model, config(tmp_path / f"{name}-{accum}", accum), Rows(rows), objective=objective)
+    data = rows if hasattr(rows, "batches") else Rows(rows)
+    trainer = Trainer(model, config(tmp_path / f"{name}-{accum}", accum), data, objective=objective)
     grads = {}
     step = trainer.optimizer.step
 

@@ -20,11 +20,15 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from lmlab.align.recipe import AlignConfig, run_align
-    from lmlab.config_io import load_config
+    from lmlab.config_io import load_config, read_yaml
+    from lmlab.train.run import recipe_path_overrides
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = load_config(AlignConfig, args.config, list(args.set))
+    # paths in the recipe are relative to the recipe file; "world:<split>" data names are not paths
+    world_data = str((read_yaml(args.config).get("data") or {}).get("path", "")).startswith("world:")
+    paths = [o for o in recipe_path_overrides(args.config) if not (world_data and o.startswith("data.path="))]
+    cfg = load_config(AlignConfig, args.config, paths + list(args.set))
     summary = run_align(cfg, progress=False if args.no_progress else None)
     print(json.dumps(summary, indent=2, default=str))
     return 0

@@ -19,11 +19,19 @@ def run(args: argparse.Namespace) -> int:
 
     from lmlab.core.model import Transformer
     from lmlab.io.checkpoint import check_weight_files, read_config
+    from lmlab.io.gguf_format import gguf_path_or_none
     from lmlab.io.hub import resolve_model_path
 
-    local = resolve_model_path(args.model)
-    config = read_config(local)
-    weights = check_weight_files(local)
+    gguf_file = gguf_path_or_none(args.model)
+    if gguf_file is not None:  # one GGUF file: its reader checks every tensor's extent when it opens it
+        from lmlab.io.gguf_read import GGUFFile
+
+        config = read_config(gguf_file)
+        weights = {"files": [gguf_file.name], "tensors": len(GGUFFile(gguf_file).tensors)}
+    else:
+        local = resolve_model_path(args.model)
+        config = read_config(local)
+        weights = check_weight_files(local)
     with torch.device("meta"):
         model = Transformer(config)  # shapes only: no weights are read
     n_params = model.num_parameters()

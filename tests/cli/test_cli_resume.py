@@ -122,7 +122,7 @@ def test_finetune_lora_resumes_with_its_adapter(tmp_path, shards):
         return run("finetune", recipe, *_sets(f"model.init_from={base / 'model'}", f"data.path={chat}",
                                               f"run.out_dir={out}", "run.max_steps=4", "run.ckpt_every=2",
                                               "run.keep_last=0", "run.log_every=1", "data.block_size=32",
-                                              "data.batch_size=2", "method.merge_lora=false", "optim.warmup_steps=1"),
+                                              "data.batch_size=2", "merge_adapter=false", "optim.warmup_steps=1"),
                    *extra, "--no-progress")
 
     assert_one_line_error(finetune(tmp_path / "none", "--resume"), "--resume: no checkpoint")
