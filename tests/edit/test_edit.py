@@ -132,7 +132,9 @@ def test_memit_batch_is_the_batch_update_not_a_loop_of_singles(tok, tmp_path):
         return float((X @ off_span).norm() / X.norm())
 
     assert leak(batch["blocks.1.mlp.down_proj.weight"]) < 1e-5
-    assert leak(loop) > 1e-3
+    # (no assertion on leak(loop): a single edit's update times A is r_i k_i^T [I + (lambda C + k_i k_i^T)^-1
+    # k_j k_j^T], which also lies in span(K) whenever the single edits see the same keys as the batch -- the batch
+    # and the loop differ in their values, asserted above, not necessarily in this span)
     # and memit_update is R K^T A^-1 itself: with R = I it returns K^T A^-1
     torch.testing.assert_close(memit_update(C, K, torch.eye(2, dtype=torch.float64), 15000.0) @ A, K.T)
 
