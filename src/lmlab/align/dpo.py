@@ -79,9 +79,7 @@ class ReferencePolicy:
             from lmlab.io.checkpoint import load_model
 
             model = load_model(mode)
-        self.mode, self.model = mode, model
-        if self.model is not None:
-            self.model.eval().requires_grad_(False)
+        self.mode, self.model = mode, model  # used under no_grad only: the caller's model is not changed
 
     def logps(self, policy: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         if "ref_logps" in batch:
