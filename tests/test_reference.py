@@ -12,8 +12,16 @@ import pytest
 
 from lmlab.data.recall import recall
 from lmlab.errors import LmlabError
-from lmlab.reference import (ASSET_DIR, QUALITY_KEYS, RECORD_FILE, WORLD_NAME, load_reference, read_record,
-                             resolve, sha256)
+from lmlab.reference import (
+    ASSET_DIR,
+    QUALITY_KEYS,
+    RECORD_FILE,
+    WORLD_NAME,
+    load_reference,
+    read_record,
+    resolve,
+    sha256,
+)
 
 
 @pytest.fixture(scope="module")

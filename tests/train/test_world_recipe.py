@@ -30,7 +30,7 @@ def tiny_mix():
 
 
 def test_long_batches_open_with_a_task_whose_context_is_masked(tiny_mix):
-    world, tokenizer, mix = tiny_mix
+    _, tokenizer, mix = tiny_mix
     batch = mix.batch(0)  # long
     assert batch["input_ids"].shape == batch["labels"].shape == (2, 256)
     for ids, labels in zip(batch["input_ids"], batch["labels"]):
@@ -75,10 +75,10 @@ def test_scaled_down_recipe_learns_and_resumes(tmp_path):
     out = tmp_path / "run"
     train_reference_model(out, recipe.scaled(steps=20), progress=False, evaluate=False,
                                              say=lambda _: None)
-    model, tokenizer, world, report = train_reference_model(out, recipe, resume=True, progress=False,
+    model, _, _, report = train_reference_model(out, recipe, resume=True, progress=False,
                                                             evaluate=True, eval_subset=4, say=lambda _: None,
-                                                            eval_options=dict(n_samples=2, n_per_cell=1,
-                                                                              context_tokens=(128,)))
+                                                            eval_options={"n_samples": 2, "n_per_cell": 1,
+                                                                          "context_tokens": (128,)})
     chance = math.log(report["vocab_size"])
     assert report["final_loss"] < chance - 1.5, report["final_loss"]  # ~6.2 nats untrained, ~4 after 40 steps
     assert report["parameters"] == model.num_parameters() and model.config.max_seq_len == 192
