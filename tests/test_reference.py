@@ -12,7 +12,16 @@ import pytest
 
 from lmlab.data.recall import recall
 from lmlab.errors import LmlabError
-from lmlab.reference import ASSET_DIR, QUALITY_KEYS, RECORD_FILE, load_reference, read_record, sha256
+from lmlab.reference import (
+    ASSET_DIR,
+    QUALITY_KEYS,
+    RECORD_FILE,
+    WORLD_NAME,
+    load_reference,
+    read_record,
+    resolve,
+    sha256,
+)
 
 
 @pytest.fixture(scope="module")
@@ -64,3 +73,65 @@ def test_recipe_from_scratch_reaches_recorded_quality(tmp_path):
     assert report["final_loss"] == pytest.approx(record["final_loss"], abs=0.05)
     saved = json.loads((tmp_path / "run" / "report.json").read_text())
     assert saved["train_fact_recall"] == report["train_fact_recall"]
+
+
+# ---- by name, corrupted files, and the world reference (issue 11) ------------------------------------
+def test_unknown_reference_name_is_a_one_line_error():
+    with pytest.raises(LmlabError, match=r"unknown name 'world-llama-9b' \(shipped: world-llama-0.9m, world-llama-0.9m-1k\)"):
+        load_reference("world-llama-9b")
+
+
+def test_default_name_is_the_quickstart_model(ref):
+    assert ref.record["name"] == "world-llama-0.9m" == read_record(resolve("world-llama-0.9m"))["name"]
+
+
+def test_corrupted_shipped_file_is_a_one_line_error(tmp_path):
+    import shutil
+
+    copy = tmp_path / "ref"
+    shutil.copytree(ASSET_DIR, copy)
+    data = bytearray((copy / "model.safetensors").read_bytes())
+    data[-5] ^= 0xFF  # one flipped bit in a weight
+    (copy / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(LmlabError, match=r"model.safetensors: sha256 does not match the reference record"):
+        load_reference(copy)
+    (copy / "model.safetensors").unlink()
+    with pytest.raises(LmlabError, match=r"model.safetensors: missing"):
+        load_reference(copy)
+
+
+@pytest.fixture(scope="module")
+def world_ref():
+    return load_reference(WORLD_NAME)
+
+
+def test_world_reference_files_are_small_and_match_the_record(world_ref):
+    directory = resolve(WORLD_NAME)
+    total = sum(f.stat().st_size for f in directory.iterdir())
+    assert total < 50 * 2**20, f"{WORLD_NAME} is {total / 2**20:.1f} MB (limit 50 MB)"
+    record = world_ref.record
+    assert set(record["files_sha256"]) == {f.name for f in directory.iterdir()} - {RECORD_FILE}
+    assert world_ref.model.num_parameters() == record["parameters"]
+    assert world_ref.model.config.max_seq_len >= 1024
+    assert len(world_ref.world.facts) == record["n_facts"]
+
+
+def test_world_reference_recorded_figures_reproduce_from_its_weights(world_ref):
+    """The record's ``quality_subset`` (same scorers, a fixed evenly spaced subset) re-measured: ±1 point."""
+    import torch
+
+    from lmlab.train.world_quality import evaluate_world_model
+
+    record = world_ref.record
+    options = dict(record["quality_subset_options"])
+    torch.set_num_threads(1)
+    measured = evaluate_world_model(world_ref.model, world_ref.tokenizer, world_ref.world,
+                                    subset=options.pop("subset"), n_samples=options["n_samples"],
+                                    n_per_cell=options["n_per_cell"], context_tokens=tuple(options["context_tokens"]))
+    assert set(measured) == set(record["quality_subset"])
+    for key, value in record["quality_subset"].items():
+        assert measured[key] == pytest.approx(value, abs=0.01), key
+    # the full figures are in the record too, one per scorer
+    assert set(record["quality"]) >= {"train_fact_recall", "heldout_paraphrase_recall", "qa_heldout_accuracy",
+                                      "two_hop_direct", "two_hop_two_step", "attribute_code/sentiment",
+                                      "kv_retrieval/1024/0.5"}

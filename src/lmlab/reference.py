@@ -3,9 +3,10 @@
 Two are shipped, loaded by name with ``load_reference(name)`` (docs/world.md):
 
 * ``world-llama-0.9m`` (the default): the quickstart model, facts only, 128-token context;
-* ``world-llama-2m``: facts, QA, chat dialogues, attribute text and long-context retrieval, 1,152-token
-  context (``lmlab.train.world_recipe.train_reference_model``); its record holds its measured quality
-  (``lmlab.train.world_quality``), rebuild with ``python -m lmlab.reference --name world-llama-2m``.
+* ``world-llama-0.9m-1k``: the quickstart model trained further on facts, QA, chat dialogues, attribute
+  text and long-context retrieval, context 1,152 tokens (``lmlab.train.world_recipe.train_reference_model``);
+  its record holds its measured quality (``lmlab.train.world_quality``); rebuild with
+  ``python -m lmlab.reference --name world-llama-0.9m-1k --steps N`` (N from its record).
 
 Why: method work (editing a fact, steering, compressing the cache, ...) needs a model whose knowledge is
 known, and training one takes minutes. ``load_reference()`` returns it at once, with the world it was
@@ -37,13 +38,13 @@ from typing import Any
 from lmlab.errors import LmlabError
 
 NAME = "world-llama-0.9m"  # the default: the quickstart model
-WORLD_NAME = "world-llama-2m"  # the model that knows the whole world (issue 11)
+WORLD_NAME = "world-llama-0.9m-1k"  # the model that knows the whole world (issue 11)
 ASSETS = Path(__file__).resolve().parent / "assets"
 ASSET_DIR = ASSETS / NAME
 REFERENCES = (NAME, WORLD_NAME)
 RECORD_FILE = "lmlab_reference.json"
 QUALITY_KEYS = ("train_fact_recall", "heldout_paraphrase_recall", "two_hop_accuracy")
-SUBSET = 48  # probes per list in the record's ``quality_subset`` (re-checked by tests/test_reference.py)
+SUBSET = 24  # probes per list in the record's ``quality_subset`` (re-checked by tests/test_reference.py)
 
 
 @dataclass
@@ -161,7 +162,7 @@ def _install(staged: Path, out: Path) -> None:
 
 def build_world_reference(out: Path | None = None, run: Path | None = None, steps: int | None = None,
                           resume: bool = False, progress: bool = True, say=print) -> dict:
-    """Train (or, with ``resume``, continue) the ``world-llama-2m`` recipe in ``run``, evaluate it in full and
+    """Train (or, with ``resume``, continue) the ``world-llama-0.9m-1k`` recipe in ``run``, evaluate it in full and
     on the :data:`SUBSET` the tests re-check, and write checkpoint + record to ``out`` (atomically)."""
     import platform
 

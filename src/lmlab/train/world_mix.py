@@ -105,7 +105,7 @@ class WorldMixBlocks:
 
     def state_dict(self) -> dict[str, Any]:
         return {"batches_served": self.batches_served, "seed": self.seed, "block_size": self.block_size,
-                "short_block": self.short_block, "long_every": self.long_every, "stream_tokens": int(len(self.stream))}
+                "short_block": self.short_block, "long_every": self.long_every, "stream_tokens": len(self.stream)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for key in ("seed", "block_size", "short_block", "long_every", "stream_tokens"):

@@ -131,7 +131,7 @@ def long_context_scores(model, tokenizer, world, lengths=CONTEXT_TOKENS, depths=
 
 @torch.inference_mode()
 def evaluate_world_model(model, tokenizer, world, subset: int | None = None, n_samples: int = 32,
-                         n_per_cell: int = 8, context_tokens=CONTEXT_TOKENS) -> dict[str, float]:
+                         n_per_cell: int = 4, context_tokens=CONTEXT_TOKENS) -> dict[str, float]:
     """Every figure of the module doc; ``subset`` caps each probe list (evenly spaced)."""
     model.eval()
     two_hop = _every(world.two_hop_probes(), subset)

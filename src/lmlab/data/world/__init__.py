@@ -13,15 +13,14 @@ in minutes, so the world is small-vocabulary, regular, and every label is known 
 Answers always start with a space and prompts never end with one (see :mod:`.schema`).
 """
 
-from lmlab.data.world.attributes import (AttributeExample, label_formality, label_politeness,
-                                         label_sentiment)
+from lmlab.data.world.attributes import AttributeExample, label_formality, label_politeness, label_sentiment
 from lmlab.data.world.config import WorldConfig
 from lmlab.data.world.languages import SyntheticLanguage, tokenize
+from lmlab.data.world.loading import load_config, load_world
 from lmlab.data.world.longcontext import LongContextTask
 from lmlab.data.world.schema import Entity, Fact, Probe, Relation, TwoHopRelation
 from lmlab.data.world.templates import RELATIONS, TWO_HOP_RELATIONS
 from lmlab.data.world.world import World, build_world
-from lmlab.data.world.loading import load_config, load_world
 
 __all__ = [
     "RELATIONS",

@@ -17,8 +17,14 @@ import random
 import re
 from dataclasses import dataclass
 
-from lmlab.data.world.attributes import (NEUTRAL_WORDS, NOUNS, attribute_sentence, label_formality,
-                                         label_politeness, label_sentiment)
+from lmlab.data.world.attributes import (
+    NEUTRAL_WORDS,
+    NOUNS,
+    attribute_sentence,
+    label_formality,
+    label_politeness,
+    label_sentiment,
+)
 
 # axis -> label -> (value word, control code)
 AXES: dict[str, dict[int, tuple[str, str]]] = {

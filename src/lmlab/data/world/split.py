@@ -15,6 +15,6 @@ SPLITS = ("train", "validation")
 
 def content_split(text: str, seed: int, validation_fraction: float) -> str:
     """"validation" for about ``validation_fraction`` of distinct texts, else "train"."""
-    digest = hashlib.sha256(f"{seed}:{text}".encode("utf-8")).digest()
+    digest = hashlib.sha256(f"{seed}:{text}".encode()).digest()
     u = int.from_bytes(digest[:8], "big") / 2**64  # uniform in [0, 1)
     return "validation" if u < validation_fraction else "train"

@@ -20,8 +20,15 @@ from lmlab.data.world.bias import BIAS_TEMPLATES, counterfactual_pairs, measure_
 from lmlab.data.world.config import OCCUPATIONS, WorldConfig
 from lmlab.data.world.entities import Entities, build_entities, first_name_genders
 from lmlab.data.world.facts import build_facts
-from lmlab.data.world.languages import (LANGUAGE_CODES, SyntheticLanguage, build_languages, family_tree,
-                                        render_fact, translate_text, translate_tokens)
+from lmlab.data.world.languages import (
+    LANGUAGE_CODES,
+    SyntheticLanguage,
+    build_languages,
+    family_tree,
+    render_fact,
+    translate_text,
+    translate_tokens,
+)
 from lmlab.data.world.names import ORGANISATION_SUFFIXES, NameGenerator
 from lmlab.data.world.rng import rng_for
 from lmlab.data.world.schema import ENTITY_TYPES, Entity, Fact, Probe, Relation, TwoHopRelation

@@ -1,0 +1,89 @@
+"""The world reference recipe: its training stream, and a scaled-down run of the recipe end to end.
+
+The scaled-down run (a 0.2M-parameter model, 40 steps) checks what can fail at that size: the stream
+builds, the loss falls well below chance, checkpoints resume the same stream, and the saved model
+loads with its tokenizer and is scored by the quality module.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lmlab.core.tokenizer import train_bpe
+from lmlab.data.world import WorldConfig, build_world
+from lmlab.train.objectives import IGNORE_INDEX
+from lmlab.train.world_mix import WorldMixBlocks
+from lmlab.train.world_recipe import ReferenceRecipe, train_reference_model, weighted_texts
+
+
+@pytest.fixture(scope="module")
+def tiny_mix():
+    world = build_world(WorldConfig.tiny())
+    texts = [d.text for d in world.corpus("train")]
+    tokenizer = train_bpe(texts, vocab_size=400)
+    mix = WorldMixBlocks(world, tokenizer, texts, block_size=256, long_rows=2, short_block=32, short_rows=4,
+                         long_every=2, long_words=(40, 120), seed=1)
+    return world, tokenizer, mix
+
+
+def test_long_batches_open_with_a_task_whose_context_is_masked(tiny_mix):
+    _, tokenizer, mix = tiny_mix
+    batch = mix.batch(0)  # long
+    assert batch["input_ids"].shape == batch["labels"].shape == (2, 256)
+    for ids, labels in zip(batch["input_ids"], batch["labels"]):
+        assert ids[0] == tokenizer.eos_id
+        text = tokenizer.decode(ids.tolist())
+        assert "The code of" in text or "The secret number of" in text
+        masked = (labels == IGNORE_INDEX).nonzero().flatten()
+        assert masked[0] == 0 and (masked.diff() == 1).all()  # one masked span from the start: the context
+        trained = tokenizer.decode([t for t in labels.tolist() if t != IGNORE_INDEX])
+        assert trained.startswith("What is the")  # loss resumes at the question
+    short = mix.batch(1)
+    assert short["input_ids"].shape == (4, 32) and (short["labels"] != IGNORE_INDEX).all()
+    assert torch.equal(short["labels"][:, :-1], short["input_ids"][:, 1:])
+
+
+def test_stream_is_a_pure_function_of_the_batch_index_and_resumes(tiny_mix):
+    _, _, mix = tiny_mix
+    first = [next(iter(mix.batches())) for _ in range(1)]
+    it = mix.batches()
+    mix.batches_served = 0
+    run = [next(it) for _ in range(4)]
+    state = mix.state_dict()
+    again = [mix.batch(k) for k in range(4)]
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(run, again))
+    assert torch.equal(first[0]["input_ids"], run[0]["input_ids"])
+    mix.batches_served = 0
+    mix.load_state_dict(state)
+    assert torch.equal(next(mix.batches())["input_ids"], mix.batch(4)["input_ids"])
+
+
+def test_kind_weights_repeat_and_subsample_kinds():
+    world = build_world(WorldConfig.tiny())
+    n = {k: len(world.corpus("train", kinds=(k,))) for k in ("facts", "qa", "dialogues")}
+    texts = weighted_texts(world, (("facts", 2.0), ("qa", 1.0), ("dialogues", 0.5)))
+    assert len(texts) == 2 * n["facts"] + n["qa"] + n["dialogues"] // 2
+
+
+def test_scaled_down_recipe_learns_and_resumes(tmp_path):
+    recipe = ReferenceRecipe().scaled(d_model=64, n_layers=2, n_heads=2, block_size=192, long_rows=2,
+                                      short_block=64, short_rows=8, steps=40, warmup_steps=4, lr=3e-3,
+                                      long_words=(40, 100), ckpt_every=20, vocab_size=512, threads=1)
+    out = tmp_path / "run"
+    train_reference_model(out, recipe.scaled(steps=20), progress=False, evaluate=False,
+                                             say=lambda _: None)
+    model, _, _, report = train_reference_model(out, recipe, resume=True, progress=False,
+                                                            evaluate=True, eval_subset=4, say=lambda _: None,
+                                                            eval_options={"n_samples": 2, "n_per_cell": 1,
+                                                                          "context_tokens": (128,)})
+    chance = math.log(report["vocab_size"])
+    assert report["final_loss"] < chance - 1.5, report["final_loss"]  # ~6.2 nats untrained, ~4 after 40 steps
+    assert report["parameters"] == model.num_parameters() and model.config.max_seq_len == 192
+    q = report["quality"]
+    assert {"train_fact_recall", "qa_heldout_accuracy", "two_hop_two_step", "attribute_code/politeness",
+            "kv_retrieval/128/1.0"} <= set(q)
+    assert all(0.0 <= v <= 1.0 for k, v in q.items() if not k.startswith("tokens/"))
+    assert 100 <= q["tokens/128"] <= 160
