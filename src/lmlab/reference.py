@@ -37,11 +37,7 @@ from typing import Any
 
 from lmlab.errors import LmlabError
 
-NAME = "world-llama-0.9m"  # the default: the quickstart model
-WORLD_NAME = "world-llama-0.9m-1k"  # the model that knows the whole world (issue 11)
-ASSETS = Path(__file__).resolve().parent / "assets"
-ASSET_DIR = ASSETS / NAME
-REFERENCES = (NAME, WORLD_NAME)
+from lmlab.reference_names import ASSET_DIR, ASSETS, NAME, REFERENCES, WORLD_NAME, resolve  # noqa: F401
 RECORD_FILE = "lmlab_reference.json"
 QUALITY_KEYS = ("train_fact_recall", "heldout_paraphrase_recall", "two_hop_accuracy")
 SUBSET = 24  # probes per list in the record's ``quality_subset`` (re-checked by tests/test_reference.py)
@@ -64,17 +60,6 @@ def read_record(path: Path = ASSET_DIR) -> dict:
                          f"{path}`)") from None
     except json.JSONDecodeError as e:
         raise LmlabError(f"{file}: not valid JSON ({e.msg} at line {e.lineno})") from None
-
-
-def resolve(path: str | os.PathLike = NAME) -> Path:
-    """A shipped reference's name (see :data:`REFERENCES`) or a directory -> its directory."""
-    if isinstance(path, str) and path in REFERENCES:
-        return ASSETS / path
-    if Path(path).is_dir():
-        return Path(path)
-    if isinstance(path, str) and "/" not in path and os.sep not in path:
-        raise LmlabError(f"reference: unknown name {path!r} (shipped: {', '.join(REFERENCES)})")
-    raise LmlabError(f"reference: {path} is not a directory")
 
 
 def verify_files(path: Path, record: dict) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,7 +223,7 @@ def train_reference_model(out: Path, recipe: ReferenceRecipe = ReferenceRecipe()
     r = recipe
     base = None
     if r.init_from is not None:
-        from lmlab.reference import resolve
+        from lmlab.reference_names import resolve
 
         base = resolve(r.init_from)
         tokenizer = lmlab.load_tokenizer(base)

@@ -1,0 +1,26 @@
+"""The shipped reference models by name, and where they live: what both ``lmlab.reference`` (loading, building)
+and the training recipe (warm starts from a shipped model) need, in a module that imports neither."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from lmlab.errors import LmlabError
+
+NAME = "world-llama-0.9m"  # the default: the quickstart model
+WORLD_NAME = "world-llama-0.9m-1k"  # the model that knows the whole world (issue 11)
+ASSETS = Path(__file__).resolve().parent / "assets"
+ASSET_DIR = ASSETS / NAME
+REFERENCES = (NAME, WORLD_NAME)
+
+
+def resolve(path: str | os.PathLike = NAME) -> Path:
+    """A shipped reference's name (see :data:`REFERENCES`) or a directory -> its directory."""
+    if isinstance(path, str) and path in REFERENCES:
+        return ASSETS / path
+    if Path(path).is_dir():
+        return Path(path)
+    if isinstance(path, str) and "/" not in path and os.sep not in path:
+        raise LmlabError(f"reference: unknown name {path!r} (shipped: {', '.join(REFERENCES)})")
+    raise LmlabError(f"reference: {path} is not a directory")
