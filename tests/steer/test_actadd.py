@@ -65,7 +65,7 @@ def test_front_injection_cached_equals_uncached(ref, vec):
     m = ref.model
     prompt = rows(ref)[0]
     with vec.apply(m, coeff=6.0, positions="front"):
-        cached = generate(m, [prompt], max_new_tokens=8)[0]
+        cached = generate(m, [prompt], max_new_tokens=8, stop_token_ids=[])[0]
         ids = list(prompt)
         for _ in range(8):
             logits = m(torch.tensor([ids]))[0, -1]
@@ -87,9 +87,9 @@ def test_generated_positions_leave_prompt_logits(ref, vec):
     m = ref.model
     prompt = rows(ref)[2]
     with vec.apply(m, coeff=8.0, positions="generated"):
-        first = generate(m, [prompt], max_new_tokens=1)[0]
-        out = generate(m, [prompt], max_new_tokens=10)[0]
-    base = generate(m, [prompt], max_new_tokens=10)[0]
+        first = generate(m, [prompt], max_new_tokens=1, stop_token_ids=[])[0]
+        out = generate(m, [prompt], max_new_tokens=10, stop_token_ids=[])[0]
+    base = generate(m, [prompt], max_new_tokens=10, stop_token_ids=[])[0]
     assert first[-1] == base[len(prompt)]  # the first new token comes from prompt positions only
     assert out != base
 
