@@ -10,22 +10,14 @@ import torch
 
 import lmlab
 from lmlab.align.dpo import DPOObjective, PrecomputedPreferenceData, dpo_loss, pair_logps, precompute_reference
-from lmlab.align.preference_data import collate_pairs, tokenize_record, world_preferences
+from lmlab.align.preference_data import collate_pairs, tokenize_record
 from lmlab.io.checkpoint import hf_state_dict
-from lmlab.reference import ASSET_DIR, load_reference
+from lmlab.reference import ASSET_DIR
 
 
 @pytest.fixture(scope="module")
-def ref():
-    return load_reference()
-
-
-@pytest.fixture(scope="module")
-def pairs(ref):
-    records = world_preferences(ref.world, "train")
-    # uneven lengths: factual and politeness pairs of several relations
-    chosen = records[:3] + [r for r in records if r.meta["reason"] == "politeness"][:3]
-    return [tokenize_record(ref.tokenizer, r) for r in chosen]
+def pairs(mixed_pairs):
+    return mixed_pairs(3)
 
 
 def test_loss_is_log2_when_policy_is_reference(ref, pairs):

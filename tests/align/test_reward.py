@@ -13,19 +13,12 @@ from lmlab.align.reward import (HaFRMObjective, RewardObjective, bradley_terry_l
                                 save_reward_model, score)
 from lmlab.errors import LmlabError
 from lmlab.io.checkpoint import hf_state_dict
-from lmlab.reference import ASSET_DIR, load_reference
+from lmlab.reference import ASSET_DIR
 
 
 @pytest.fixture(scope="module")
-def ref():
-    return load_reference()
-
-
-@pytest.fixture(scope="module")
-def pairs(ref):
-    records = world_preferences(ref.world, "train")
-    picked = records[:4] + [r for r in records if r.meta["reason"] == "politeness"][:4]
-    return [tokenize_record(ref.tokenizer, r) for r in picked]
+def pairs(mixed_pairs):
+    return mixed_pairs(4)
 
 
 def test_zero_head_scores_every_response_equally(ref, pairs):
