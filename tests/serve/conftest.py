@@ -1,11 +1,11 @@
 """Fixtures for the server tests: the shipped reference model behind a uvicorn server on 127.0.0.1 (a free
-port), with a LoRA adapter and a steering vector loaded from a config file, and an ``openai`` client."""
+port), with a LoRA adapter, a steering vector, guides and KV policies loaded from a config file, and an ``openai`` client."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from servehelpers import STEER_COEFF, STEER_HOOK, make_adapter, make_steering
+from servehelpers import FORBID, GEDI_CODES, STEER_COEFF, STEER_HOOK, WINDOW_BUDGET, make_adapter, make_steering
 
 # Tiny models on a busy 2-core machine: one intra-op thread avoids OpenMP spin-waiting.
 torch.set_num_threads(1)
@@ -13,7 +13,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="session")
 def methods_dir(tmp_path_factory):
-    from lmlab.reference import load_reference
+    from lmlab.reference import ASSET_DIR, load_reference
 
     root = tmp_path_factory.mktemp("serve_methods")
     make_adapter(root / "tone")
@@ -21,7 +21,13 @@ def methods_dir(tmp_path_factory):
     (root / "serve.yaml").write_text(
         "model_name: world\nmax_batch_size: 24\nmax_queue: 32\nmax_tokens_limit: 100\n"
         "adapters:\n  tone: tone\n"
-        f"steering:\n  happy: {{path: vectors.safetensors, tensor: happy, hook: {STEER_HOOK}, coeff: {STEER_COEFF}}}\n")
+        f"steering:\n  happy: {{path: vectors.safetensors, tensor: happy, hook: {STEER_HOOK}, coeff: {STEER_COEFF}}}\n"
+        f"guides:\n  polite: {{guide: gedi, guide_model: {ASSET_DIR}, desired_code: '{GEDI_CODES[0]}', "
+        f"anti_code: '{GEDI_CODES[1]}'}}\n"
+        f"  clean: {{forbid: {list(FORBID)}}}\n"
+        "kv_policies:\n"
+        f"  win: {{policy: window, budget: {WINDOW_BUDGET}}}\n"
+        "  h2o-half: {policy: h2o, budget: 0.5}\n")
     return root
 
 

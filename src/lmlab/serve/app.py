@@ -114,9 +114,13 @@ def create_app(engine: Engine, api_key: str | None = None) -> FastAPI:
 
     @v1.get("/v1/lmlab/methods")
     async def methods():
-        """What a request may name: adapters and steering vectors (with hook point and default coefficient)."""
+        """What a request may name: adapters, steering vectors (with hook point and default coefficient),
+        guides and KV policies (with the default one)."""
         return {"adapters": engine.adapters.names,
                 "steering": {n: {"hook": s.hook, "coeff": s.coeff} for n, s in engine.steering.specs.items()},
+                "guides": {n: engine.guides.describe(n) for n in engine.guides.names},
+                "kv_policies": {n: engine.kv_policies.describe(n) for n in engine.kv_policies.names},
+                "default_kv_policy": engine.kv_policies.default,
                 "limits": {"max_tokens": engine.config.max_tokens_limit, "context_length": engine.context_length,
                            "max_batch_size": engine.config.max_batch_size, "max_queue": engine.config.max_queue}}
 

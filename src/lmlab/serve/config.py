@@ -10,6 +10,15 @@ methods it loads at start-up.
       formal: runs/formal-lora
     steering:                    # steering vectors: a safetensors tensor added at a hook point
       happy: {path: vectors.safetensors, tensor: happy, hook: blocks.2.resid_post, coeff: 4.0}
+    guides:                      # decoding-time guides (lmlab.control), the options of `lmlab generate --guide`
+      positive: {guide: gedi, guide_model: runs/gedi, desired_code: "positive", anti_code: "negative"}
+      expert: {guide: proxy, tuned: runs/small-tuned, untuned: runs/small}
+      safe: {guide: genarm, arm: [runs/arm], beta: 1.0, forbid: ["darn"]}
+      clean: {forbid: ["darn", "heck"]}
+    kv_policies:                 # KV-cache eviction (lmlab.efficient.kv_policy): budget in tokens or a fraction
+      window64: {policy: window, budget: 64}
+      h2o-half: {policy: h2o, budget: 0.5}
+    default_kv_policy: null      # the kv_policies entry for requests that name none (null: the full cache)
 
 Paths are relative to the configuration file.
 """
@@ -18,6 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lmlab.config_io import load_config
 from lmlab.errors import LmlabError
@@ -35,6 +45,36 @@ class SteerSpec:
 
 
 @dataclass
+class GuideSpec:
+    """One named guide: the fields of ``lmlab generate --guide ...`` (``lmlab.control.cli_options``), so a
+    guide in the server is built exactly as the CLI builds it. ``guide``: gedi, genarm, proxy, or empty for
+    forbidden strings only; paper defaults as there (GeDi omega 30, proxy alpha 1, GenARM beta 1)."""
+
+    guide: str = ""
+    guide_model: str = ""  # GeDi: class-conditional guide checkpoint
+    desired_code: str = ""
+    anti_code: str = ""
+    omega: float = 30.0
+    tuned: str = ""  # proxy-tuning: small tuned and untuned checkpoints
+    untuned: str = ""
+    alpha: float = 1.0
+    arm: list[str] = field(default_factory=list)  # GenARM: autoregressive reward models
+    arm_weight: list[float] = field(default_factory=list)
+    beta: float = 1.0
+    forbid: list[str] = field(default_factory=list)  # forbidden strings (also across tokens)
+
+
+@dataclass
+class KVPolicySpec:
+    """One named KV policy: ``lmlab.efficient.kv_policy(policy, budget=budget, **options)``; an integer
+    budget is tokens kept per row, a float in (0, 1] a fraction of the prompt."""
+
+    policy: str = ""
+    budget: int | float = 0
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class ServeConfig:
     model_name: str = ""
     max_batch_size: int = 16
@@ -45,6 +85,9 @@ class ServeConfig:
     prefill_chunk_size: int | None = None
     adapters: dict[str, str] = field(default_factory=dict)
     steering: dict[str, SteerSpec] = field(default_factory=dict)
+    guides: dict[str, GuideSpec] = field(default_factory=dict)
+    kv_policies: dict[str, KVPolicySpec] = field(default_factory=dict)
+    default_kv_policy: str | None = None
 
     def validate(self, where: str = "serve config") -> None:
         for name in ("max_batch_size", "max_queue", "max_tokens_limit", "max_n"):
@@ -58,6 +101,18 @@ class ServeConfig:
         clash = set(self.adapters) & set(self.steering)
         if clash:
             raise LmlabError(f"{where}: {sorted(clash)} named both as an adapter and as a steering vector")
+        for name, spec in self.guides.items():
+            if spec.guide not in ("", "gedi", "genarm", "proxy"):
+                raise LmlabError(f"{where}: guide '{name}': 'guide' must be gedi, genarm or proxy (or empty for "
+                                 f"forbidden strings only), got {spec.guide!r}")
+            if not spec.guide and not spec.forbid:
+                raise LmlabError(f"{where}: guide '{name}' names no guide and no forbidden strings")
+        for name, spec in self.kv_policies.items():
+            if not spec.policy:
+                raise LmlabError(f"{where}: kv_policies '{name}' needs 'policy' (window, sinks, h2o, keyformer)")
+        if self.default_kv_policy is not None and self.default_kv_policy not in self.kv_policies:
+            raise LmlabError(f"{where}: default_kv_policy {self.default_kv_policy!r} is not a kv_policies entry "
+                             f"(entries: {', '.join(sorted(self.kv_policies)) or 'none'})")
 
 
 def load_serve_config(path: str | Path | None, overrides=()) -> ServeConfig:
@@ -70,4 +125,16 @@ def load_serve_config(path: str | Path | None, overrides=()) -> ServeConfig:
         cfg.adapters = {k: str(base / v) for k, v in cfg.adapters.items()}
         for spec in cfg.steering.values():
             spec.path = str(base / spec.path)
+        for spec in cfg.guides.values():
+            for key in ("guide_model", "tuned", "untuned"):
+                if getattr(spec, key):
+                    setattr(spec, key, _local_path(base, getattr(spec, key)))
+            spec.arm = [_local_path(base, a) for a in spec.arm]
     return cfg
+
+
+def _local_path(base: Path, value: str) -> str:
+    """``value`` relative to the config's folder when it names something there; else as given (a checkpoint
+    name such as a Hugging Face id or a shipped reference model, which ``lmlab.load`` resolves)."""
+    candidate = base / value
+    return str(candidate) if candidate.exists() or Path(value).is_absolute() else value

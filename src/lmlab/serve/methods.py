@@ -1,4 +1,5 @@
-"""Per-request methods the server's config loads once: LoRA adapters and steering vectors.
+"""Per-request methods the server's config loads once: LoRA adapters and steering vectors (guides: guides.py,
+KV policies: kv_policies.py).
 
 Steering acts per row: one hook per hook point stays attached for the server's lifetime and adds
 ``coeff * vector`` only to the batch rows whose request asked for it (``current_context().row_mask``), so a
@@ -60,8 +61,9 @@ class SteeringTable:
                 raise LmlabError(f"steering '{name}': tensor of shape {tuple(vec.shape)} does not match hook "
                                  f"point {spec.hook} (per-token shape {want})")
             self.vectors[name] = vec.to(device=model.device, dtype=model.dtype)
-        self._rows: dict[str, dict[int, torch.Tensor]] = {s.hook: {} for s in specs.values()}  # hook -> rid -> delta
-        self._by_row: dict[int, str] = {}  # rid -> hook
+        # per lane (a decoder of the engine; each numbers its rows from 0): hook -> rid -> delta, and rid -> hook
+        self._lanes: dict[int, tuple[dict[str, dict[int, torch.Tensor]], dict[int, str]]] = {}
+        self.use(0)
         self._stack = contextlib.ExitStack()
         if specs:
             self._stack.enter_context(hooks(model, [(h, self._hook) for h in self._rows]))
@@ -74,6 +76,17 @@ class SteeringTable:
             _, acts = run_with_cache(self.model, torch.zeros(1, 1, dtype=torch.long, device=self.model.device),
                                      names=sorted(names))
         return {n: tuple(a.shape[2:]) for n, a in acts.items()}
+
+    def use(self, lane: int) -> None:
+        """Select the decoder (lane) whose rows the next attach/detach and forwards refer to."""
+        if lane not in self._lanes:
+            self._lanes[lane] = ({s.hook: {} for s in self.specs.values()}, {})
+        self._rows, self._by_row = self._lanes[lane]
+
+    def drop_lane(self, lane: int) -> None:
+        if lane != 0:
+            self._lanes.pop(lane, None)
+        self.use(0)
 
     @property
     def names(self) -> list[str]:
@@ -97,7 +110,7 @@ class SteeringTable:
 
     @property
     def num_attached(self) -> int:
-        return len(self._by_row)
+        return sum(len(by_row) for _, by_row in self._lanes.values())
 
     def _hook(self, x: torch.Tensor, name: str) -> torch.Tensor | None:
         table = self._rows.get(name)

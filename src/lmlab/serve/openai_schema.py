@@ -3,7 +3,8 @@
 Unknown fields are refused (``extra="forbid"``), so a client never believes a setting took effect when it
 did not; OpenAI fields the server knows but does not implement are accepted only at their neutral value
 (e.g. ``presence_penalty: 0``) and otherwise refused by name. Extensions beyond OpenAI (as in vLLM):
-``top_k``, ``min_p``, ``repetition_penalty``, ``ignore_eos``, and the per-request methods ``adapter`` and ``steer``.
+``top_k``, ``min_p``, ``repetition_penalty``, ``ignore_eos``, and the per-request methods ``adapter``, ``steer``,
+``guide`` and ``kv_policy``.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ class SamplingFields(BaseModel):
     ignore_eos: bool = False  # generate max_tokens tokens whatever comes (load tests)
     adapter: str | None = None
     steer: Steer | None = None
+    guide: str | None = None  # a guide of the server's config (lmlab.control)
+    kv_policy: str | None = None  # a kv_policies entry of the server's config; "none" = the full cache
     # known but not implemented: refused unless neutral
     presence_penalty: float | None = None
     frequency_penalty: float | None = None

@@ -11,6 +11,7 @@ from lmlab.core.sampling import SamplingParams
 from lmlab.errors import LmlabError
 from lmlab.serve.engine import Engine, Job
 from lmlab.serve.errors import APIError, bad_request
+from lmlab.serve.kv_policies import NO_POLICY
 from lmlab.serve.openai_schema import ChatCompletionRequest, CompletionRequest, SamplingFields
 
 _TYPE_TAGS = ("str", "int", "float", "bool", "dict", "list", "none")
@@ -69,6 +70,22 @@ def resolve_methods(engine: Engine, body: SamplingFields) -> tuple[str | None, t
     return adapter, steer
 
 
+def resolve_guide_and_policy(engine: Engine, body: SamplingFields) -> tuple[str | None, str | None]:
+    """(guide, KV policy) the request asks for; a request naming no policy gets the server's default."""
+    guide = body.guide
+    if guide is not None and guide not in engine.guides.names:
+        raise bad_request(f"unknown guide '{guide}' (available: {', '.join(engine.guides.names) or 'none loaded'})",
+                          param="guide", code="unknown_guide")
+    try:
+        policy = engine.kv_policies.resolve(body.kv_policy)
+    except KeyError:
+        names = engine.kv_policies.names
+        raise bad_request(f"unknown kv_policy '{body.kv_policy}' (available: "
+                          f"{', '.join(names + [NO_POLICY]) if names else 'none loaded'})",
+                          param="kv_policy", code="unknown_kv_policy") from None
+    return guide, policy
+
+
 def sampling_params(body: SamplingFields) -> SamplingParams:
     params = SamplingParams(temperature=body.temperature,
                             top_k=body.top_k if body.top_k not in (None, -1, 0) else None,
@@ -117,6 +134,7 @@ def _check_lengths(engine: Engine, prompts: list[list[int]], max_tokens: int, n:
 def completion_job(engine: Engine, body: CompletionRequest) -> Job:
     body.check_supported()
     adapter, steer = resolve_methods(engine, body)
+    guide, kv_policy = resolve_guide_and_policy(engine, body)
     params = sampling_params(body)
     prompts = []
     for i, p in enumerate(body.prompt_list()):
@@ -134,12 +152,13 @@ def completion_job(engine: Engine, body: CompletionRequest) -> Job:
     return Job(prompts=prompts, params=params, max_tokens=max_tokens, n=body.n, seed=body.seed,
                stop_token_ids=[] if body.ignore_eos else engine.stop_token_ids, stop_strings=body.stop_strings(),
                logprobs=body.logprobs, prompt_logprobs=body.logprobs if body.echo else None,
-               adapter=adapter, steer=steer)
+               adapter=adapter, steer=steer, guide=guide, kv_policy=kv_policy)
 
 
 def chat_job(engine: Engine, body: ChatCompletionRequest) -> Job:
     body.check_supported()
     adapter, steer = resolve_methods(engine, body)
+    guide, kv_policy = resolve_guide_and_policy(engine, body)
     params = sampling_params(body)
     tok = engine.tokenizer
     if tok is None or tok.chat_template is None:
@@ -161,4 +180,5 @@ def chat_job(engine: Engine, body: ChatCompletionRequest) -> Job:
     top = body.top_logprobs or 0
     return Job(prompts=[prompt], params=params, max_tokens=max_tokens, n=body.n, seed=body.seed,
                stop_token_ids=[] if body.ignore_eos else engine.stop_token_ids, stop_strings=body.stop_strings(),
-               logprobs=top if body.logprobs else None, adapter=adapter, steer=steer)
+               logprobs=top if body.logprobs else None, adapter=adapter, steer=steer, guide=guide,
+               kv_policy=kv_policy)
