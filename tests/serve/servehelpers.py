@@ -7,7 +7,7 @@ import torch
 STEER_HOOK = "blocks.1.resid_post"
 STEER_COEFF = 6.0
 GEDI_CODES = ("polite", "rude")  # GeDi control codes (the reference model itself is the guide)
-FORBID = ("the",)  # the "clean" guide's forbidden strings
+FORBID = ("resident", "Humar")  # the "clean" guide's forbidden strings (both in the unguided replies)
 WINDOW_BUDGET = 6  # the "win" KV policy keeps this many tokens: short prompts already evict
 
 

@@ -84,13 +84,27 @@ def cache_policy(args: argparse.Namespace):
         return None
     if args.kv_budget is None:
         raise LmlabError("--kv-policy needs --kv-budget (tokens, or a fraction such as 0.25)")
-    try:
-        budget = float(args.kv_budget) if "." in args.kv_budget else int(args.kv_budget)
-    except ValueError:
-        raise LmlabError(f"--kv-budget: expected a number of tokens or a fraction, got {args.kv_budget!r}") from None
     from lmlab.efficient import kv_policy
 
-    return kv_policy(args.kv_policy, budget=budget)
+    return kv_policy(args.kv_policy, budget=parse_kv_budget(args.kv_budget))
+
+
+def parse_kv_budget(text: str) -> int | float:
+    """``--kv-budget``: an integer is tokens kept per row, a number with a point or exponent a fraction of
+    the prompt (the policy checks the range: >= 1 token, or in (0, 1])."""
+    import math
+
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise LmlabError(f"--kv-budget: expected a number of tokens or a fraction, got {text!r}")
+    return value
 
 
 class OpenAIPenalties:
@@ -128,6 +142,7 @@ def check_sampling_arguments(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if not -2.0 <= value <= 2.0:
             raise LmlabError(f"--{name.replace('_', '-')} must be in [-2, 2] (OpenAI's range), got {value}")
+    cache_policy(args)  # --kv-policy / --kv-budget checked now, not at the first generation
 
 
 def generation_config(args: argparse.Namespace, tokenizer, prompt_len: int = 0, max_new_tokens: int | None = None):

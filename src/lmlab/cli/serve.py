@@ -23,6 +23,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="server config (YAML/JSON): limits, adapters, steering vectors")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set max_batch_size=32 (repeatable)")
+    p.add_argument("--kv-policy", default=None,
+                   help="default KV policy of requests that name none: a kv_policies entry of --config, or a "
+                        "policy (window, sinks, h2o, keyformer) with --kv-budget")
+    p.add_argument("--kv-budget", default=None,
+                   help="with --kv-policy: tokens kept (e.g. 512) or a fraction of the prompt (e.g. 0.25)")
     p.add_argument("--pack", action="store_true", help="prepack weights for faster CPU decoding")
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads (default: torch's choice; 1 on a machine shared with other work)")
@@ -45,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         from lmlab.serve.app import create_app
     except ImportError as e:
         raise LmlabError(f"serving needs the 'serve' extra (pip install 'lmlab[serve]'): {e}") from None
-    from lmlab.serve.config import load_serve_config
+    from lmlab.serve.config import load_serve_config, set_default_kv_policy
     from lmlab.serve.server import build_engine
 
     if not 0 <= args.port < 65536:
@@ -57,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     config = load_serve_config(args.config, args.overrides)
+    set_default_kv_policy(config, args.kv_policy, args.kv_budget)
     if not _is_loopback(args.host) and not args.api_key:
         print(f"lmlab serve: warning: listening on {args.host} without --api-key: anyone who can reach it may use it",
               file=sys.stderr)

@@ -138,3 +138,29 @@ def _local_path(base: Path, value: str) -> str:
     name such as a Hugging Face id or a shipped reference model, which ``lmlab.load`` resolves)."""
     candidate = base / value
     return str(candidate) if candidate.exists() or Path(value).is_absolute() else value
+
+
+def set_default_kv_policy(cfg: ServeConfig, name: str | None, budget: str | None) -> None:
+    """``lmlab serve --kv-policy NAME [--kv-budget F]``: the default policy of requests that name none.
+
+    Without ``--kv-budget``, NAME is an entry of the config's ``kv_policies``; with it, NAME is a policy
+    (``lmlab.efficient.kv_policy``) added as an entry of that name. Checked here, before the model loads."""
+    if name is None:
+        if budget is not None:
+            raise LmlabError("--kv-budget needs --kv-policy")
+        return
+    if budget is None:
+        if name not in cfg.kv_policies:
+            raise LmlabError(f"--kv-policy {name!r} is not a kv_policies entry of the config (entries: "
+                             f"{', '.join(sorted(cfg.kv_policies)) or 'none'}); to name a policy, give --kv-budget")
+    else:
+        if name in cfg.kv_policies:
+            raise LmlabError(f"--kv-policy {name!r} is already a kv_policies entry of the config; drop --kv-budget "
+                             "to use it as the default")
+        from lmlab.cli.common import parse_kv_budget
+        from lmlab.efficient import kv_policy
+
+        spec = KVPolicySpec(policy=name, budget=parse_kv_budget(budget))
+        kv_policy(spec.policy, budget=spec.budget)  # refuses an unknown policy or a bad budget in one line
+        cfg.kv_policies[name] = spec
+    cfg.default_kv_policy = name
