@@ -23,6 +23,16 @@ def run_serve(capsys, *args) -> str:
     ("adapters:\n  a: nowhere\n", "adapter 'a'"),
     ("steering:\n  s: {path: v.safetensors, hook: blocks.99.resid_post}\n", "unknown hook point"),
     ("steering:\n  s: {path: missing.safetensors, hook: blocks.0.resid_post}\n", "cannot read"),
+    ("guides:\n  g: {guide: bogus}\n", "guide 'g': 'guide' must be gedi, genarm or proxy"),
+    ("guides:\n  g: {omega: 2}\n", "guide 'g' names no guide and no forbidden strings"),
+    ("guides:\n  g: {guide: gedi, guide_model: x}\n", "guide 'g': gedi needs desired_code, anti_code"),
+    ("guides:\n  g: {guide: proxy, tuned: nowhere, untuned: nowhere}\n", "guide 'g': cannot load nowhere"),
+    ("guides:\n  g: {guide: genarm}\n", "guide 'g': genarm needs at least one arm"),
+    ("kv_policies:\n  k: {policy: window, budget: 0}\n", "kv policy 'k': KV policy 'window': budget must be at least"),
+    ("kv_policies:\n  k: {policy: lru, budget: 4}\n", "kv policy 'k': unknown KV policy 'lru'"),
+    ("kv_policies:\n  k: {budget: 4}\n", "kv_policies 'k' needs 'policy'"),
+    ("kv_policies:\n  k: {policy: sinks, budget: 8, options: {n_sink: 2}}\n", "kv policy 'k': bad options ['n_sink']"),
+    ("default_kv_policy: k\n", "default_kv_policy 'k' is not a kv_policies entry (entries: none)"),
 ])
 def test_bad_config_is_one_line(tmp_path, capsys, yaml_text, words):
     cfg = tmp_path / "serve.yaml"

@@ -141,3 +141,31 @@ def test_methods_route_lists_guides_and_policies(server):
     assert body["kv_policies"] == {"h2o-half": {"policy": "h2o", "budget": 0.5},
                                    "win": {"policy": "window", "budget": WINDOW_BUDGET}}
     assert body["default_kv_policy"] is None
+
+
+def test_default_kv_policy_from_the_serve_flags(local, engine):
+    """``lmlab serve --kv-policy window --kv-budget 6``: requests naming no policy get it, "none" opts out."""
+    import httpx
+
+    from lmlab.serve.app import create_app
+    from lmlab.serve.config import ServeConfig, set_default_kv_policy
+    from lmlab.serve.server import ServerThread, build_engine
+
+    cfg = ServeConfig(model_name="world")
+    set_default_kv_policy(cfg, "window", str(WINDOW_BUDGET))
+    eng = build_engine(ASSET_DIR, cfg).start()
+    try:
+        with ServerThread(create_app(eng)) as s:
+            def text(**extra):
+                r = httpx.post(s.url + "/v1/completions", json={"model": "world", "prompt": PROMPT, "max_tokens": N_NEW,
+                                                                "temperature": 0, **extra}, timeout=60)
+                assert r.status_code == 200, r.text
+                return r.json()["choices"][0]["text"]
+
+            assert text() == in_process(local, engine, policy=kv_policy("window", budget=WINDOW_BUDGET))
+            assert text(kv_policy="none") == in_process(local, engine)
+            assert text() != text(kv_policy="none")
+            methods = httpx.get(s.url + "/v1/lmlab/methods", timeout=10).json()
+            assert methods["default_kv_policy"] == "window"
+    finally:
+        eng.close()

@@ -107,12 +107,27 @@ class ServeConfig:
                                  f"forbidden strings only), got {spec.guide!r}")
             if not spec.guide and not spec.forbid:
                 raise LmlabError(f"{where}: guide '{name}' names no guide and no forbidden strings")
+        if "none" in self.kv_policies:
+            raise LmlabError(f"{where}: kv_policies may not define 'none' (a request names it for the full cache)")
         for name, spec in self.kv_policies.items():
             if not spec.policy:
                 raise LmlabError(f"{where}: kv_policies '{name}' needs 'policy' (window, sinks, h2o, keyformer)")
+            build_kv_policy(name, spec)  # an unknown policy, a bad budget or option: refused before the model loads
         if self.default_kv_policy is not None and self.default_kv_policy not in self.kv_policies:
             raise LmlabError(f"{where}: default_kv_policy {self.default_kv_policy!r} is not a kv_policies entry "
                              f"(entries: {', '.join(sorted(self.kv_policies)) or 'none'})")
+
+
+def build_kv_policy(name: str, spec: KVPolicySpec):
+    """The policy of kv_policies entry ``name`` (``lmlab.efficient.kv_policy``), or one line naming the entry."""
+    from lmlab.efficient import kv_policy
+
+    try:
+        return kv_policy(spec.policy, budget=spec.budget, **spec.options)
+    except LmlabError as e:
+        raise LmlabError(f"kv policy '{name}': {e}") from None
+    except TypeError as e:  # an option the policy does not take
+        raise LmlabError(f"kv policy '{name}': bad options {sorted(spec.options)} ({e})") from None
 
 
 def load_serve_config(path: str | Path | None, overrides=()) -> ServeConfig:

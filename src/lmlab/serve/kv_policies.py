@@ -10,8 +10,7 @@ whatever else the server is doing. Requests with the full cache share the main b
 
 from __future__ import annotations
 
-from lmlab.errors import LmlabError
-from lmlab.serve.config import KVPolicySpec
+from lmlab.serve.config import KVPolicySpec, build_kv_policy
 
 NO_POLICY = "none"  # what a request names to use the full cache on a server whose default is a policy
 
@@ -19,21 +18,8 @@ NO_POLICY = "none"  # what a request names to use the full cache on a server who
 class KVPolicyTable:
     def __init__(self, specs: dict[str, KVPolicySpec], default: str | None = None) -> None:
         self.specs = dict(specs)
-        if NO_POLICY in self.specs:
-            raise LmlabError(f"serve config: kv_policies may not define {NO_POLICY!r} (it means the full cache)")
         self.default = default
-        self._policies = {name: self._build(name, spec) for name, spec in self.specs.items()}
-
-    @staticmethod
-    def _build(name: str, spec: KVPolicySpec):
-        from lmlab.efficient import kv_policy
-
-        try:
-            return kv_policy(spec.policy, budget=spec.budget, **spec.options)
-        except LmlabError as e:
-            raise LmlabError(f"kv policy '{name}': {e}") from None
-        except TypeError as e:  # an option the policy does not take
-            raise LmlabError(f"kv policy '{name}': bad options {sorted(spec.options)} ({e})") from None
+        self._policies = {name: build_kv_policy(name, spec) for name, spec in self.specs.items()}
 
     @property
     def names(self) -> list[str]:
