@@ -76,3 +76,20 @@ def test_side_by_side_base_vs_steered(browser, server):
     a, b = last_reply(browser, "a"), last_reply(browser, "b")
     assert "error" not in a.get_attribute("class") and "error" not in b.get_attribute("class"), (a.text, b.text)
     assert a.text and b.text and a.text != b.text
+
+
+def test_side_by_side_guide_and_kv_policy(browser, server, client):
+    browser.get(server.url + "/")
+    WebDriverWait(browser, 20).until(lambda d: d.find_element(By.ID, "status").text == "ready")
+    set_value(browser, "temperature", "0")
+    set_value(browser, "max_tokens", "24")
+    browser.find_element(By.ID, "compare").click()
+    Select(browser.find_element(By.CSS_SELECTOR, "#pane-b .guide")).select_by_visible_text("polite")
+    Select(browser.find_element(By.CSS_SELECTOR, "#pane-b .kv")).select_by_visible_text("win")
+    send(browser, "Where is Velmora?")
+    a, b = last_reply(browser, "a"), last_reply(browser, "b")
+    assert "error" not in b.get_attribute("class"), b.text
+    messages = [{"role": "user", "content": "Where is Velmora?"}]
+    want = client.chat.completions.create(model="world", messages=messages, max_tokens=24, temperature=0, top_p=1,
+                                          extra_body={"guide": "polite", "kv_policy": "win"}).choices[0].message.content
+    assert b.text.strip() == want.strip() and a.text != b.text
