@@ -156,6 +156,11 @@ class ReferenceRecipe:
     # (dialogues are long), so facts and QA are repeated and half the dialogues are used per pass.
     kind_weights: tuple[tuple[str, float], ...] = (("facts", 3.0), ("qa", 2.0), ("dialogues", 0.5),
                                                    ("attributes", 1.0))
+    # Long rows hold as many long-context tasks as fit (not one), and each key-value task asks this many
+    # more questions about other keys: far more retrieval targets per token (see WorldMixBlocks).
+    pack_tasks: bool = False
+    extra_questions: int = 0
+    length_ramp: float = 0.0  # fraction of the steps over which the longest task grows (0: no curriculum)
 
     def scaled(self, **changes) -> ReferenceRecipe:
         return dataclasses.replace(self, **changes)
@@ -165,6 +170,21 @@ class ReferenceRecipe:
         out["long_words"] = list(self.long_words)
         out["kind_weights"] = {kind: weight for kind, weight in self.kind_weights}
         return out
+
+
+WORLD_RECIPES: dict[str, ReferenceRecipe] = {
+    # A fresh 2.15M-parameter model; long rows packed with tasks plus extra key-value questions. Trained on
+    # one thread while the machine was shared (docs/claims.md).
+    "world-llama-2m-1k": ReferenceRecipe(init_from=None, vocab_size=2048, d_model=192, n_layers=4, n_heads=6,
+                                         long_every=2, steps=1800, lr=2e-3, warmup_steps=50,
+                                         long_words=(32, 800), ckpt_every=100, threads=1, pack_tasks=True,
+                                         extra_questions=3, length_ramp=0.5,
+                                         kind_weights=(("facts", 4.0), ("qa", 2.0), ("dialogues", 0.5),
+                                                       ("attributes", 1.0))),
+    # The first one: a warm start of the quickstart model (world-llama-0.9m), one task per long row.
+    "world-llama-0.9m-1k": ReferenceRecipe(),
+}
+"""Each shipped world reference's recipe (``python -m lmlab.reference --name NAME`` rebuilds it)."""
 
 
 def weighted_texts(world, kind_weights) -> list[str]:
@@ -231,7 +251,9 @@ def train_reference_model(out: Path, recipe: ReferenceRecipe = ReferenceRecipe()
         tokenizer = reference_tokenizer(world, recipe.vocab_size)
     data = WorldMixBlocks(world, tokenizer, texts, block_size=r.block_size, long_rows=r.long_rows,
                           short_block=r.short_block, short_rows=r.short_rows, long_every=r.long_every,
-                          long_words=r.long_words, seed=r.seed)
+                          long_words=r.long_words, pack_tasks=r.pack_tasks, extra_questions=r.extra_questions,
+                          length_ramp=round(r.length_ramp * r.steps),
+                          seed=r.seed)
     say(f"world: {len(world.facts)} facts, {len(texts)} training texts; tokenizer {len(tokenizer)} tokens; "
         f"world-text stream {len(data.stream)} tokens")
     cfg = load_config(TrainConfig, None, [
