@@ -16,7 +16,7 @@ from lmlab.reference import (
     ASSET_DIR,
     QUALITY_KEYS,
     RECORD_FILE,
-    WORLD_NAME,
+    WORLD_NAMES,
     load_reference,
     read_record,
     resolve,
@@ -77,7 +77,7 @@ def test_recipe_from_scratch_reaches_recorded_quality(tmp_path):
 
 # ---- by name, corrupted files, and the world reference (issue 11) ------------------------------------
 def test_unknown_reference_name_is_a_one_line_error():
-    with pytest.raises(LmlabError, match=r"unknown name 'world-llama-9b' \(shipped: world-llama-0.9m, world-llama-0.9m-1k\)"):
+    with pytest.raises(LmlabError, match=r"unknown name 'world-llama-9b' \(shipped: world-llama-0.9m, world-llama-2m-1k, world-llama-0.9m-1k\)"):
         load_reference("world-llama-9b")
 
 
@@ -100,15 +100,15 @@ def test_corrupted_shipped_file_is_a_one_line_error(tmp_path):
         load_reference(copy)
 
 
-@pytest.fixture(scope="module")
-def world_ref():
-    return load_reference(WORLD_NAME)
+@pytest.fixture(scope="module", params=WORLD_NAMES)
+def world_ref(request):
+    return load_reference(request.param)
 
 
 def test_world_reference_files_are_small_and_match_the_record(world_ref):
-    directory = resolve(WORLD_NAME)
+    directory = resolve(world_ref.record["name"])
     total = sum(f.stat().st_size for f in directory.iterdir())
-    assert total < 50 * 2**20, f"{WORLD_NAME} is {total / 2**20:.1f} MB (limit 50 MB)"
+    assert total < 50 * 2**20, f"{directory.name} is {total / 2**20:.1f} MB (limit 50 MB)"
     record = world_ref.record
     assert set(record["files_sha256"]) == {f.name for f in directory.iterdir()} - {RECORD_FILE}
     assert world_ref.model.num_parameters() == record["parameters"]
@@ -135,3 +135,12 @@ def test_world_reference_recorded_figures_reproduce_from_its_weights(world_ref):
     assert set(record["quality"]) >= {"train_fact_recall", "heldout_paraphrase_recall", "qa_heldout_accuracy",
                                       "two_hop_direct", "two_hop_two_step", "attribute_code/sentiment",
                                       "kv_retrieval/1024/0.5"}
+
+
+def test_reference_cli_rejects_an_unknown_name_in_one_line(capsys):
+    from lmlab.reference import main
+
+    assert main(["--name", "bogus"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --name: unknown reference 'bogus' (shipped: world-llama-0.9m, world-llama-2m-1k, "
+                   "world-llama-0.9m-1k)"]

@@ -1,12 +1,16 @@
 """The reference checkpoints shipped inside the package: models that already know the quickstart world.
 
-Two are shipped, loaded by name with ``load_reference(name)`` (docs/world.md):
+Three are shipped, loaded by name with ``load_reference(name)`` (docs/world.md):
 
 * ``world-llama-0.9m`` (the default): the quickstart model, facts only, 128-token context;
-* ``world-llama-0.9m-1k``: the quickstart model trained further on facts, QA, chat dialogues, attribute
-  text and long-context retrieval, context 1,152 tokens (``lmlab.train.world_recipe.train_reference_model``);
-  its record holds its measured quality (``lmlab.train.world_quality``); rebuild with
-  ``python -m lmlab.reference --name world-llama-0.9m-1k --steps N`` (N from its record).
+* ``world-llama-2m-1k`` (:data:`WORLD_NAME`): the model that knows the whole world -- a fresh 2.15M-parameter
+  model trained on facts, QA, chat dialogues, attribute text and long-context retrieval, context 1,152
+  tokens (``lmlab.train.world_recipe.WORLD_RECIPES``);
+* ``world-llama-0.9m-1k``: the first, weaker world model (the quickstart model trained further on the same
+  kinds of text; no retrieval), kept because earlier tables were measured on it.
+
+A world reference's record holds its measured quality (``lmlab.train.world_quality``); rebuild one with
+``python -m lmlab.reference --name NAME --steps N`` (N from its record).
 
 Why: method work (editing a fact, steering, compressing the cache, ...) needs a model whose knowledge is
 known, and training one takes minutes. ``load_reference()`` returns it at once, with the world it was
@@ -37,7 +41,7 @@ from typing import Any
 
 from lmlab.errors import LmlabError
 
-from lmlab.reference_names import ASSET_DIR, ASSETS, NAME, REFERENCES, WORLD_NAME, resolve  # noqa: F401
+from lmlab.reference_names import ASSET_DIR, ASSETS, NAME, REFERENCES, WORLD_NAME, WORLD_NAMES, resolve  # noqa: F401
 RECORD_FILE = "lmlab_reference.json"
 QUALITY_KEYS = ("train_fact_recall", "heldout_paraphrase_recall", "two_hop_accuracy")
 SUBSET = 24  # probes per list in the record's ``quality_subset`` (re-checked by tests/test_reference.py)
@@ -146,19 +150,19 @@ def _install(staged: Path, out: Path) -> None:
 
 
 def build_world_reference(out: Path | None = None, run: Path | None = None, steps: int | None = None,
-                          resume: bool = False, progress: bool = True, say=print) -> dict:
-    """Train (or, with ``resume``, continue) the ``world-llama-0.9m-1k`` recipe in ``run``, evaluate it in full and
-    on the :data:`SUBSET` the tests re-check, and write checkpoint + record to ``out`` (atomically)."""
+                          resume: bool = False, progress: bool = True, say=print, name: str = WORLD_NAME) -> dict:
+    """Train (or, with ``resume``, continue) the recipe of world reference ``name`` in ``run``, evaluate it in
+    full and on the :data:`SUBSET` the tests re-check, and write checkpoint + record to ``out`` (atomically)."""
     import platform
 
     import torch
 
     import lmlab
     from lmlab.train.world_quality import evaluate_world_model
-    from lmlab.train.world_recipe import ReferenceRecipe, train_reference_model
+    from lmlab.train.world_recipe import WORLD_RECIPES, train_reference_model
 
-    out = Path(out) if out is not None else ASSETS / WORLD_NAME
-    recipe = ReferenceRecipe() if steps is None else ReferenceRecipe().scaled(steps=steps)
+    out = Path(out) if out is not None else ASSETS / name
+    recipe = WORLD_RECIPES[name] if steps is None else WORLD_RECIPES[name].scaled(steps=steps)
     with tempfile.TemporaryDirectory(prefix="lmlab-reference-") as tmp:
         run = Path(run) if run is not None else Path(tmp) / "run"
         model, tokenizer, world, report = train_reference_model(run, recipe, resume=resume, progress=progress,
@@ -177,7 +181,7 @@ def build_world_reference(out: Path | None = None, run: Path | None = None, step
     files = {f.name: sha256(f) for f in sorted(staged.iterdir())}
     record = {
         "name": out.name,
-        "recipe": f"python -m lmlab.reference --name {WORLD_NAME} --steps {recipe.steps}",
+        "recipe": f"python -m lmlab.reference --name {name} --steps {recipe.steps}",
         "recipe_fields": recipe.to_dict(), "world": {"preset": "quickstart", "seed": recipe.seed},
         "seed": recipe.seed, "steps": recipe.steps, "vocab_size": report["vocab_size"],
         "parameters": report["parameters"], "n_facts": report["n_facts"], "final_loss": report["final_loss"],
@@ -195,17 +199,20 @@ def build_world_reference(out: Path | None = None, run: Path | None = None, step
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m lmlab.reference", description="Rebuild a shipped reference checkpoint.")
-    p.add_argument("--name", choices=REFERENCES, default=NAME, help=f"which reference (default: {NAME})")
+    p.add_argument("--name", default=NAME, help=f"which reference: {', '.join(REFERENCES)} (default: {NAME})")
     p.add_argument("--out", type=Path, default=None, help="output directory (default: the package's asset)")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
     p.add_argument("--seed", type=int, default=0, help=f"{NAME} only")
-    p.add_argument("--run", type=Path, default=None, help=f"{WORLD_NAME}: keep the training run (checkpoints) here")
-    p.add_argument("--resume", action="store_true", help=f"{WORLD_NAME}: continue the run in --run")
+    p.add_argument("--run", type=Path, default=None, help="a world reference: keep the training run (checkpoints) here")
+    p.add_argument("--resume", action="store_true", help="a world reference: continue the run in --run")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     try:
-        if args.name == WORLD_NAME:
-            record = build_world_reference(args.out, args.run, args.steps, args.resume, progress=not args.no_progress)
+        if args.name not in REFERENCES:
+            raise LmlabError(f"--name: unknown reference {args.name!r} (shipped: {', '.join(REFERENCES)})")
+        if args.name in WORLD_NAMES:
+            record = build_world_reference(args.out, args.run, args.steps, args.resume, progress=not args.no_progress,
+                                           name=args.name)
         else:
             record = build_reference(args.out or ASSET_DIR, args.steps or 500, args.seed,
                                      progress=not args.no_progress)

@@ -46,6 +46,43 @@ def test_long_batches_open_with_a_task_whose_context_is_masked(tiny_mix):
     assert torch.equal(short["labels"][:, :-1], short["input_ids"][:, 1:])
 
 
+def test_packed_long_rows_hold_several_tasks_and_extra_questions_with_true_answers(tiny_mix):
+    """``pack_tasks``: tasks follow each other in a row, each list masked, each question trained; every extra
+    question asks another key of the list just before it and is answered with that key's code."""
+    import re
+
+    world, tokenizer, _ = tiny_mix
+    texts = [d.text for d in world.corpus("train")]
+    mix = WorldMixBlocks(world, tokenizer, texts, block_size=512, long_rows=3, short_block=32, short_rows=4,
+                         long_every=2, long_words=(32, 120), kv_share=1.0, pack_tasks=True, extra_questions=2,
+                         seed=3)
+    task = re.compile(r"((?:The code of [^.]+? is \d+\. ?)+)\n((?:What is the code of [^?]+\? The code of "
+                      r"[^.]+? is \d+\.\n?)+)")
+    batch = mix.batch(0)
+    for ids, labels in zip(batch["input_ids"], batch["labels"]):
+        text = tokenizer.decode(ids.tolist())
+        blocks = list(task.finditer(text))
+        assert len(blocks) >= 2, text[:300]  # 512 tokens hold at least two whole tasks of 32-120 words
+        for block in blocks:
+            codes = dict(re.findall(r"The code of (.+?) is (\d+)\.", block.group(1)))
+            asked = re.findall(r"What is the code of (.+?)\? The code of \1 is (\d+)\.", block.group(2))
+            assert len(asked) == 3 and len({key for key, _ in asked}) == 3  # the task's question + 2 more
+            assert all(codes[key] == code for key, code in asked)
+        trained = tokenizer.decode([t for t, y in zip(ids[1:].tolist(), labels[:-1].tolist()) if y != IGNORE_INDEX])
+        for block in blocks:
+            assert block.group(2).strip() in trained  # every question and answer is a target
+            assert block.group(1).strip()[20:] not in trained  # no list is
+
+
+def test_length_curriculum_grows_the_longest_task(tiny_mix):
+    world, tokenizer, _ = tiny_mix
+    texts = [d.text for d in world.corpus("train")]
+    mix = WorldMixBlocks(world, tokenizer, texts, block_size=256, long_rows=1, short_block=32, short_rows=1,
+                         long_words=(40, 200), pack_tasks=True, length_ramp=100)
+    assert mix._length_range(0) == (40, 80) and mix._length_range(50) == (40, 140)
+    assert mix._length_range(100) == mix._length_range(10_000) == (40, 200)
+
+
 def test_stream_is_a_pure_function_of_the_batch_index_and_resumes(tiny_mix):
     _, _, mix = tiny_mix
     first = [next(iter(mix.batches())) for _ in range(1)]

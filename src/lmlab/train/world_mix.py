@@ -17,6 +17,7 @@ is a pure function of ``(seed, k)``, so the stream's state is just ``k`` and res
 from __future__ import annotations
 
 import random
+import re
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ from lmlab.errors import LmlabError
 from lmlab.train.objectives import IGNORE_INDEX
 
 DEPTH_BINS = 11  # depths drawn from {0, 0.1, ..., 1}
+_KV_LINE = re.compile(r"The code of (.+?) is (\d+)\.")
 
 
 class WorldMixBlocks:
@@ -34,7 +36,7 @@ class WorldMixBlocks:
     def __init__(self, world, tokenizer, texts: list[str], *, block_size: int = 1152, long_rows: int = 8,
                  short_block: int = 256, short_rows: int = 32, long_every: int = 4,
                  long_words: tuple[int, int] = (60, 680), kv_share: float = 0.75, epochs: int = 8,
-                 seed: int = 0) -> None:
+                 pack_tasks: bool = False, extra_questions: int = 0, length_ramp: int = 0, seed: int = 0) -> None:
         if not texts:
             raise LmlabError("texts: the training corpus is empty")
         if short_block < 16 or block_size < short_block or long_rows < 1 or short_rows < 1 or long_every < 1:
@@ -42,6 +44,10 @@ class WorldMixBlocks:
         self.world, self.tokenizer = world, tokenizer
         self.block_size, self.long_rows, self.short_block, self.short_rows = block_size, long_rows, short_block, short_rows
         self.long_every, self.long_words, self.kv_share, self.seed = long_every, tuple(long_words), kv_share, seed
+        self.pack_tasks, self.extra_questions, self.length_ramp = pack_tasks, extra_questions, length_ramp
+        if pack_tasks:  # tokens per word of a task, to draw task lengths that fit the rest of a row
+            sample = world.long_context_task("kv_retrieval", 400, 0.5, seed=-7)
+            self.tokens_per_word = len(tokenizer.encode(sample.prompt)) / sample.n_words
         self.eos = tokenizer.eos_id
         if self.eos is None:
             raise LmlabError("tokenizer: an eos token is needed to separate documents")
@@ -65,21 +71,56 @@ class WorldMixBlocks:
         return self.stream[start:start + n]
 
     def _long_row(self, k: int, r: int, rng: random.Random) -> tuple[np.ndarray, np.ndarray]:
+        """One long row: a long-context task (or, with ``pack_tasks``, as many as fit) at its start, world text
+        after it; the tasks' contexts are not trained on (their random codes carry no learnable signal)."""
         width = self.block_size + 1
-        kind = "kv_retrieval" if rng.random() < self.kv_share else "needle"
         row = self._window(rng, width).copy()  # [T + 1]
         trained = np.ones(width, dtype=bool)  # [T + 1]: is this token a training target
-        for attempt in range(8):  # redraw until it fits (the words -> tokens ratio varies a little)
-            task = self.world.long_context_task(kind, rng.randint(*self.long_words), rng.randrange(DEPTH_BINS) / 10,
-                                                seed=1_000_000 + self.seed * 10_000_000 + k * 100 + r * 10 + attempt)
+        pos = 0
+        kind = "kv_retrieval" if rng.random() < self.kv_share else "needle"
+        for attempt in range(64 if self.pack_tasks else 8):  # redraw until it fits
+            lo, hi = self._length_range(k)
+            if self.pack_tasks:  # later tasks of a row get lengths that fit what is left of it
+                hi = min(hi, int((width - pos) / self.tokens_per_word) - 16)
+                if hi < lo:
+                    break
+            task = self.world.long_context_task(kind, rng.randint(lo, hi), rng.randrange(DEPTH_BINS) / 10,
+                                                seed=self._task_seed(k, r, attempt))
             context = [self.eos, *self.tokenizer.encode(task.context)]
-            tail = self.tokenizer.encode("\n" + task.question + task.answer + ".")
+            tail = self.tokenizer.encode("\n" + task.question + task.answer + "." + self._more_questions(task, rng))
             n = len(context) + len(tail)
-            if n <= width:
-                row[:n] = context + tail
-                trained[1:len(context) + 1] = False  # targets inside the context (and its closing "\n")
-                break
+            if pos + n <= width:
+                row[pos:pos + n] = context + tail
+                trained[pos + 1:pos + len(context) + 1] = False  # targets inside the context (and its closing "\n")
+                pos = pos + n
+                if not self.pack_tasks:
+                    break
+                kind = "kv_retrieval" if rng.random() < self.kv_share else "needle"
         return row, trained
+
+    def _length_range(self, k: int) -> tuple[int, int]:
+        """Task lengths (words) drawn for batch ``k``: with ``length_ramp`` a curriculum, the longest task
+        growing linearly from 2x the shortest to ``long_words[1]`` over the first ``length_ramp`` batches --
+        many short lists first, so the copy mechanism forms on cheap examples before it must reach far."""
+        lo, hi = self.long_words
+        if self.length_ramp <= 0 or k >= self.length_ramp:
+            return lo, hi
+        return lo, max(2 * lo, round(2 * lo + (hi - 2 * lo) * k / self.length_ramp))
+
+    def _task_seed(self, k: int, r: int, attempt: int) -> int:
+        if self.pack_tasks:  # up to 64 attempts per row (long_rows <= 10)
+            return 2_000_000_000 + self.seed * 100_000_000 + k * 1000 + r * 100 + attempt
+        return 1_000_000 + self.seed * 10_000_000 + k * 100 + r * 10 + attempt
+
+    def _more_questions(self, task, rng: random.Random) -> str:
+        """``extra_questions`` more questions about other keys of a key-value task, each with its answer
+        (more retrieval targets per context token; the evaluation asks one)."""
+        if self.extra_questions <= 0 or task.kind != "kv_retrieval":
+            return ""
+        pairs = [(key, code) for key, code in _KV_LINE.findall(task.context) if key != task.key]
+        lines = [f"\nWhat is the code of {key}? The code of {key} is {code}."
+                 for key, code in rng.sample(pairs, min(self.extra_questions, len(pairs)))]
+        return "".join(lines)
 
     def batch(self, k: int) -> dict[str, torch.Tensor]:
         """Batch ``k`` of the stream (a pure function of ``seed`` and ``k``)."""

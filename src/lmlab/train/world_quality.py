@@ -110,7 +110,13 @@ def words_for_tokens(world, tokenizer, target_tokens: int) -> int:
     """Words of a key-value task giving about ``target_tokens`` prompt tokens with this tokenizer."""
     sample = world.long_context_task("kv_retrieval", 400, 0.5, seed=-1)
     ratio = len(tokenizer.encode(sample.prompt)) / sample.n_words
-    return max(32, round(target_tokens / ratio))
+    n_words = max(32, round(target_tokens / ratio))
+    for _ in range(4):  # longer lists need invented keys, which a world-trained BPE splits into more tokens
+        tokens = len(tokenizer.encode(world.long_context_task("kv_retrieval", n_words, 0.5, seed=-1).prompt))
+        if tokens <= target_tokens * 1.02:
+            break
+        n_words = max(32, round(n_words * target_tokens / tokens))
+    return n_words
 
 
 def long_context_scores(model, tokenizer, world, lengths=CONTEXT_TOKENS, depths=DEPTHS, n_per_cell: int = 8,
