@@ -15,6 +15,7 @@ True reward of a response: +1 if it names the fact's true object, +1 if its poli
 rude. Ties count half. Usage (about 10 minutes on a quiet 2-core machine)::
 
     python scripts/align_claims.py --steps 60 --out align_claims.json
+    python scripts/align_claims.py --model world-llama-2m-1k --dpo-lrs 5e-4,1e-4,2e-5 --out align_world.json
 """
 
 from __future__ import annotations
@@ -129,16 +130,18 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--prompts", type=int, default=48, help="held-out prompts for win rates")
     ap.add_argument("--out", default="align_claims.json")
+    ap.add_argument("--model", default="world-llama-0.9m", help="shipped reference name or directory")
+    ap.add_argument("--dpo-lrs", default="5e-4", help="comma-separated DPO learning rates (a sweep)")
     args = ap.parse_args()
     torch.manual_seed(0)
     t0 = time.time()
-    ref = load_reference()
+    ref = load_reference(args.model)
     tok, pad, eos = ref.tokenizer, ref.tokenizer.pad_id, ref.tokenizer.eos_id
     train_recs = world_preferences(ref.world, "train")
     held_recs = world_preferences(ref.world, "heldout")
     train_pairs = [tokenize_record(tok, r) for r in train_recs]
     held_pairs = [tokenize_record(tok, r) for r in held_recs]
-    results: dict = {"steps": args.steps, "train_pairs": len(train_pairs), "heldout_pairs": len(held_pairs)}
+    results: dict = {"model": args.model, "steps": args.steps, "train_pairs": len(train_pairs), "heldout_pairs": len(held_pairs)}
 
     # 0. the SFT policy every method starts from (and is compared with)
     sft_pairs = [p for p, r in zip(train_pairs, train_recs) if r.meta["reason"] == "factual"]
@@ -172,11 +175,12 @@ def main() -> None:
 
     # 2. DPO and SPIN policies vs the base policy
     policies = {}
-    dpo = copy.deepcopy(ref.model)
     logps = precompute_reference(ref.model, train_pairs, pad)
-    train(dpo, DPOObjective(beta=0.1, reference_model=ref.model), PrecomputedPreferenceData(train_pairs, logps, pad),
-          args.steps, 5e-4, 8)
-    policies["dpo"] = dpo
+    for lr in [float(x) for x in args.dpo_lrs.split(",")]:
+        dpo = copy.deepcopy(ref.model)
+        train(dpo, DPOObjective(beta=0.1, reference_model=ref.model),
+              PrecomputedPreferenceData(train_pairs, logps, pad), args.steps, lr, 8)
+        policies["dpo" if args.dpo_lrs == "5e-4" else f"dpo_lr{lr:g}"] = dpo
     spin_model = copy.deepcopy(ref.model)
     chosen = [(p.prompt_ids, p.chosen_ids) for p in train_pairs]
     spin(spin_model, [c[0] for c in chosen], [c[1] for c in chosen], pad,
