@@ -84,3 +84,24 @@ def test_wechsel_swap_builds_model_and_errors(world_text):
                        dictionary={"qqq": "zzz", "xxx": "yyy"})
     with pytest.raises(LmlabError, match="needs a bilingual dictionary"):
         swap_tokenizer(model, src_tok, tgt_tok, "wechsel")
+
+
+def test_swap_repoints_special_ids_and_refuses_a_missing_eos():
+    import tokenizers
+    from tokenizers import models, pre_tokenizers
+
+    from lmlab.core.tokenizer import Tokenizer
+
+    src = word_tokenizer(60)  # <s> = 1 is BOS and EOS
+    model = Transformer(ModelConfig.llama_like(60, d_model=32, n_layers=1, n_heads=2, d_mlp=64, max_seq_len=64,
+                                               bos_token_id=1, eos_token_id=1)).init_weights(seed=0)
+    vocab = {"<unk>": 0, **{f"w{i}": i - 1 for i in range(2, 70)}, "</s>": 69, "<s>": 70}  # specials moved
+    backend = tokenizers.Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    moved = Tokenizer(backend, {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"})
+    swapped = swap_tokenizer(model, src, moved, init="mean")
+    assert (swapped.config.bos_token_id, swapped.config.eos_token_id) == (70, 69)
+    assert torch.equal(swapped.embed.weight[70], model.embed.weight[1])  # overlap copy follows the token string
+    no_eos = Tokenizer(backend, {"unk_token": "<unk>"})
+    with pytest.raises(LmlabError, match=r"names a beginning-of-text token \(bos_token_id=1\) but the target tokenizer has none"):
+        swap_tokenizer(model, src, no_eos, init="mean")

@@ -1,14 +1,23 @@
 """Language and vocabulary adaptation (issue 19): extend a model's vocabulary or swap its tokenizer, and
-initialise the new embedding rows (WECHSEL, mean, random, FOCUS-style overlap copying).
+initialise the new embedding rows (WECHSEL, mean, random, FOCUS-style overlap copying); measure language
+similarity from a multilingual model (mPLM-Sim); fine-tune translation through language-aware neurons (LANDeRMT).
 
-Entry points: ``extend_vocabulary``, ``swap_tokenizer``, ``wechsel_mapping``, ``read_dictionary``.
+Entry points: ``extend_vocabulary``, ``swap_tokenizer``, ``wechsel_mapping``, ``read_dictionary``;
+``language_similarity`` / ``rank_correlation`` / ``select_source`` (``lmlab.adapt.mplm_sim``);
+``awareness_scores`` / ``classify_neurons`` / ``NeuronRouter`` (``lmlab.adapt.landermt``);
+``extended_languages`` / ``tree_distance`` (``lmlab.adapt.language_family``).
 """
 
 from lmlab.adapt.dictionary import read_dictionary
 from lmlab.adapt.extend import extend_vocabulary
+from lmlab.adapt.landermt import LandermtConfig, LanguageNeurons, NeuronRouter, awareness_scores, classify_neurons
+from lmlab.adapt.language_family import extended_languages, tree_distance
+from lmlab.adapt.mplm_sim import SimilarityResult, language_similarity, rank_correlation, select_source
 from lmlab.adapt.resize import RowMapping, apply_row_mapping
 from lmlab.adapt.swap import swap_tokenizer
 from lmlab.adapt.wechsel import WechselConfig, wechsel_mapping
 
-__all__ = ["RowMapping", "WechselConfig", "apply_row_mapping", "extend_vocabulary", "read_dictionary",
-           "swap_tokenizer", "wechsel_mapping"]
+__all__ = ["LandermtConfig", "LanguageNeurons", "NeuronRouter", "RowMapping", "SimilarityResult", "WechselConfig",
+           "apply_row_mapping", "awareness_scores", "classify_neurons", "extend_vocabulary", "extended_languages",
+           "language_similarity", "rank_correlation", "read_dictionary", "select_source", "swap_tokenizer",
+           "tree_distance", "wechsel_mapping"]

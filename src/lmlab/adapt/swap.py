@@ -12,6 +12,7 @@ Pure WECHSEL as in the paper is ``init="wechsel", copy_overlap=False``.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 
 from lmlab.adapt.resize import RowMapping, apply_row_mapping
@@ -50,4 +51,22 @@ def swap_tokenizer(model: Transformer, source_tokenizer: Tokenizer, target_token
             j = src_vocab.get(tgt_by_id.get(i))
             if j is not None:
                 sources[i], weights[i] = [j], [1.0]
-    return apply_row_mapping(model, RowMapping(n_new, sources, weights, seed))
+    new = apply_row_mapping(model, RowMapping(n_new, sources, weights, seed))
+    new.config = _special_ids_for(model.config, target_tokenizer)
+    return new
+
+
+def _special_ids_for(config, target_tokenizer: Tokenizer):
+    """The config with BOS/EOS/PAD ids re-pointed at the target tokenizer's: the source ids name rows of the OLD
+    vocabulary, which in the new one are other tokens.  A special token the model uses (its config names an id)
+    that the target tokenizer lacks is an error."""
+    updates = {}
+    for field, attr, what in (("bos_token_id", "bos_id", "beginning-of-text"), ("eos_token_id", "eos_id", "end-of-text"),
+                              ("pad_token_id", "pad_id", "padding")):
+        old, new = getattr(config, field), getattr(target_tokenizer, attr)
+        if old is not None and new is None and field != "pad_token_id":
+            raise LmlabError(f"swap_tokenizer: the model's config names a {what} token ({field}={old}) but the target "
+                             f"tokenizer has none; add it to the target tokenizer's special tokens")
+        if old is not None or new is not None:
+            updates[field] = new
+    return dataclasses.replace(config, **updates)
