@@ -9,6 +9,9 @@ Prompts carry no BOS (SmolLM2's plain text does not start with one, see ``lmlab.
     python scripts/edit_real.py --n 10 --methods rome,memit
     python scripts/edit_real.py --n 100 --methods memit
     python scripts/edit_real.py --n 10 --methods rome --set context_template_length_params='[[5,10],[10,10]]'
+    python scripts/edit_real.py --n 10 100 --methods ike     # IKE: 32 demonstrations from the other facts
+
+IKE's pool is the whole file; an edit's own case never supplies its demonstrations (leave-one-out).
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = {k: yaml.safe_load(v) for k, _, v in (s.partition("=") for s in args.set)}
+    if args.methods == "ike" and settings:
+        raise SystemExit("--set applies to rome/memit only")
     # ROME's and MEMIT's reference runs (GPT-2 XL, GPT-J) use 5 + 5 templates / 5 templates of prefixes: this
     # script uses MEMIT's ((10, 5),) for both unless --set says otherwise (ROME's 21 rows per step cost 3x more).
     settings.setdefault("context_template_length_params", [[10, 5]])
@@ -69,6 +74,13 @@ def main() -> None:
         base = counterfact_scores(model, tok, cases)
         print(f"| unedited | {n} | " + " | ".join(f"{base[c]:.3f}" for c in cols) + " | |", flush=True)
         for method in args.methods.split(","):
+            if method == "ike":
+                start = time.perf_counter()
+                ctx = edit(model, tok, [c.request for c in cases], method="ike", pool=read_counterfact(args.facts))
+                scores = counterfact_scores(model, tok, ctx.wrap_cases(cases))
+                print(f"| ike (k=32) | {n} | " + " | ".join(f"{scores[c]:.3f}" for c in cols)
+                      + f" | {time.perf_counter() - start:.0f} |", flush=True)
+                continue
             start = time.perf_counter()
             delta = edit(model, tok, [c.request for c in cases], method=method, corpus=corpus,
                          stats_dir=args.stats_dir, **settings)
