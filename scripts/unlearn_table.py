@@ -57,7 +57,15 @@ def main() -> None:
     for item in args.set:
         key, _, value = item.partition("=")
         group, _, name = key.partition(".")
-        cfgs[group][name] = yaml.safe_load(value)
+        value = yaml.safe_load(value)
+        if isinstance(value, str):  # YAML reads 1e-4 as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if group not in cfgs:
+            raise SystemExit(f"--set {item}: expected whp.KEY=VALUE or ga.KEY=VALUE")
+        cfgs[group][name] = value
     ref = load_reference(args.model)
     model, tok = ref.model, ref.tokenizer
     s = country_slice(ref.world, args.country)
