@@ -254,3 +254,27 @@ def test_ngram_entropy_by_hand():
     h3 = 1.0  # trigrams aba x2, bab x2
     assert ngram_entropy("a b a b a b") == pytest.approx((2 / 3 * h2 + 4 / 3 * h3) / 2)
     assert ngram_entropy("x x x x x x x") == 0.0 and ngram_entropy("") == 0.0
+
+
+def test_foreign_statistics_cache_through_edit_is_one_line_and_nothing_is_applied(tok, tmp_path):
+    """A statistics artefact filed under this model's key but computed for another model: edit() refuses it in one
+    line before any weight moves; an empty target is refused the same way."""
+    from lmlab.edit import stats as stats_mod
+
+    model, other = _model(tok, seed=0), _model(tok, seed=5)
+    second_moments(other, tok, [1], TEXTS, 100000, tmp_path)  # other's artefact ...
+    src = tmp_path / model_fingerprint(other)
+    dst = tmp_path / model_fingerprint(model)
+    dst.mkdir()
+    for f in src.iterdir():  # ... copied under this model's key
+        (dst / f.name).write_bytes(f.read_bytes())
+    assert stats_mod.model_fingerprint(model) != stats_mod.model_fingerprint(other)
+    before = _state(model)
+    with pytest.raises(LmlabError) as err:
+        edit(model, tok, REQS[:1], method="rome", layer=1, corpus=TEXTS, stats_dir=tmp_path, **FAST)
+    assert "statistics were computed for model" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(LmlabError) as err:
+        edit(model, tok, [EditRequest("{} was born in", "Ana Vell", "")], method="memit", layers=[1], corpus=TEXTS,
+             stats_dir=tmp_path, **FAST)
+    assert "target must be a non-empty string" in str(err.value) and "\n" not in str(err.value)
+    assert all(torch.equal(p, before[n]) for n, p in model.state_dict().items())

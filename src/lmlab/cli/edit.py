@@ -50,6 +50,9 @@ def run(args: argparse.Namespace) -> int:
     model_dir, out = Path(args.model), Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise LmlabError(f"--out {out} exists and is not an empty directory (nothing written)")
+    if args.method == "ike":
+        raise LmlabError("--method ike edits by prompting and changes no weight, so there is no checkpoint to "
+                         "write; use lmlab.edit.edit(..., method='ike', pool=cases) from Python")
     settings = _settings(args.set)
     for key in ("layers",):
         if isinstance(settings.get(key), list):

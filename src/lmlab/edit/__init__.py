@@ -7,11 +7,16 @@ projection's input) and ``mlp.out`` -- the same names on every architecture, so 
     delta.revert(model)                                                                    # exact original
 
 Statistics of the keys come from a local corpus and are cached as artefacts (:mod:`lmlab.edit.stats`).
+IKE (``method="ike"``, :mod:`lmlab.edit.ike`) edits by prompting and returns an :class:`InContextEdit`.
+Unlearning (:mod:`lmlab.edit.unlearn`: Who's Harry Potter, gradient ascent) and the extraction attacks
+(:mod:`lmlab.edit.attacks`) work on a slice of knowledge (:mod:`lmlab.edit.world_slice`); real facts in
+CounterFact format and their scores are in :mod:`lmlab.edit.counterfact`.
 """
 
 from lmlab.edit.alphaedit import AlphaEditState
 from lmlab.edit.api import edit
+from lmlab.edit.ike import InContextEdit
 from lmlab.edit.registry import available_editors
 from lmlab.edit.requests import EditRequest, make_request, read_edits
 
-__all__ = ["AlphaEditState", "EditRequest", "available_editors", "edit", "make_request", "read_edits"]
+__all__ = ["AlphaEditState", "EditRequest", "InContextEdit", "available_editors", "edit", "make_request", "read_edits"]

@@ -16,8 +16,10 @@ from lmlab.errors import LmlabError
 
 
 def edit(model: nn.Module, tokenizer, requests: EditRequest | Sequence[EditRequest], method: str = "memit", *,
-         corpus=None, stats_dir=None, state: Any = None, **hparams: Any) -> WeightDelta:
+         corpus=None, stats_dir=None, state: Any = None, pool=None, **hparams: Any) -> WeightDelta:
     """Write ``requests`` into ``model`` with ``method`` ("rome", "memit", "alphaedit"); returns the applied delta.
+    ``method="ike"`` changes no weight: it returns an :class:`lmlab.edit.ike.InContextEdit` (prompt contexts
+    built from the demonstration cases ``pool``), whose ``apply`` / ``revert`` do nothing.
 
     ``corpus``: texts (or a text file) for the key statistics, cached under ``stats_dir`` (default
     ``~/.cache/lmlab/edit-stats``; ``False``: no cache). ``state``: an :class:`AlphaEditState` carried across
@@ -28,6 +30,12 @@ def edit(model: nn.Module, tokenizer, requests: EditRequest | Sequence[EditReque
     cls = get_editor(method)
     cfg = cls.from_kwargs(hparams)
     reqs = validate_requests(requests, tokenizer)
+    if getattr(cls, "in_context", False):
+        if state is not None or corpus is not None:
+            raise LmlabError(f"edit: {method} edits by prompting; it takes no state= or corpus=")
+        return cfg.build(reqs, pool)
+    if pool is not None:
+        raise LmlabError(f"edit: pool= (demonstrations) is for method='ike', not {method!r}")
     if state is not None and method != "alphaedit":
         raise LmlabError(f"edit: state= is for sequential alphaedit, not {method!r}")
     n_layers = model.config.n_layers

@@ -127,14 +127,27 @@ def optimise_target(model: nn.Module, tokenizer, request: EditRequest, hook: str
     d = model.config.d_model
     delta = torch.zeros(d, device=model.device, dtype=torch.float32, requires_grad=True)
     lookup = enc.lookup
-    state: dict = {"init": None}
+    rows_all = torch.arange(enc.ids.shape[0], device=model.device)
+    n_layers = model.config.n_layers
+    # the layers below the hook do not depend on delta: run them once, then only the rest per step
+    # (``blocks.{L}.resid_post``: the stream entering block L + 1, to which delta is added directly)
+    layer = int(hook.split(".")[1])
+    on_stream = hook.endswith(".resid_post")
+    start = layer + 1 if on_stream else layer
+    with torch.no_grad():
+        base = model(enc.ids, stop_at_layer=start)  # [B, T, d_model]
+    init = base[0, lookup[0]].detach().float().clone() if on_stream else None
+    state: dict = {"init": init}
+
+    def bumped(x: torch.Tensor) -> torch.Tensor:
+        bump = torch.zeros(x.shape[0], x.shape[1], 1, device=x.device, dtype=x.dtype)
+        bump[rows_all, lookup] = 1
+        return x + bump * delta.to(x.dtype)
 
     def add_delta(x: torch.Tensor, name: str) -> torch.Tensor:
         if state["init"] is None:
             state["init"] = x[0, lookup[0]].detach().float().clone()
-        bump = torch.zeros(x.shape[0], x.shape[1], 1, device=x.device, dtype=x.dtype)
-        bump[torch.arange(x.shape[0]), lookup] = 1
-        return x + bump * delta.to(x.dtype)
+        return bumped(x)
 
     frozen = [(p, p.requires_grad) for p in model.parameters()]
     for p, _ in frozen:
@@ -142,12 +155,13 @@ def optimise_target(model: nn.Module, tokenizer, request: EditRequest, hook: str
     opt = torch.optim.Adam([delta], lr=s.lr)
     kl_init = None
     log: dict = {}
-    n_layers = model.config.n_layers
+    hooks = [] if on_stream else [(hook, add_delta)]
     try:
-        with torch.enable_grad(), model.hooks([(hook, add_delta)]):
+        with torch.enable_grad(), model.hooks(hooks):
             for it in range(s.steps):
                 opt.zero_grad()
-                hidden = model(enc.ids, stop_at_layer=n_layers)  # [B, T, d_model]
+                x = bumped(base) if on_stream else base
+                hidden = model(start_at_layer=start, residual=x, stop_at_layer=n_layers)  # [B, T, d_model]
                 rw_h = hidden[rows, tgt_pos]  # [n_rw, n_t, d_model]
                 logp = F.log_softmax(model.lm_head(model.ln_final(rw_h)).float(), -1)
                 nll = -logp.gather(-1, tgt_ids[..., None])[..., 0].mean(1).mean()  # mean over tokens, then rows
