@@ -25,6 +25,7 @@ import copy
 import dataclasses
 import json
 import math
+import tempfile
 import time
 
 import torch
@@ -185,7 +186,7 @@ def main() -> None:
     chosen = [(p.prompt_ids, p.chosen_ids) for p in train_pairs]
     spin(spin_model, [c[0] for c in chosen], [c[1] for c in chosen], pad,
          SPINConfig(iterations=2, steps=max(1, args.steps // 2), generation=GenerationConfig(
-             max_new_tokens=24, temperature=1.0, seed=0, stop_token_ids=[eos]), out_dir="/tmp/spin-claims"))
+             max_new_tokens=24, temperature=1.0, seed=0, stop_token_ids=[eos]), out_dir=tempfile.mkdtemp(prefix="spin-claims-")))
     policies["spin"] = spin_model
     for name, policy in policies.items():
         samples = sample(policy, prompts, 1, seed=2, eos=eos)
