@@ -229,23 +229,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bandwidth", type=float, default=BANDWIDTH_GBPS, metavar="GBPS",
                    help="read bandwidth for the streaming bound (default: this machine's 17.8 GB/s)")
     p.add_argument("--measure-bandwidth", action="store_true", help="measure the read bandwidth now instead")
-    p.add_argument("--linear", choices=["auto", "always", "never"], default="auto",
-                   help="lmlab.core.linear.ONEDNN_POLICY for lmlab's fp32 rows: oneDNN (always) vs F.linear (never); "
-                        "auto = oneDNN only on AVX-512 CPUs")
+    p.add_argument("--linear", choices=["onednn", "aten"], default="onednn",
+                   help="lmlab's fp32 matmuls: oneDNN (lmlab's default inference path) or aten = F.linear "
+                        "(lmlab.core.linear.FAST_INFERENCE = False): an A/B of the two on this CPU")
     args = p.parse_args(argv)
     if args.new_tokens < 2 or args.reps < 1:
         p.error("--new-tokens must be >= 2 and --reps >= 1")
     NEW, REPS = args.new_tokens, args.reps
     from lmlab.core import linear
 
-    linear.ONEDNN_POLICY = args.linear
+    linear.FAST_INFERENCE = args.linear == "onednn"
     torch.set_num_threads(args.threads)
     have_llamacpp = importlib.util.find_spec("llama_cpp") is not None
     if args.measure_bandwidth:
         args.bandwidth = measure_bandwidth(size_mb=512, reps=5)["read_gbps"]
     print(f"read bandwidth {args.bandwidth:.1f} GB/s ({'measured now' if args.measure_bandwidth else 'given'}); "
           f"batch 1, {PROMPT}-token prompt, {NEW} greedy new tokens, {args.threads} threads, median of {REPS}; "
-          f"lmlab linear: oneDNN {args.linear} (uses it: {linear.onednn_preferred()})",
+          f"lmlab fp32 linears: {args.linear}",
           flush=True)
     with tempfile.TemporaryDirectory(prefix="lmlab-llamacpp-") as tmp:
         for shape in args.shapes:

@@ -7,7 +7,6 @@ import torch.nn.functional as F
 from lmlab.core import linear as lin
 from lmlab.core.config import ModelConfig
 from lmlab.core.model import Transformer
-from lmlab.errors import LmlabError
 
 
 @pytest.fixture
@@ -15,7 +14,6 @@ def count_onednn(monkeypatch):
     calls = []
     real = lin._onednn_linear
     monkeypatch.setattr(lin, "_onednn_ok", lin._probe())  # probed before counting starts
-    monkeypatch.setattr(lin, "ONEDNN_POLICY", "always")  # the oneDNN path under test, on any CPU
 
     def counting(x, w, b):
         calls.append(tuple(x.shape))
@@ -80,32 +78,12 @@ def test_switch_off_and_other_dtypes_fall_back(monkeypatch, count_onednn):
     assert count_onednn == []
 
 
-def test_policy_never_and_auto_without_avx512_are_f_linear_bit_for_bit(monkeypatch, count_onednn):
-    g = torch.Generator().manual_seed(1)
-    x, layer = torch.randn(3, 1, 64, generator=g), lin.Linear(64, 96)
-    monkeypatch.setattr(lin, "ONEDNN_POLICY", "never")
-    with torch.no_grad():
-        assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))
-    assert count_onednn == []
-    monkeypatch.setattr(lin, "ONEDNN_POLICY", "auto")
-    monkeypatch.setattr(lin, "_avx512", False)  # an AVX2-only CPU, like this project's machine
-    with torch.no_grad():
-        assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))
-    assert count_onednn == []
-    monkeypatch.setattr(lin, "_avx512", None)  # "auto" reads the real capability
-    assert lin.onednn_preferred() == ("AVX512" in torch.backends.cpu.get_cpu_capability())
-    monkeypatch.setattr(lin, "ONEDNN_POLICY", "sometimes")
-    with pytest.raises(LmlabError, match="ONEDNN_POLICY must be one of"):
-        lin.onednn_preferred()
-
-
 def test_failing_probe_means_f_linear(monkeypatch):
     def broken(x, w, b):
         raise RuntimeError("no oneDNN here")
 
     monkeypatch.setattr(lin, "_onednn_linear", broken)
     monkeypatch.setattr(lin, "_onednn_ok", None)
-    monkeypatch.setattr(lin, "ONEDNN_POLICY", "always")
     layer = lin.Linear(16, 8)
     x = torch.randn(2, 16)
     with torch.no_grad():
@@ -120,7 +98,6 @@ def _tiny_model(dtype=torch.float32):
 
 
 def test_model_logits_same_with_and_without_fast_path(monkeypatch):
-    monkeypatch.setattr(lin, "ONEDNN_POLICY", "always")  # compare the oneDNN path itself, on any CPU
     model = _tiny_model()
     ids = torch.randint(0, 97, (2, 11))
     with torch.no_grad():

@@ -11,13 +11,6 @@ nothing here requires grad), on CPU, with fp32 input and weight, outside autocas
 other call -- and every call if the private oneDNN op is missing or fails its one-time self-check -- is plain
 ``F.linear``, so training numerics are PyTorch's own. ``FAST_INFERENCE = False`` switches the fast path off.
 
-Which CPUs: the 1.6-3x was measured on AVX-512 hosts. On an AVX2-only EPYC (no AVX-512, 17.8 GB/s; issue 15)
-the same private op costs ~30 us more per call than ``F.linear`` (37 vs 7 us for a 64x576 GEMV, interleaved,
-thread time) and streams cold decode-sized weights no faster (576x576 .. 4096x768 at M=1), and a batch-1 decode
-step of SmolLM2's 30 layers makes 211 linear calls. So the oneDNN path is taken only where it was measured to
-win: ``ONEDNN_POLICY = "auto"`` (the default) means CPUs whose PyTorch kernels run AVX-512; "always" / "never"
-force it either way (benchmarks compare them).
-
 It stays an ``nn.Linear`` (same parameters, state-dict names, ``isinstance``), so hooks, LoRA and checkpoint
 code see no difference.
 
@@ -31,13 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmlab.errors import LmlabError
-
 FAST_INFERENCE = True  # module-level switch (tests and benchmarks compare both paths)
-ONEDNN_POLICY = "auto"  # "auto": oneDNN only on AVX-512 CPUs (see the module docstring); "always"; "never"
-ONEDNN_POLICIES = ("auto", "always", "never")
 _onednn_ok: bool | None = None  # None: not probed yet
-_avx512: bool | None = None  # whether PyTorch's CPU kernels run AVX-512 here (read once)
 _PLAIN = (torch.Tensor, nn.Parameter)  # not DTensor/FSDP shards, fake or meta subclasses
 
 
@@ -64,18 +52,6 @@ def _onednn_available() -> bool:
     return _onednn_ok
 
 
-def onednn_preferred() -> bool:
-    """Whether plain (unpacked) inference calls should use oneDNN on this CPU, under ``ONEDNN_POLICY``."""
-    if ONEDNN_POLICY == "auto":
-        global _avx512
-        if _avx512 is None:
-            _avx512 = "AVX512" in torch.backends.cpu.get_cpu_capability()
-        return _avx512
-    if ONEDNN_POLICY not in ONEDNN_POLICIES:
-        raise LmlabError(f"lmlab.core.linear.ONEDNN_POLICY must be one of {ONEDNN_POLICIES}, got {ONEDNN_POLICY!r}")
-    return ONEDNN_POLICY == "always"
-
-
 def _version(t: torch.Tensor) -> int | None:
     """The in-place-modification counter; None for inference-mode tensors, which keep none."""
     try:
@@ -96,7 +72,7 @@ def _inference_call(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
 def fast_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)``, through oneDNN when that is safe and faster (see the module docstring)."""
     if (x.dtype == torch.float32 and weight.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32)
-            and _inference_call(x, weight, bias) and onednn_preferred() and _onednn_available()):
+            and _inference_call(x, weight, bias) and _onednn_available()):
         return _onednn_linear(x, weight, bias)
     return F.linear(x, weight, bias)
 
