@@ -284,18 +284,25 @@ def main(argv: list[str] | None = None) -> int:
                         "machine (default: measure it now)")
     p.add_argument("--pack", action="store_true",
                    help="lmlab side: lmlab.core.linear.pack_for_inference (prepacked weights, twice the memory)")
+    p.add_argument("--linear", choices=["onednn", "aten"], default="onednn",
+                   help="lmlab's fp32 matmuls: oneDNN (lmlab's default inference path) or aten = F.linear "
+                        "(lmlab.core.linear.FAST_INFERENCE = False): an A/B of the two on this CPU")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
     if args.quick:
         args.reps, args.new_tokens = 1, 32
     if args.threads:
         torch.set_num_threads(args.threads)
+    from lmlab.core import linear
+
+    linear.FAST_INFERENCE = args.linear == "onednn"
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
     info = machine_info()
     print(f"# {info['cpu']}, {info['cores']} cores, torch {info['torch']}, transformers {info['transformers']}, "
-          f"{info['threads']} threads, load average {info['loadavg_start']:.2f}", flush=True)
+          f"{info['threads']} threads, load average {info['loadavg_start']:.2f}, lmlab fp32 linears: {args.linear}",
+          flush=True)
     if args.bandwidth:
         bw = {"read_gbps": args.bandwidth, "given": True}
         print(f"# memory read bandwidth (given with --bandwidth): {args.bandwidth:.1f} GB/s", flush=True)

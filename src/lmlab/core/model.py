@@ -14,7 +14,7 @@ from torch import nn
 
 from lmlab.core.cache import KVCache
 from lmlab.core.config import ModelConfig
-from lmlab.core.linear import Linear
+from lmlab.core.linear import FusedProjections, Linear
 from lmlab.core.hooks import BLOCK_HOOKS, HookPoint, enter_forward, exit_forward, run_with_cache
 from lmlab.core.hooks import hooks as hooks_cm
 from lmlab.core.rope import apply_rotary_prepared, inverse_frequencies, prepare_rotary, rotary_tables
@@ -63,15 +63,18 @@ class Attention(nn.Module):
         self.v_proj = Linear(c.d_model, c.kv_heads * c.head_dim, bias=c.qkv_bias)
         self.o_proj = Linear(c.n_heads * c.head_dim, c.d_model, bias=c.attn_out_bias)
         self.window = c.window_for_layer(layer)
+        self._fused_qkv = FusedProjections()  # one GEMV for q, k, v at inference (lmlab.core.linear)
         p = f"blocks.{layer}.attn."
         self.hook_q, self.hook_k, self.hook_v = points[p + "q"], points[p + "k"], points[p + "v"]
         self.hook_pattern, self.hook_z, self.hook_out = points[p + "pattern"], points[p + "z"], points[p + "out"]
 
     def forward(self, x: torch.Tensor, rope: tuple | None, ctx: "ForwardContext") -> torch.Tensor:
         B, T, _ = x.shape
-        q = self.hook_q(self.q_proj(x).view(B, T, self.n_heads, self.d_head))  # [B, T, H, dh]
-        k = self.hook_k(self.k_proj(x).view(B, T, self.n_kv, self.d_head))  # [B, T, Hkv, dh]
-        v = self.hook_v(self.v_proj(x).view(B, T, self.n_kv, self.d_head))  # [B, T, Hkv, dh]
+        qkv = self._fused_qkv(x, [self.q_proj, self.k_proj, self.v_proj])
+        q, k, v = qkv if qkv is not None else (self.q_proj(x), self.k_proj(x), self.v_proj(x))
+        q = self.hook_q(q.view(B, T, self.n_heads, self.d_head))  # [B, T, H, dh]
+        k = self.hook_k(k.view(B, T, self.n_kv, self.d_head))  # [B, T, Hkv, dh]
+        v = self.hook_v(v.view(B, T, self.n_kv, self.d_head))  # [B, T, Hkv, dh]
         if rope is not None:
             q = apply_rotary_prepared(q, rope)
             k = apply_rotary_prepared(k, rope)
@@ -120,13 +123,16 @@ class MLP(nn.Module):
         self.up_proj = Linear(c.d_model, c.d_mlp, bias=c.mlp_bias)
         self.down_proj = Linear(c.d_mlp, c.d_model, bias=c.mlp_bias)
         self.act = ACTIVATION_FNS[c.activation]
+        self._fused_gate_up = FusedProjections()  # one GEMV for gate and up at inference
         p = f"blocks.{layer}.mlp."
         self.hook_pre, self.hook_post, self.hook_out = points[p + "pre"], points[p + "post"], points[p + "out"]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gated:
             # pre = gate projection (before the activation); post = act(gate) * up, the down projection's input.
-            post = self.act(self.hook_pre(self.gate_proj(x))) * self.up_proj(x)
+            gate_up = self._fused_gate_up(x, [self.gate_proj, self.up_proj])
+            gate, up = gate_up if gate_up is not None else (self.gate_proj(x), self.up_proj(x))
+            post = self.act(self.hook_pre(gate)) * up  # [B, T, d_mlp]
         else:
             post = self.act(self.hook_pre(self.up_proj(x)))
         return self.hook_out(self.down_proj(self.hook_post(post)))  # [B, T, d_model]
