@@ -176,7 +176,8 @@ def run_model(name: str, args, bandwidth: float, workdir: Path) -> list[dict]:
                   f"{row['x_fp32_lmlab'] or float('nan'):>5.2f}x | {bound or float('nan'):>9.1f} | "
                   f"{row['pct_bound'] or float('nan'):>6.0f}% | {agree if agree is not None else float('nan'):>6.1%} | "
                   f"{background if background is not None else float('nan'):>5.0%} |", flush=True)
-    del runners, hf
+    runners.clear()  # free the models before the next shape (a del would leave call() a dangling name)
+    del hf
     gc.collect()
     return rows
 
