@@ -184,3 +184,48 @@ def test_one_shot_prefill_still_needs_room_for_the_whole_prompt(model):
     with torch.no_grad():
         model(torch.tensor([[3]]), cache=cache)
     assert cache.capacity == 60 and cache.n_slots.tolist() == [12]
+
+
+# -- re-rotation across rotary layouts and static scalings ------------------------------------------------------
+@pytest.mark.parametrize("changes", [
+    dict(),
+    dict(rope_style="interleaved", rotary_dim=4),  # GPT-J: pairs, partial rotary
+    dict(rope_scaling="linear", rope_scaling_params=(("factor", 2.0),)),
+    dict(rope_scaling="yarn", rope_scaling_params=(("factor", 2.0), ("original_max_position_embeddings", 128))),
+], ids=["llama", "gptj-partial", "linear", "yarn"])
+def test_reposition_equals_caching_at_the_new_positions(changes):
+    """Keys cached at positions 10..19 and re-positioned to 0..9 equal keys cached at 0..9 from the start
+    (YaRN's attention factor on cos/sin is kept, not applied twice)."""
+    cfg = ModelConfig.llama_like(vocab_size=V, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
+                                 max_seq_len=256).replace(**changes)
+    model = Transformer(cfg).init_weights(std=0.2, seed=2)
+    x = _ids(T=10, seed=11)
+    moved, fresh = model.new_cache(1, 32), model.new_cache(1, 32)
+    with torch.no_grad():
+        model(x, cache=fresh)
+        model(x, cache=moved, positions=torch.arange(10, 20)[None])
+        moved.slot_pos[0, :10] = torch.arange(10, 20)  # what a cache that had seen 10 tokens before would hold
+        moved.reposition(torch.where(moved.slot_pos >= 0, torch.arange(32), -1))
+    torch.testing.assert_close(moved.k[0], fresh.k[0], atol=1e-5, rtol=1e-5)  # layer 0: same inputs
+    assert moved.next_pos.tolist() == [10] and moved.slot_pos[0, :10].tolist() == list(range(10))
+
+
+def test_per_head_and_reindex_limits_are_one_line_errors(model):
+    from lmlab.errors import LmlabError
+
+    windowed = Transformer(model.config.replace(sliding_window=8)).init_weights(std=0.2, seed=0)
+    cache = windowed.new_cache(1, 40, policy=kv_policy("h2o", budget=6))
+    with pytest.raises(LmlabError, match="per-head selection on a model with sliding-window layers") as err:
+        with torch.no_grad():
+            windowed(_ids(T=12), cache=cache)
+    assert "\n" not in str(err.value)
+    with torch.no_grad():  # the per-row selection works there
+        windowed(_ids(T=12), cache=windowed.new_cache(1, 40, policy=kv_policy("h2o", budget=6, per_head=False)))
+    gpt2 = Transformer(model.config.replace(pos_type="learned")).init_weights(std=0.2, seed=0)
+    with pytest.raises(LmlabError, match="reindex=True needs rotary positions"):
+        with torch.no_grad():
+            gpt2(_ids(T=12), cache=gpt2.new_cache(1, 40, policy=kv_policy("sinks", budget=6, reindex=True)))
+    with pytest.raises(LmlabError, match="reindex must be True, False or 'auto'"):
+        kv_policy("sinks", budget=6, reindex="yes")
+    with pytest.raises(LmlabError, match="per_head must be True or False"):
+        kv_policy("h2o", budget=6, per_head=1)
