@@ -229,3 +229,14 @@ def test_per_head_and_reindex_limits_are_one_line_errors(model):
         kv_policy("sinks", budget=6, reindex="yes")
     with pytest.raises(LmlabError, match="per_head must be True or False"):
         kv_policy("h2o", budget=6, per_head=1)
+
+
+def test_forking_a_scored_cache_repeats_its_accumulated_scores(model):
+    """best-of-N forks the prefilled cache N ways: each sample starts from its prompt's H2O scores."""
+    cache = model.new_cache(2, 40, policy=kv_policy("h2o", budget=12))
+    with torch.no_grad():
+        model(_ids(B=2, T=20, seed=12), cache=cache)
+    forked = cache.fork(repeats=3)
+    assert forked.policy.score.shape[1] == 6
+    torch.testing.assert_close(forked.policy.score, cache.policy.score.repeat_interleave(3, dim=1))
+    torch.testing.assert_close(forked.head_pos, cache.head_pos.repeat_interleave(3, dim=1))

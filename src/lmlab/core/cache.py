@@ -270,6 +270,8 @@ class KVCache:
         new.k, new.v = take(self.k, 1), take(self.v, 1)
         new.slot_pos, new.n_slots, new.next_pos = take(self.slot_pos, 0), take(self.n_slots, 0), take(self.next_pos, 0)
         new.head_pos = None if self.head_pos is None else take(self.head_pos, 1)
+        if repeats > 1:  # per-row policy state (accumulated scores) follows the repeated rows
+            new.policy.select_rows(torch.arange(self.batch_size, device=self.k.device).repeat_interleave(repeats))
         return new
 
     def reset(self) -> None:
