@@ -93,14 +93,14 @@ def recall_prompts(tok, n_tokens: int) -> list[tuple[list[int], str, int]]:
 def recall_table(args) -> None:
     tok = lmlab.load_tokenizer(MODEL)
     model = lmlab.load(MODEL).eval()
-    prompts = recall_prompts(tok, args.tokens)
+    prompts = recall_prompts(tok, args.tokens)[:args.facts]
     lengths = [len(p) for p, _, _ in prompts]
     print(f"{MODEL}, {len(prompts)} facts each stated ~{max(d for *_, d in prompts)} tokens in, prompts "
           f"{min(lengths)}-{max(lengths)} tokens (pydoc_data/topics.py), KV budget {args.budget:.0%} of the "
           f"prompt, greedy {args.new_tokens} tokens, prefill whole")
     print("| cache | " + " | ".join(a for _, a, _ in prompts) + " | recalled |")
     print("|---|" + "---|" * (len(prompts) + 1))
-    for name in (None, "window", "sinks", "h2o", "keyformer"):
+    for name in [None if n == "full" else n for n in args.policies.split(",")]:
         hits, cells = 0, []
         for ids, answer, _ in prompts:
             policy = None if name is None else kv_policy(name, budget=args.budget)
@@ -126,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--tokens", type=int, default=2000)
     k.add_argument("--budget", type=float, default=0.25)
     k.add_argument("--new-tokens", type=int, default=16)
+    k.add_argument("--facts", type=int, default=len(FACTS), help="use the first N facts (a shorter run)")
+    k.add_argument("--policies", default="full,window,sinks,h2o,keyformer")
     args = p.parse_args(argv)
     try:
         perplexity_table(args) if args.what == "ppl" else recall_table(args)
