@@ -18,7 +18,7 @@ tables only when tied, plus the mean KV cache), and the share of greedy tokens t
 Issue 18's targets at batch 1: int8 >= 2x fp32 lmlab, int4 >= 3x. Timing needs a quiet machine:
 
     python benchmarks/quant_decode.py --wait-quiet 60       # full run
-    python benchmarks/quant_decode.py --quick               # smoke run (numbers meaningless)
+    python benchmarks/quant_decode.py --quick               # smoke run on tiny models (numbers meaningless)
 """
 
 from __future__ import annotations
@@ -36,6 +36,29 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bandwidth import measure_bandwidth  # noqa: E402
 from decode import BackgroundLoad, build_hf, machine_info, time_call, wait_for_quiet  # noqa: E402
+
+TINY = {  # smoke-run shapes (--quick): the same code paths, seconds instead of minutes
+    "tiny-gpt2": dict(kind="gpt2", n_layer=2, n_embd=128, n_head=4, vocab_size=512, n_positions=256),
+    "tiny-llama": dict(kind="llama", vocab_size=512, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, intermediate_size=256, max_position_embeddings=256,
+                       tie_word_embeddings=False),
+}
+
+
+def build_model(name: str):
+    """benchmarks/decode.py's GPT-2 / Llama 124M shapes, or a tiny one of the same family for smoke runs."""
+    if name not in TINY:
+        return build_hf(name)
+    import transformers as T
+
+    torch.manual_seed(0)
+    spec = dict(TINY[name])
+    cfg = (T.GPT2Config if spec.pop("kind") == "gpt2" else T.LlamaConfig)(**spec)
+    model = T.AutoModelForCausalLM.from_config(cfg).eval()
+    model.generation_config.eos_token_id = None
+    model.generation_config.bos_token_id = None
+    model.generation_config.pad_token_id = 0
+    return model
 
 
 def read_bytes_per_step(model, batch: int, prompt_len: int, new_tokens: int) -> float:
@@ -102,7 +125,7 @@ def hf_variants(hf, only: set[str]):
 def run_model(name: str, args, bandwidth: float, workdir: Path) -> list[dict]:
     import lmlab
 
-    hf = build_hf(name)
+    hf = build_model(name)
     path = workdir / name
     hf.save_pretrained(path)
     only = set(args.variants.split(","))
@@ -153,14 +176,15 @@ def run_model(name: str, args, bandwidth: float, workdir: Path) -> list[dict]:
                   f"{row['x_fp32_lmlab'] or float('nan'):>5.2f}x | {bound or float('nan'):>9.1f} | "
                   f"{row['pct_bound'] or float('nan'):>6.0f}% | {agree if agree is not None else float('nan'):>6.1%} | "
                   f"{background if background is not None else float('nan'):>5.0%} |", flush=True)
-    del runners, hf
+    runners.clear()  # free the models before the next shape (a del would leave call() a dangling name)
+    del hf
     gc.collect()
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="smoke run: 1 rep, 16 new tokens")
+    p.add_argument("--quick", action="store_true", help="smoke run: tiny models, 1 rep, 16 new tokens")
     p.add_argument("--models", default="gpt2,llama")
     p.add_argument("--variants", default="lmlab-fp32,lmlab-bf16,lmlab-int8,lmlab-int4,lmlab-int8-head,"
                                          "lmlab-int4-head,hf-fp32,hf-torchao-int8,hf-torchao-int4")
@@ -176,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.reps, args.new_tokens, args.warmup = 1, 16, 0
+        if args.models == "gpt2,llama":
+            args.models = "tiny-gpt2,tiny-llama"
     info = machine_info()
     print(f"# {info['cpu']}, {info['cores']} cores, torch {info['torch']}, {info['threads']} threads", flush=True)
     bandwidth = args.bandwidth or measure_bandwidth(size_mb=256 if args.quick else 1024)["read_gbps"]

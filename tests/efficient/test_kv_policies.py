@@ -72,7 +72,8 @@ def test_budget_not_reached_keeps_outputs_with_scores_on(model, name):
 @pytest.mark.parametrize("budget", [10, 0.5])
 def test_memory_is_bounded_by_the_budget(model, name, budget):
     prompt = _ids(T=20)
-    _, cache, _ = _decode(model, prompt, 15, kv_policy(name, budget=budget))
+    opts = {"reindex": False} if name == "sinks" else {}  # original positions (re-indexing: test_kv_fidelity.py)
+    _, cache, _ = _decode(model, prompt, 15, kv_policy(name, budget=budget, **opts))
     kept = 10
     assert cache.n_slots.tolist() == [kept, kept]
     assert cache.next_pos.tolist() == [35, 35]
@@ -97,15 +98,19 @@ def test_window_equals_sliding_window_attention(model):
 
 
 def test_sinks_keep_the_first_tokens_and_the_most_recent(model):
-    _, cache, _ = _decode(model, _ids(T=20), 10, kv_policy("sinks", budget=12, n_sinks=4))
+    _, cache, _ = _decode(model, _ids(T=20), 10, kv_policy("sinks", budget=12, n_sinks=4, reindex=False))
     assert cache.slot_pos[:, :12].tolist() == [list(range(4)) + list(range(22, 30))] * 2
+    _, cache, _ = _decode(model, _ids(T=20), 10, kv_policy("sinks", budget=12, n_sinks=4))
+    assert cache.slot_pos[:, :12].tolist() == [list(range(12))] * 2  # the paper's positions: place in the cache
+    assert cache.next_pos.tolist() == [12, 12]
 
 
 def test_h2o_keeps_the_recent_half_and_the_heaviest_attention_receivers(model):
-    """After a 24-token prompt with budget 12: the 6 newest tokens, plus the 6 others that received the most
-    attention summed over layers, heads and queries (computed here independently, from pattern hooks)."""
+    """per_head=False, after a 24-token prompt with budget 12: the 6 newest tokens, plus the 6 others that
+    received the most attention summed over layers, heads and queries (computed independently, from pattern
+    hooks). The per-head selection is tested in test_kv_fidelity.py."""
     prompt = _ids(B=1, T=24, seed=3)
-    cache = model.new_cache(1, 24, policy=kv_policy("h2o", budget=12))
+    cache = model.new_cache(1, 24, policy=kv_policy("h2o", budget=12, per_head=False))
     with torch.no_grad():
         model(prompt, cache=cache)
         _, acts = model.run_with_cache(prompt, names=[r"blocks\.\d+\.attn\.pattern"])

@@ -3,6 +3,15 @@
 Keys are stored after rotary embedding, so a cached key never needs its position again except to build the
 attention mask; each slot records the token position it holds (``slot_pos``), which is what lets a policy
 evict slots (sliding window, sinks + recent, heavy hitters) without breaking causality or positions.
+
+What eviction policies get from the cache (lmlab.efficient.kv_policies):
+
+- ``compact(keep)`` with one selection per row ([B, K]) or one per layer and KV head ([L, B, n_kv, K], as H2O
+  and Keyformer select); per-head positions are then kept in ``head_pos``.
+- ``reposition(new_pos)``: give cached tokens new positions by re-rotating their (already rotated) keys by
+  the position difference, as StreamingLLM assigns positions by place in the cache.
+- a cache that grows on demand (``CachePolicy.grow``) up to ``max_len``, so a bounded policy allocates its
+  budget plus one prefill chunk, not the whole prompt.
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ import copy
 import torch
 
 from lmlab.core.config import ModelConfig
+from lmlab.core.rope import apply_rotary, inverse_frequencies
 from lmlab.errors import LmlabError
 
 
@@ -37,7 +47,13 @@ class CachePolicy:
         return copy.deepcopy(self)
 
     def capacity(self, max_len: int) -> int:
+        """Slots to allocate up front for rows of up to ``max_len`` tokens."""
         return max_len
+
+    def grow(self, cache: "KVCache", needed: int) -> int:
+        """The new allocation when a forward needs ``needed`` slots (<= ``cache.max_len``) but only
+        ``cache.capacity`` exist. The default does not grow (the cache then reports that it is full)."""
+        return cache.capacity
 
     def observe(self, cache: "KVCache", layer: int, probs: torch.Tensor) -> None:
         return None
@@ -68,12 +84,17 @@ class KVCache:
         self.config = config
         self.policy = policy.fresh() if policy is not None else CachePolicy()
         self.capacity = self.policy.capacity(max_len)
+        self.max_len = max(max_len, self.capacity)  # the most slots a row may ever need (growth stops there)
         shape = (config.n_layers, batch_size, config.kv_heads, self.capacity, config.head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.slot_pos = torch.full((batch_size, self.capacity), -1, dtype=torch.long, device=device)
         self.n_slots = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.next_pos = torch.zeros(batch_size, dtype=torch.long, device=device)
+        # [L, B, n_kv, capacity] position per layer/head/slot once a per-head compaction made them differ
+        # (None: every layer and head holds slot_pos); slot_pos then holds, per slot, the largest of them
+        # (what the causal mask needs: every kept token lies in the past of every new one)
+        self.head_pos: torch.Tensor | None = None
         self._uniform: int | None = 0  # common n_slots when every row has the same (fast paths), else None
         self._all_real = True  # the current forward's new tokens are all real (no right padding)
 
@@ -98,6 +119,8 @@ class KVCache:
         slots = self.n_slots[:, None] + ar  # [B, T]
         # the common case (every row at the same slot count) is decided in Python, without reading tensors
         needed = self._uniform + n_new if self._uniform is not None else int(slots.max()) + 1
+        if needed > self.capacity and needed <= self.max_len:
+            self._resize(max(self.capacity, min(self.max_len, self.policy.grow(self, needed))))
         if needed > self.capacity:
             raise LmlabError(f"KV cache is full: capacity {self.capacity} tokens, needs {needed}")
         self._all_real = lengths is None or bool((lengths == n_new).all())
@@ -106,6 +129,10 @@ class KVCache:
         else:
             real = ar[None, :] < lengths[:, None] if lengths is not None else torch.ones_like(slots, dtype=torch.bool)
             self.slot_pos.scatter_(1, slots, torch.where(real, positions, -1))
+        if self.head_pos is not None:  # new tokens hold the same position in every layer and head
+            rows = torch.arange(self.batch_size, device=slots.device)[:, None]
+            new = self.slot_pos[rows, slots]  # [B, T]
+            self.head_pos[:, rows, :, slots] = new[:, :, None, None]  # indexed as [B, T, L, n_kv]
         self._pending = lengths if lengths is not None else torch.full_like(self.n_slots, n_new)
         self._slots, self._n_new = slots, n_new
         return positions, slots
@@ -160,17 +187,80 @@ class KVCache:
 
     # -- for policies and users ----------------------------------------------------------------------------
     def compact(self, keep: torch.Tensor) -> None:
-        """Keep only slots ``keep`` [B, K] (ascending slot indices per row) in every layer, packed to the front."""
-        rows = torch.arange(self.batch_size, device=keep.device)[:, None]
-        n_keep = keep.shape[1]
+        """Keep only the slots ``keep``, packed to the front: [B, K] (one selection per row, for every layer and
+        head) or [L, B, n_kv, K] (one per layer and KV head, as H2O and Keyformer select).
+
+        Within each selection, real tokens come first in slot order and empty slots (a row with fewer real
+        tokens than K) last, so every layer and head of a row holds its real tokens in slots 0..n-1 and the
+        row's ``n_slots`` becomes n (rows may then differ: a ragged cache).
+        """
+        L, B, n_kv, cap, d_head = self.k.shape
+        per_head = keep.dim() == 4
+        if per_head:
+            if tuple(keep.shape[:3]) != (L, B, n_kv):
+                raise LmlabError(f"KVCache.compact: a per-head selection must be [{L}, {B}, {n_kv}, K], "
+                                 f"got {list(keep.shape)}")
+            if any(self.config.window_for_layer(i) is not None for i in range(L)):
+                raise LmlabError("KVCache.compact: per-head selection on a model with sliding-window layers is "
+                                 "not supported (the window mask is per row); select per row instead")
+        elif keep.dim() != 2 or keep.shape[0] != B:
+            raise LmlabError(f"KVCache.compact: keep must be [{B}, K] or [{L}, {B}, {n_kv}, K], got {list(keep.shape)}")
+        full = keep if per_head else keep[None, :, None, :].expand(L, B, n_kv, keep.shape[-1])  # [L, B, n_kv, K]
+        pos = self.positions_per_head().gather(3, full)  # [L, B, n_kv, K]
+        order = (full + cap * (pos < 0)).argsort(dim=3)  # real tokens first, in slot order
+        full, pos = full.gather(3, order), pos.gather(3, order)
+        K = full.shape[-1]
+        idx = full[..., None].expand(L, B, n_kv, K, d_head)
         for store in (self.k, self.v):
-            for layer in range(store.shape[0]):
-                store[layer, :, :, :n_keep] = store[layer][rows, :, keep].transpose(1, 2)  # [B, n_kv, K, d_head]
-        kept_pos = self.slot_pos.gather(1, keep)
+            store[:, :, :, :K] = store.gather(3, idx)  # [L, B, n_kv, K, d_head]
+        n_real = (pos[0, :, 0] >= 0).sum(dim=1)  # [B]: the same for every layer and head
         self.slot_pos.fill_(-1)
-        self.slot_pos[:, :n_keep] = kept_pos
-        self.n_slots.fill_(n_keep)
-        self._uniform = n_keep
+        if per_head:
+            self.head_pos = torch.full((L, B, n_kv, cap), -1, dtype=torch.long, device=self.k.device)
+            self.head_pos[..., :K] = pos
+            self.slot_pos[:, :K] = pos.amax(dim=(0, 2))  # [B, K]: real slots stay >= 0, empty ones -1
+        else:
+            self.head_pos = None
+            self.slot_pos[:, :K] = pos[0, :, 0]
+        self.n_slots.copy_(n_real)
+        self._refresh_uniform()
+
+    def positions_per_head(self) -> torch.Tensor:
+        """[L, B, n_kv, capacity] position of the token each layer/head/slot holds (-1 = empty)."""
+        if self.head_pos is not None:
+            return self.head_pos
+        L, B, n_kv = self.k.shape[:3]
+        return self.slot_pos[None, :, None, :].expand(L, B, n_kv, self.capacity)
+
+    def reposition(self, new_pos: torch.Tensor) -> None:
+        """Give the cached tokens new positions ``new_pos`` [B, capacity] (-1 where a slot is empty) and make
+        each row's next token follow its largest one; rotary keys are re-rotated by the difference (RoPE is a
+        rotation, so rotating a key cached at position p by p' - p equals rotating it at p' afresh, up to
+        float rounding). StreamingLLM does this to place the kept tokens at their cache positions."""
+        if self.config.pos_type == "rotary":
+            if self.head_pos is not None:
+                raise LmlabError("KVCache.reposition: the cache holds per-head selections; reposition needs one "
+                                 "position per row and slot")
+            real = self.slot_pos >= 0
+            shift = torch.where(real, new_pos - self.slot_pos, 0)  # [B, cap]
+            if bool((shift != 0).any()):
+                freqs = inverse_frequencies(self.config).to(self.k.device)  # static frequencies
+                angles = shift.float()[..., None] * freqs  # [B, cap, rot_dim/2]
+                if self.config.rope_style == "half":
+                    angles = torch.cat((angles, angles), dim=-1)
+                else:
+                    angles = torch.repeat_interleave(angles, 2, dim=-1)
+                cos, sin = angles.cos().to(self.k.dtype), angles.sin().to(self.k.dtype)  # [B, cap, rot_dim]
+                for layer in range(self.k.shape[0]):
+                    keys = self.k[layer].transpose(1, 2)  # [B, cap, n_kv, d_head]
+                    self.k[layer] = apply_rotary(keys, cos, sin, self.config.rope_style).transpose(1, 2)
+        self.slot_pos.copy_(torch.where(self.slot_pos >= 0, new_pos, -1))
+        self.next_pos.copy_(self.slot_pos.max(dim=1).values.clamp(min=-1) + 1)
+
+    def _resize(self, capacity: int) -> None:
+        """Reallocate every per-slot tensor to ``capacity`` slots (growth only)."""
+        self.k, self.v, self.slot_pos, self.head_pos = self._padded_to(capacity)
+        self.capacity = capacity
 
     def fork(self, repeats: int = 1) -> "KVCache":
         """An independent copy; with ``repeats`` > 1 each row is repeated (best-of-N from one prefix)."""
@@ -179,11 +269,15 @@ class KVCache:
         take = lambda t, dim: t.repeat_interleave(repeats, dim=dim) if repeats > 1 else t.clone()  # noqa: E731
         new.k, new.v = take(self.k, 1), take(self.v, 1)
         new.slot_pos, new.n_slots, new.next_pos = take(self.slot_pos, 0), take(self.n_slots, 0), take(self.next_pos, 0)
+        new.head_pos = None if self.head_pos is None else take(self.head_pos, 1)
+        if repeats > 1:  # per-row policy state (accumulated scores) follows the repeated rows
+            new.policy.select_rows(torch.arange(self.batch_size, device=self.k.device).repeat_interleave(repeats))
         return new
 
     def reset(self) -> None:
         """Forget everything (keeps the allocation)."""
         self.slot_pos.fill_(-1)
+        self.head_pos = None
         self.n_slots.zero_()
         self.next_pos.zero_()
         self._uniform = 0
@@ -194,6 +288,8 @@ class KVCache:
         for name in ("k", "v"):
             setattr(self, name, getattr(self, name)[:, rows].contiguous())
         self.slot_pos, self.n_slots, self.next_pos = self.slot_pos[rows], self.n_slots[rows], self.next_pos[rows]
+        if self.head_pos is not None:
+            self.head_pos = self.head_pos[:, rows].contiguous()
         self._refresh_uniform()
         self.policy.select_rows(rows)
 
@@ -208,24 +304,31 @@ class KVCache:
             raise LmlabError(f"KVCache.append_rows: dtype/device {other.k.dtype}/{other.k.device} differ from "
                              f"{self.k.dtype}/{self.k.device}")
         cap = max(self.capacity, other.capacity)
-        mine, theirs = self._padded_to(cap), other._padded_to(cap)
+        mine, theirs = self._padded_to(cap, with_heads=True), other._padded_to(cap, with_heads=True)
         self.k = torch.cat([mine[0], theirs[0]], dim=1)  # [L, B + B', n_kv, cap, d_head]
         self.v = torch.cat([mine[1], theirs[1]], dim=1)
         self.slot_pos = torch.cat([mine[2], theirs[2]], dim=0)  # [B + B', cap]
+        both = self.head_pos is not None or other.head_pos is not None
+        self.head_pos = torch.cat([mine[3], theirs[3]], dim=1) if both else None  # [L, B + B', n_kv, cap]
         self.n_slots = torch.cat([self.n_slots, other.n_slots])
         self.next_pos = torch.cat([self.next_pos, other.next_pos])
         self.capacity = cap
+        self.max_len = max(self.max_len, other.max_len)
         self._refresh_uniform()
         self.policy.append_rows(other.policy)
 
-    def _padded_to(self, cap: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(k, v, slot_pos) with the slot dimension padded with empty slots up to ``cap``."""
+    def _padded_to(self, cap: int, with_heads: bool = False):
+        """(k, v, slot_pos, head_pos) with the slot dimension padded with empty slots up to ``cap``; head_pos
+        stays None unless ``with_heads`` (then it is materialised from slot_pos)."""
         extra = cap - self.capacity
+        head = self.positions_per_head() if with_heads else self.head_pos
         if extra == 0:
-            return self.k, self.v, self.slot_pos
+            return self.k, self.v, self.slot_pos, head
         pad_kv = lambda t: torch.cat([t, t.new_zeros(*t.shape[:3], extra, t.shape[4])], dim=3)  # noqa: E731
         empty = self.slot_pos.new_full((self.batch_size, extra), -1)
-        return pad_kv(self.k), pad_kv(self.v), torch.cat([self.slot_pos, empty], 1)
+        if head is not None:
+            head = torch.cat([head, head.new_full((*head.shape[:3], extra), -1)], dim=3)
+        return pad_kv(self.k), pad_kv(self.v), torch.cat([self.slot_pos, empty], 1), head
 
     def _refresh_uniform(self) -> None:
         first = int(self.n_slots[0]) if self.batch_size else 0

@@ -1,28 +1,40 @@
 """KV-cache eviction policies over the core's ``CachePolicy`` interface: ``lmlab.efficient.kv_policy(name, budget)``.
 
-- ``window``: sliding window, the ``budget`` most recent tokens.
+- ``window``: sliding window, the ``budget`` most recent tokens (original positions).
 - ``sinks``: StreamingLLM (Xiao et al. 2024, "Efficient Streaming Language Models with Attention Sinks",
-  arXiv:2309.17453): the first ``n_sinks=4`` tokens (the paper's default) + the most recent ones.
+  arXiv:2309.17453): the first ``n_sinks=4`` tokens (the paper's default) + the most recent ones. Positions are
+  assigned by place in the cache, as the paper does (its Sec. 3.2: "when determining the relative distance
+  and adding positional information to tokens, StreamingLLM focuses on positions within the cache rather than
+  those in the original text"): after every eviction the kept tokens get positions 0..K-1 and the next token
+  K. Its code caches keys before rotation and rotates at attention time; here the cache keeps rotated keys
+  and ``KVCache.reposition`` re-rotates them by the position difference (the same rotation up to float
+  rounding; tests/efficient/test_kv_fidelity.py checks it against a recomputation at the paper's positions).
+  Models without rotary positions keep original positions (``reindex="auto"``).
 - ``h2o``: Heavy-Hitter Oracle (Zhang et al. 2023, arXiv:2306.14048): half the budget to the tokens with the
-  largest accumulated attention, half to the most recent (the paper's equal heavy / recent split).
+  largest accumulated attention, half to the most recent (the paper's equal heavy / recent split), selected
+  per layer and per head as in the paper's eviction (each head keeps its own heavy hitters; with grouped-query
+  attention the query heads sharing a KV head add their scores).
 - ``keyformer`` (Adnan et al., MLSys 2024, arXiv:2403.09054): a recent window of 30% of the budget plus the
   "key tokens" with the largest accumulated Gumbel-softmax score, softmax((logits + Gumbel noise) / tau),
   tau = 1 + 0.01 * step (the reference code's ``tau_init=1.0, tau_delta=0.01``; the paper raises tau from 1
-  to 2 over the generation). Logits are recovered from the probabilities the core hands to ``observe``:
-  log p differs from the logits by a per-query constant, which the softmax cancels.
+  to 2 over the generation), per layer and head like H2O, on which its code builds. Logits are recovered from
+  the probabilities the core hands to ``observe``: log p differs from the logits by a per-query constant,
+  which the softmax cancels.
 
-Budgets: an int is tokens kept per row; a float in (0, 1] is a fraction of the prompt's length, resolved on
-the first forward and fixed after it (as the H2O and Keyformer reference code size their caches).
+``per_head=False`` on h2o / keyformer sums the scores over layers and heads and keeps one set per row (the
+session-3 behaviour; needed on models with sliding-window layers, whose mask is per row).
 
-What the core's cache imposes (``core/cache.py``, not edited here; see docs/kv_policies_core_needs.md):
-one selection per row for every layer and head (``compact``), so H2O and Keyformer sum their scores over
-layers and heads instead of selecting per head; keys are cached after rotation, so StreamingLLM keeps each
-token's original position (no re-indexing inside the cache); the prompt must fit the allocation whole, so
-memory is bounded during generation, not prefill.
+Budgets: an int is tokens kept per row; a float in (0, 1] is a fraction of the prompt's length (the longest
+row's, as the Decoder declares it), fixed on the first forward (as the H2O and Keyformer reference code size
+their caches).
 
-A policy whose budget can never be exceeded (``budget >= `` the cache capacity, or the fraction 1.0) asks
-for no attention probabilities, so the model keeps its fast attention path and the output equals the plain
-cache's bit for bit.
+Memory: the cache starts small and grows on demand (``CachePolicy.grow``) to at most budget + the widest
+forward, so with chunked prefill (``prefill_chunk_size=C`` in ``generate`` / ``Decoder``) a long prompt
+streams through budget + C slots, evicting after every chunk; in one-shot prefill the prompt must fit whole.
+
+A policy whose budget can never be exceeded (``budget >= `` the cache's ``max_len``, or the fraction 1.0)
+asks for no attention probabilities and allocates like the plain cache, so the model keeps its fast attention
+path and the output equals the plain cache's bit for bit.
 """
 
 from __future__ import annotations
@@ -32,13 +44,15 @@ import math
 import torch
 
 from lmlab.core.cache import CachePolicy, KVCache
+from lmlab.core.hooks import current_context
 from lmlab.efficient.kv_registry import register_policy
 from lmlab.errors import LmlabError
 
 
 class BudgetPolicy(CachePolicy):
     """Keeps at most ``budget`` slots per row: after every forward that overflows it, the highest-scored
-    slots survive (``slot_scores``), in their original order."""
+    slots survive (``slot_scores``: one score per row and slot [B, n], or per layer, row, KV head and slot
+    [L, B, n_kv, n] for a per-head selection), in their original order."""
 
     name = "budget"
 
@@ -51,26 +65,39 @@ class BudgetPolicy(CachePolicy):
             raise LmlabError(f"KV policy {self.name!r}: budget must be at least 1 token, got {budget}")
         self.budget = budget
         self.tokens: int | None = budget if isinstance(budget, int) else None  # resolved budget
-        self.capacity_: int | None = None
+        self.max_len: int | None = None
 
     def capacity(self, max_len: int) -> int:
-        self.capacity_ = max_len  # the prompt must fit whole (the core prefills in one forward)
-        return max_len
+        """Inactive: the whole ``max_len`` (the plain cache's allocation). Active: start at the budget and
+        grow on demand (``grow``), so prompt chunks and generation alike stay within budget + one forward."""
+        self.max_len = max_len
+        if not self.active:
+            return max_len
+        return min(max_len, (self.tokens or 16) + 1)
+
+    def grow(self, cache: KVCache, needed: int) -> int:
+        target = needed if self.tokens is None else min(2 * cache.capacity, self.tokens + 1)
+        return max(needed, target)  # never past budget + the widest forward once the budget is known
 
     @property
     def active(self) -> bool:
         """Whether this policy can ever evict (if not, it needs no scores and changes nothing)."""
         if isinstance(self.budget, float):
             return self.budget < 1.0
-        return self.capacity_ is None or self.budget < self.capacity_
+        return self.max_len is None or self.budget < self.max_len
 
     def resolve(self, cache: KVCache) -> int:
-        if self.tokens is None:  # a fraction of the prompt, fixed from now on
-            self.tokens = max(1, math.floor(self.budget * int(cache.next_pos.max())))
+        """The budget in tokens; a fraction is taken of the longest prompt (declared by the Decoder, else the
+        tokens seen so far, i.e. the prompt of a one-shot prefill) on the first forward, then fixed."""
+        if self.tokens is None:
+            ctx = current_context()
+            declared = ctx.prompt_lengths if ctx is not None else None
+            prompt = int(declared.max()) if declared is not None else int(cache.next_pos.max())
+            self.tokens = max(1, math.floor(self.budget * prompt))
         return self.tokens
 
     def slot_scores(self, cache: KVCache, n: int) -> torch.Tensor:
-        """[B, n] float: higher = keep. Empty slots (slot_pos == -1) must score lowest."""
+        """[B, n] or [L, B, n_kv, n] float: higher = keep (empty slots are masked by the caller)."""
         raise NotImplementedError
 
     def evict(self, cache: KVCache) -> None:
@@ -80,14 +107,21 @@ class BudgetPolicy(CachePolicy):
         n = int(cache.n_slots.max())
         if n <= budget:
             return
-        scores = self.slot_scores(cache, n)  # [B, n]
-        scores = scores.masked_fill(cache.slot_pos[:, :n] < 0, float("-inf"))
-        keep = scores.topk(budget, dim=1).indices.sort(dim=1).values  # [B, budget] ascending slots
+        scores = self.slot_scores(cache, n)  # [B, n] or [L, B, n_kv, n]
+        pos = cache.slot_pos[:, :n] if scores.dim() == 2 else cache.positions_per_head()[..., :n]
+        scores = scores.masked_fill(pos < 0, float("-inf"))
+        keep = scores.topk(budget, dim=-1).indices  # [..., budget]
+        empty = pos.gather(-1, keep) < 0
+        keep = keep.gather(-1, (keep + n * empty).argsort(dim=-1))  # real tokens first, in slot order
         self.compacted(keep)
         cache.compact(keep)
+        self.after_compact(cache)
 
     def compacted(self, keep: torch.Tensor) -> None:
         """Called with the kept slots just before the cache compacts (policies with per-slot state)."""
+        return None
+
+    def after_compact(self, cache: KVCache) -> None:
         return None
 
     def __repr__(self) -> str:
@@ -102,58 +136,109 @@ class SlidingWindow(BudgetPolicy):
 
 @register_policy("sinks")
 class SinksAndRecent(BudgetPolicy):
-    def __init__(self, budget: int | float, n_sinks: int = 4) -> None:
+    """StreamingLLM: ``n_sinks`` first tokens + the most recent; ``reindex`` "auto" (rotary models: positions
+    by place in the cache, the paper's scheme), True (require it) or False (keep original positions)."""
+
+    def __init__(self, budget: int | float, n_sinks: int = 4, reindex: bool | str = "auto") -> None:
         super().__init__(budget)
         if not isinstance(n_sinks, int) or n_sinks < 0:
             raise LmlabError(f"KV policy 'sinks': n_sinks must be a non-negative integer, got {n_sinks!r}")
         if isinstance(budget, int) and n_sinks >= budget:
             raise LmlabError(f"KV policy 'sinks': budget {budget} leaves no room for recent tokens after "
                              f"{n_sinks} sinks")
-        self.n_sinks = n_sinks
+        if reindex not in (True, False, "auto"):
+            raise LmlabError(f"KV policy 'sinks': reindex must be True, False or 'auto', got {reindex!r}")
+        self.n_sinks, self.reindex = n_sinks, reindex
 
     def slot_scores(self, cache: KVCache, n: int) -> torch.Tensor:
         pos = cache.slot_pos[:, :n].float()
         return torch.where((pos >= 0) & (pos < self.n_sinks), torch.full_like(pos, float("inf")), pos)
 
+    def after_compact(self, cache: KVCache) -> None:
+        rotary = cache.config.pos_type == "rotary"
+        if self.reindex is True and not rotary:
+            raise LmlabError(f"KV policy 'sinks': reindex=True needs rotary positions; this model has "
+                             f"{cache.config.pos_type!r} positions (use reindex='auto' or False)")
+        if self.reindex is False or not rotary:
+            return
+        slots = torch.arange(cache.capacity, device=cache.slot_pos.device).expand_as(cache.slot_pos)
+        cache.reposition(torch.where(cache.slot_pos >= 0, slots, -1))  # kept tokens at 0..K-1, next at K
+
 
 class AccumulatedScorePolicy(BudgetPolicy):
     """Keeps ``recent_share`` of the budget for the most recent tokens and the rest for the highest
-    accumulated per-slot score; ``observe`` adds each layer's contribution (summed over heads and queries)."""
+    accumulated score. ``observe`` adds each layer's contribution per KV head ([L, B, n_kv, slots] state);
+    ``per_head`` selects per layer and head (the papers), else on the sum over layers and heads per row."""
 
     recent_share = 0.5
 
-    def __init__(self, budget: int | float) -> None:
+    def __init__(self, budget: int | float, per_head: bool = True) -> None:
         super().__init__(budget)
-        self.score: torch.Tensor | None = None  # [B, capacity] accumulated per slot
+        if not isinstance(per_head, bool):
+            raise LmlabError(f"KV policy {self.name!r}: per_head must be True or False, got {per_head!r}")
+        self.per_head = per_head
+        self.score: torch.Tensor | None = None  # [L, B, n_kv, capacity] accumulated per slot
 
     @property
     def needs_attention(self) -> bool:  # read by the model for every layer of every forward
         return self.active
 
     def contribution(self, probs: torch.Tensor) -> torch.Tensor:
-        """[B, S] from one layer's attention probabilities [B, H, T, S]."""
+        """[B, H, S] from one layer's attention probabilities [B, H, T, S]."""
         raise NotImplementedError
 
+    def _score_for(self, cache: KVCache) -> torch.Tensor:
+        L, B, n_kv, cap = cache.k.shape[:4]
+        if self.score is None or self.score.shape[1] != B:
+            self.score = torch.zeros(L, B, n_kv, cap, dtype=torch.float32, device=cache.k.device)
+        elif self.score.shape[-1] < cap:  # the cache grew
+            pad = self.score.new_zeros(L, B, n_kv, cap - self.score.shape[-1])
+            self.score = torch.cat([self.score, pad], dim=-1)
+        return self.score
+
     def observe(self, cache: KVCache, layer: int, probs: torch.Tensor) -> None:
-        if self.score is None or self.score.shape[0] != probs.shape[0]:
-            self.score = torch.zeros(probs.shape[0], cache.capacity, dtype=torch.float32, device=probs.device)
-        S = probs.shape[-1]
-        self.score[:, :S] += self.contribution(probs.float())
+        score = self._score_for(cache)
+        B, H, _, S = probs.shape
+        n_kv = score.shape[2]
+        per_query_head = self.contribution(probs.float())  # [B, H, S]
+        score[layer, :, :, :S] += per_query_head.view(B, n_kv, H // n_kv, S).sum(dim=2)  # [B, n_kv, S]
 
     def slot_scores(self, cache: KVCache, n: int) -> torch.Tensor:
         budget = self.resolve(cache)
         recent = int(budget * self.recent_share)
-        pos = cache.slot_pos[:, :n]
-        newest = pos.max(dim=1, keepdim=True).values  # [B, 1]
-        is_recent = pos > newest - recent  # the `recent` newest positions of each row
-        score = self.score[:, :n] if self.score is not None else torch.zeros(pos.shape, device=pos.device)
+        score = self._score_for(cache)[..., :n]  # [L, B, n_kv, n]
+        if self.per_head:
+            pos = cache.positions_per_head()[..., :n]  # [L, B, n_kv, n]
+        else:
+            pos, score = cache.slot_pos[:, :n], score.sum(dim=(0, 2))  # [B, n]
+        newest = pos.max(dim=-1, keepdim=True).values
+        is_recent = pos > newest - recent  # the `recent` newest positions of each row (and head)
         return torch.where(is_recent, torch.full_like(score, float("inf")), score)
 
     def compacted(self, keep: torch.Tensor) -> None:
+        if self.score is None:
+            return
+        L, B, n_kv, _ = self.score.shape
+        full = keep if keep.dim() == 4 else keep[None, :, None, :].expand(L, B, n_kv, keep.shape[-1])
+        kept = self.score.gather(3, full)
+        self.score.zero_()
+        self.score[..., :full.shape[-1]] = kept
+
+    def select_rows(self, rows: torch.Tensor) -> None:
         if self.score is not None:
-            kept = self.score.gather(1, keep)
-            self.score.zero_()
-            self.score[:, :keep.shape[1]] = kept
+            self.score = self.score[:, rows.to(self.score.device)].contiguous()
+
+    def append_rows(self, other: "CachePolicy") -> None:
+        self.score = self._merged(getattr(other, "score", None))
+
+    def _merged(self, theirs: torch.Tensor | None) -> torch.Tensor | None:
+        """Row-concatenated scores (a missing side counts as zeros; slot dims padded to the larger)."""
+        mine = self.score
+        if mine is None or theirs is None:
+            return None  # rebuilt on the next observe: a side that never observed has no scores to keep
+        cap = max(mine.shape[-1], theirs.shape[-1])
+        pad = lambda t: torch.cat([t, t.new_zeros(*t.shape[:3], cap - t.shape[-1])], -1)  # noqa: E731
+        return torch.cat([pad(mine), pad(theirs)], dim=1)
 
     def step_done(self) -> None:
         return None
@@ -167,14 +252,14 @@ class AccumulatedScorePolicy(BudgetPolicy):
 class HeavyHitters(AccumulatedScorePolicy):
     """H2O: accumulated attention probability each key received; heavy / recent = 50 / 50."""
 
-    def __init__(self, budget: int | float, recent_share: float = 0.5) -> None:
-        super().__init__(budget)
+    def __init__(self, budget: int | float, recent_share: float = 0.5, per_head: bool = True) -> None:
+        super().__init__(budget, per_head=per_head)
         if not 0 <= recent_share <= 1:
             raise LmlabError(f"KV policy 'h2o': recent_share must lie in [0, 1], got {recent_share}")
         self.recent_share = recent_share
 
     def contribution(self, probs: torch.Tensor) -> torch.Tensor:
-        return probs.sum(dim=(1, 2))  # [B, S]
+        return probs.sum(dim=2)  # [B, H, S]
 
 
 @register_policy("keyformer")
@@ -182,8 +267,8 @@ class Keyformer(AccumulatedScorePolicy):
     """Keyformer: accumulated Gumbel-softmax scores with a rising temperature; recent window = 30% of budget."""
 
     def __init__(self, budget: int | float, recent_share: float = 0.3, tau_init: float = 1.0,
-                 tau_delta: float = 0.01, seed: int = 0) -> None:
-        super().__init__(budget)
+                 tau_delta: float = 0.01, seed: int = 0, per_head: bool = True) -> None:
+        super().__init__(budget, per_head=per_head)
         if not 0 <= recent_share <= 1:
             raise LmlabError(f"KV policy 'keyformer': recent_share must lie in [0, 1], got {recent_share}")
         if tau_init <= 0 or tau_delta < 0:
@@ -197,7 +282,7 @@ class Keyformer(AccumulatedScorePolicy):
         u = torch.rand(probs.shape, generator=self.generator).to(probs.device).clamp_(1e-20, 1.0)
         gumbel = -torch.log(-torch.log(u))  # standard Gumbel(0, 1) noise
         logits = probs.log()  # = attention logits - logsumexp per query; masked keys stay -inf
-        return ((logits + gumbel) / tau).softmax(dim=-1).nan_to_num(0.0).sum(dim=(1, 2))  # [B, S]
+        return ((logits + gumbel) / tau).softmax(dim=-1).nan_to_num(0.0).sum(dim=2)  # [B, H, S]
 
     def step_done(self) -> None:
         self.step += 1
