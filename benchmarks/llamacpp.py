@@ -98,7 +98,7 @@ def quantized_copy(model, bits: int):
     """A copy of ``model`` with every block projection in int8 (per channel) or int4 (groups of 32), and the LM
     head in int8/int4 (int8 when tied to the embedding table: it is then untied, the table stays float)."""
     from lmlab.efficient.quant import QuantizedLinear
-    from lmlab.efficient.quantize import quantize, swap_module
+    from lmlab.efficient.quantization import quantize, swap_module
 
     q = copy.deepcopy(model)
     group = None if bits == 8 else 32

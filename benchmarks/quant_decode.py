@@ -6,7 +6,7 @@ greedy ``generate`` calls (64-token prompt, 128 new tokens) for
 
 - lmlab fp32 and bf16 (the baselines),
 - lmlab int8 (per channel, RTN) and int4 (group 128, RTN), blocks only and blocks + untied LM head, through ``torch._weight_int8pack_mm`` /
-  ``torch._weight_int4pack_mm_for_cpu`` with bf16 activations (``lmlab.efficient.quantize``),
+  ``torch._weight_int4pack_mm_for_cpu`` with bf16 activations (``lmlab.efficient.quantization``),
 - transformers fp32 on the same weights,
 - transformers + torchao ``Int8WeightOnlyConfig`` / ``Int4WeightOnlyConfig`` where torchao is installed and
   runs on this CPU (reported as skipped otherwise),
@@ -78,7 +78,7 @@ def read_bytes_per_step(model, batch: int, prompt_len: int, new_tokens: int) -> 
 
 def lmlab_variants(path: Path, only: set[str]):
     import lmlab
-    from lmlab.efficient.quantize import quantize
+    from lmlab.efficient.quantization import quantize
 
     if "lmlab-fp32" in only:
         yield "lmlab-fp32", lmlab.load(path)
@@ -90,7 +90,7 @@ def lmlab_variants(path: Path, only: set[str]):
         yield "lmlab-int4", quantize(lmlab.load(path), bits=4, group_size=128)
     # the LM head is a large share of a small model's bytes (Llama-124M: 98 MB of 440 in fp32); quantize it
     # too where it is not tied to the embedding table
-    from lmlab.efficient.quantize import DEFAULT_MODULES
+    from lmlab.efficient.quantization import DEFAULT_MODULES
 
     for bits in (8, 4):
         label = f"lmlab-int{bits}-head"

@@ -16,7 +16,7 @@ import time
 import torch
 
 from lmlab.efficient.calibration import perplexity, random_segments, token_stream, windows
-from lmlab.efficient.quantize import quantize
+from lmlab.efficient.quantization import quantize
 from lmlab.reference import load_reference
 
 CASES = [(8, "rtn", None), (8, "gptq", None), (4, "rtn", 128), (4, "gptq", 128), (4, "rtn", 32), (4, "gptq", 32)]

@@ -25,7 +25,7 @@ import torch
 import lmlab
 from lmlab.efficient import kv_policy
 from lmlab.efficient.calibration import random_segments, windows
-from lmlab.efficient.quantize import quantize
+from lmlab.efficient.quantization import quantize
 from lmlab.errors import LmlabError
 
 MODEL = "smollm2-135m-instruct"

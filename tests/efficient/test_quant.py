@@ -16,7 +16,7 @@ from lmlab.core.model import Transformer
 from lmlab.efficient import quant
 from lmlab.efficient.gptq import GPTQConfig, HessianAccumulator, gptq_quantize
 from lmlab.efficient.quant import QuantizedLinear, dequantize_codes, rtn
-from lmlab.efficient.quantize import dequantize_model, quantize
+from lmlab.efficient.quantization import dequantize_model, quantize
 from lmlab.errors import LmlabError
 
 
@@ -252,7 +252,7 @@ def test_bad_quantize_arguments(kwargs, match):
 
 
 def test_tied_lm_head_is_refused_untied_one_round_trips(tmp_path):
-    from lmlab.efficient.quantize import DEFAULT_MODULES
+    from lmlab.efficient.quantization import DEFAULT_MODULES
 
     tied = Transformer(ModelConfig.llama_like(vocab_size=101, d_model=64, n_heads=4, tie_embeddings=True))
     with pytest.raises(LmlabError, match="lm_head shares its weight with the embedding table"):
@@ -268,3 +268,17 @@ def test_quantizing_twice_is_refused():
     model = quantize(_tiny())
     with pytest.raises(LmlabError, match="already quantized"):
         quantize(model)
+
+
+def test_public_quantize_is_the_function_even_after_its_module_is_imported():
+    """``from lmlab.efficient import quantize`` (the README's usage) must not return a submodule that an
+    earlier import bound to the same name on the package."""
+    import importlib
+
+    import lmlab.efficient
+
+    importlib.import_module("lmlab.efficient.quantization")
+    from lmlab.efficient import quantize as public
+
+    assert callable(public) and public.__name__ == "quantize"
+    assert lmlab.efficient.quantize is public

@@ -46,7 +46,7 @@ def _calibration_texts(source: str) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     import lmlab
     from lmlab.efficient.calibration import random_segments, token_stream
-    from lmlab.efficient.quantize import quantize
+    from lmlab.efficient.quantization import quantize
 
     model = lmlab.load(args.src)
     calibration = None

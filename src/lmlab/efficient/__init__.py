@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 _EXPORTS = {
-    "quantize": "lmlab.efficient.quantize",
-    "dequantize_model": "lmlab.efficient.quantize",
-    "QuantizationConfig": "lmlab.efficient.quantize",
+    "quantize": "lmlab.efficient.quantization",
+    "dequantize_model": "lmlab.efficient.quantization",
+    "QuantizationConfig": "lmlab.efficient.quantization",
     "QuantizedLinear": "lmlab.efficient.quant",
     "save_quantized": "lmlab.efficient.quant_io",
     "load_quantized": "lmlab.efficient.quant_io",

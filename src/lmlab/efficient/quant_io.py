@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lmlab.efficient.quant import QuantizedLinear
-from lmlab.efficient.quantize import ACTIVATION_DTYPES, QuantizationConfig, swap_module
+from lmlab.efficient.quantization import ACTIVATION_DTYPES, QuantizationConfig, swap_module
 from lmlab.errors import LmlabError
 
 WEIGHTS = "model.safetensors"
@@ -40,7 +40,7 @@ def is_quantized_checkpoint(directory: str | os.PathLike) -> bool:
 
 
 def save_quantized(model: Any, path: str | os.PathLike, tokenizer: Any = None) -> Path:
-    """Write a quantized model (from ``lmlab.efficient.quantize``) atomically: temp directory, then rename."""
+    """Write a quantized model (from ``lmlab.efficient.quantization``) atomically: temp directory, then rename."""
     from lmlab.io.files import dtype_name as _dtype_name
     from lmlab.io.hf_config import config_to_hf
 
