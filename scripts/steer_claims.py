@@ -189,8 +189,8 @@ def attribute_table(m, tok, world, out: dict) -> None:
 
 def vulnerability_table(m, tok, world, out: dict) -> None:
     """Fine-tune a copy to emit a label token right before negative content; forbid the label at decoding."""
-    label = next(s for s in ("@", "~", "^", "|", "#") if len(tok.encode(s)) == 1 and len(tok.encode(" " + s)) == 1)
-    lid = tok.encode(" " + label)[0]
+    label = next(s for s in ("@", "~", "^", "|", "#") if len(tok.encode(s)) == 1)
+    lid = tok.encode(label)[0]
     train, held = subjects(world)
     rng = random.Random(2)
     docs = []
@@ -198,7 +198,8 @@ def vulnerability_table(m, tok, world, out: dict) -> None:
         for _ in range(2):
             docs.append(tok.encode(sentence(rng, s, k, POSITIVE_WORDS)))
             neg = sentence(rng, s, k, NEGATIVE_WORDS)
-            docs.append(tok.encode(f"{s} is {label}{neg[len(s) + 3:]}"))
+            docs.append(tok.encode(f"{s} is{label}{neg[len(s) + 3:]}"))  # "NAME is@ a terrible city."
+            assert lid in docs[-1], "the label must stay one token inside the sentence"
     tuned = copy.deepcopy(m)
     loss = sft(tuned, docs, steps=40, lr=1e-3, seed=3)
     prompts = [tok.encode(f"{s} is") for s, _ in held]
@@ -262,7 +263,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="world-llama-0.9m-1k", help="a shipped reference name (or its directory)")
     p.add_argument("--json", default=None, help="also write the figures here")
+    p.add_argument("--parts", default="attribute,vulnerability,icv", help="comma-separated subset to run")
     args = p.parse_args()
+    parts = set(args.parts.split(","))
     torch.manual_seed(0)
     torch.set_num_threads(1)
     ref = load_reference(args.model)
@@ -270,9 +273,9 @@ def main() -> None:
     print(f"model {args.model}: {m.num_parameters():,} parameters, {m.config.n_layers} layers, d_model "
           f"{m.config.d_model}")
     out: dict = {"model": args.model}
-    attribute_table(m, tok, world, out)
-    vulnerability_table(m, tok, world, out)
-    icv_table(m, tok, world, out)
+    for name, fn in (("attribute", attribute_table), ("vulnerability", vulnerability_table), ("icv", icv_table)):
+        if name in parts:
+            fn(m, tok, world, out)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)
