@@ -28,8 +28,24 @@ def add_guide_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--forbid", action="append", default=[], help="forbidden string, also across tokens (repeatable)")
 
 
-def build_processors(args: argparse.Namespace, model, tokenizer) -> list:
+def load_guide(path: str, tokenizer, flag: str):
+    """The guide model at ``path``; when both it and the base have a tokenizer, they must be the same one
+    (equal vocabulary sizes are not enough: the same ids must mean the same strings)."""
     import lmlab
+
+    guide = lmlab.load(path).eval()
+    if tokenizer is not None:
+        try:
+            theirs = lmlab.load_tokenizer(path)
+        except LmlabError:
+            theirs = None  # a checkpoint without a tokenizer: only the vocabulary size can be compared
+        if theirs is not None and theirs.backend.get_vocab() != tokenizer.backend.get_vocab():
+            raise LmlabError(f"{flag} {path}: its tokenizer differs from the base model's (a guide must share the "
+                             "base model's tokenizer)")
+    return guide
+
+
+def build_processors(args: argparse.Namespace, model, tokenizer) -> list:
     from lmlab.control import ForbidStrings, GeDi, GeDiConfig, GenARM, ProxyTuning
 
     procs: list = []
@@ -43,17 +59,17 @@ def build_processors(args: argparse.Namespace, model, tokenizer) -> list:
         codes = [tokenizer.encode(args.desired_code), tokenizer.encode(args.anti_code)]
         if not all(codes):
             raise LmlabError("--desired-code/--anti-code: a control code encodes to no tokens")
-        guide = lmlab.load(args.guide_model).eval()
+        guide = load_guide(args.guide_model, tokenizer, "--guide-model")
         procs.append(GeDi(guide, codes[0], codes[1], GeDiConfig(omega=args.omega), base=model))
     elif args.guide == "proxy":
         if args.tuned is None or args.untuned is None:
             raise LmlabError("--guide proxy needs --tuned and --untuned")
-        procs.append(ProxyTuning(lmlab.load(args.tuned).eval(), lmlab.load(args.untuned).eval(), alpha=args.alpha,
-                                 base=model))
+        procs.append(ProxyTuning(load_guide(args.tuned, tokenizer, "--tuned"),
+                                 load_guide(args.untuned, tokenizer, "--untuned"), alpha=args.alpha, base=model))
     elif args.guide == "genarm":
         if not args.arm:
             raise LmlabError("--guide genarm needs at least one --arm")
-        arms = [lmlab.load(a).eval() for a in args.arm]
+        arms = [load_guide(a, tokenizer, "--arm") for a in args.arm]
         procs.append(GenARM(arms, weights=args.arm_weight or None, beta=args.beta, base=model))
     if args.forbid:
         if tokenizer is None:

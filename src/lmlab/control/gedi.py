@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lmlab.control.finite import check_finite
 from lmlab.core.processors import StatefulProcessor, StepInfo
 from lmlab.errors import LmlabError
 
@@ -134,6 +135,7 @@ class GeDi(StatefulProcessor):
             return logits
         post = self.posterior(self.last).to(logits.device)  # [B, V]
         weighted = logits.float().log_softmax(-1) + self.cfg.omega * post  # [B, V]
+        check_finite("GeDi", f"omega {self.cfg.omega}", logits, weighted)
         return filter_tokens(weighted, post, self.cfg.filter_p, self.cfg.target_p)
 
     def finish(self, row_ids) -> None:

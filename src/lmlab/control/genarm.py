@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import torch
 
+from lmlab.control.finite import check_finite
 from lmlab.control.proxy import check_same_vocabulary
 from lmlab.core.processors import GuideProcessor, StatefulProcessor, StepInfo
 from lmlab.errors import LmlabError
@@ -38,6 +39,7 @@ class GenARM(StatefulProcessor):
         check_same_vocabulary("GenARM", *named)
         self.vocab = arms[0].config.vocab_size
         self.guides = [GuideProcessor(a, weight=w / beta) for a, w in zip(arms, weights)]
+        self.knob = f"weights {weights} / beta {beta}"
 
     def start(self, prompts, max_new_tokens, row_ids) -> None:
         for g in self.guides:
@@ -47,9 +49,10 @@ class GenARM(StatefulProcessor):
         if logits.shape[-1] != self.vocab:
             raise LmlabError(f"GenARM: base vocabulary {logits.shape[-1]} differs from the reward models' "
                              f"{self.vocab} (they must share one tokenizer)")
+        before = logits
         for g in self.guides:
             logits = g.step(ids, logits, info)
-        return logits
+        return check_finite("GenARM", self.knob, before, logits)
 
     def finish(self, row_ids) -> None:
         for g in self.guides:

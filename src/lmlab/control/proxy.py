@@ -53,7 +53,10 @@ class ProxyTuning(StatefulProcessor):
         if logits.shape[-1] != self.vocab:
             raise LmlabError(f"ProxyTuning: base vocabulary {logits.shape[-1]} differs from the small models' "
                              f"{self.vocab} (the models must share one tokenizer)")
-        return self.anti.step(ids, self.expert.step(ids, logits, info), info)
+        from lmlab.control.finite import check_finite
+
+        out = self.anti.step(ids, self.expert.step(ids, logits, info), info)
+        return check_finite("ProxyTuning", f"alpha {self.alpha}", logits, out)
 
     def finish(self, row_ids) -> None:
         self.expert.finish(row_ids)
