@@ -4,6 +4,7 @@ tokens give the same loss, gradients and parameters with grad_accum 1, 2, 4 and 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -93,3 +94,32 @@ def test_ddp_two_processes_uneven_tokens_equal_one_process(tmp_path):
         ddp = load_file(str(out / "params.safetensors"))
         for name, p in single.items():
             torch.testing.assert_close(ddp[name], p, rtol=0, atol=1e-6, msg=f"ddp grad_accum={accum}: {name}")
+
+
+def test_a_micro_batch_without_targets_contributes_nothing(tmp_path):
+    """Rows (0, 0) then (58, 58) with grad_accum 2: the first micro-batch has no target at all. Its loss must
+    be 0 with a zero gradient (PyTorch's mean over nothing is NaN, and NaN x weight 0 stopped the run), so the
+    step equals the token-level mean over the second micro-batch alone."""
+    order = (0, 0, 58, 58)
+    model = uneven_model()
+    rows = uneven_rows(order)
+    logits = model(rows["input_ids"])  # [4, T, V]
+    ref = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), rows["labels"].reshape(-1), ignore_index=-100)
+    ref.backward()
+    ref_grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    cfg = config(tmp_path / "empty", 2)
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, objective="causal_lm"))  # sft already guarded
+    trainer = Trainer(uneven_model(), cfg, UnevenRows(order))
+    grads = {}
+    step = trainer.optimizer.step
+
+    def capture(*args, **kwargs):
+        grads.update({n: p.grad.clone() for n, p in trainer.module.named_parameters()})
+        return step(*args, **kwargs)
+
+    trainer.optimizer.step = capture
+    summary = trainer.fit()
+    assert abs(summary["final_loss"] - float(ref)) < 1e-5
+    for name, g in ref_grads.items():
+        assert torch.allclose(grads[name], g, atol=1e-6), name

@@ -87,10 +87,14 @@ def batch_tokens(batch: Any, objective: Any = None) -> int:
 
 
 def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over positions whose target is not IGNORE_INDEX, computed in fp32."""
+    """Mean next-token cross-entropy over positions whose target is not IGNORE_INDEX, computed in fp32.
+
+    A batch with no target at all gives 0 (with a zero gradient), not PyTorch's NaN mean over nothing: the
+    Trainer weights each micro-batch by its target count, and 0 x NaN would poison the whole step."""
     # logits: [B, T, V], targets: [B, T]  (targets already shifted: targets[t] = inputs[t+1])
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                           ignore_index=IGNORE_INDEX)
+    total = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                            ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / (targets != IGNORE_INDEX).sum().clamp(min=1)
 
 
 class CausalLMObjective:

@@ -160,6 +160,7 @@ class ReferenceRecipe:
     pack_tasks: bool = False
     extra_questions: int = 0
     length_ramp: float = 0.0  # fraction of the steps over which the longest task grows (0: no curriculum)
+    kv_share: float = 0.75  # share of long-context tasks that are key-value lists (the rest: needles)
 
     def scaled(self, **changes) -> ReferenceRecipe:
         return dataclasses.replace(self, **changes)
@@ -252,7 +253,7 @@ def train_reference_model(out: Path, recipe: ReferenceRecipe = ReferenceRecipe()
     data = WorldMixBlocks(world, tokenizer, texts, block_size=r.block_size, long_rows=r.long_rows,
                           short_block=r.short_block, short_rows=r.short_rows, long_every=r.long_every,
                           long_words=r.long_words, pack_tasks=r.pack_tasks, extra_questions=r.extra_questions,
-                          length_ramp=round(r.length_ramp * r.steps),
+                          length_ramp=round(r.length_ramp * r.steps), kv_share=r.kv_share,
                           seed=r.seed)
     say(f"world: {len(world.facts)} facts, {len(texts)} training texts; tokenizer {len(tokenizer)} tokens; "
         f"world-text stream {len(data.stream)} tokens")
