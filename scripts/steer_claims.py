@@ -21,9 +21,11 @@ relative to plain (one timing on a shared machine: indicative only; benchmarks/g
 
 ``--parts gedi_quarter``: GeDi with a guide about a quarter of the base's parameters (the paper's point): a
 Llama-style class-conditional LM (d_model = base/2, one layer fewer, same tokenizer) trained from scratch on the
-world's sentiment attribute text of the training subjects, each sentence prefixed by its control code
-("<positive> ...", "<neutral> ...", "<negative> ..."; generative loss only), then used with the paper's omega = 30
-and filters, next to the self-guided GeDi and plain decoding.
+world's sentiment attribute text (every subject's: the attribute corpus the base itself was trained on, as the
+paper trains its guide on a sentiment corpus), each sentence prefixed by its control code ("<positive> ...",
+"<neutral> ...", "<negative> ..."; generative loss only, 1,500 steps), then used with the paper's omega = 30 and
+filters, next to the self-guided GeDi and plain decoding. (Trained on the training subjects' sentences only, 600
+steps, the guide did not steer: positive 0.00.)
 
 Then: the vulnerability-constrained recipe (a copy fine-tuned to emit a label token before negative content;
 the label forbidden at decoding), ActAdd's off-target perplexity on fact documents, and the ICL state vector
@@ -194,22 +196,20 @@ def attribute_table(m, tok, world, out: dict) -> None:
 
 
 def train_quarter_guide(m, tok, world, steps: int, seed: int = 0):
-    """A class-conditional LM ~1/4 of ``m``'s parameters on control-code-prefixed sentiment text of the training
-    subjects (the paper trains its guide with the same tokenizer as the base)."""
+    """A class-conditional LM ~1/4 of ``m``'s parameters on the world's control-code-prefixed sentiment text
+    (the paper trains its guide with the same tokenizer as the base)."""
     c = m.config
     cfg = ModelConfig.llama_like(vocab_size=c.vocab_size, d_model=c.d_model // 2, n_layers=max(1, c.n_layers - 1),
                                  n_heads=max(1, c.n_heads // 2), d_mlp=c.d_mlp // 2, max_seq_len=128)
     guide = Transformer(cfg).init_weights(seed=seed)
-    train, _ = subjects(world)
-    names = {s for s, _ in train}
-    rows = [tok.encode(t.prefixed) for t in world.attribute_texts() if t.axis == "sentiment" and t.subject in names]
+    rows = [tok.encode(t.prefixed) for t in world.attribute_texts() if t.axis == "sentiment"]
     loss = sft(guide, rows, steps=steps, lr=3e-3, seed=seed)
     return guide, {"guide_params": guide.num_parameters(), "base_params": m.num_parameters(),
                    "ratio": guide.num_parameters() / m.num_parameters(), "train_sentences": len(rows),
                    "steps": steps, "final_loss": loss, "d_model": cfg.d_model, "n_layers": cfg.n_layers}
 
 
-def gedi_quarter_table(m, tok, world, out: dict, steps: int = 600) -> None:
+def gedi_quarter_table(m, tok, world, out: dict, steps: int = 1500) -> None:
     t0 = time.perf_counter()
     guide, setup = train_quarter_guide(m, tok, world, steps)
     setup["train_seconds"] = time.perf_counter() - t0
