@@ -155,6 +155,16 @@ class GeDi(StatefulProcessor):
             self.cache = None
 
 
+def _ascending_order(x: torch.Tensor) -> torch.Tensor:
+    """argsort along the last dim; on CPU through numpy, whose introsort is ~3x faster than torch's sort here
+    (profile, session 5: 0.84 vs 2.8 ms for [4, 8192] on one thread)."""
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+        import numpy as np
+
+        return torch.from_numpy(np.argsort(x.detach().contiguous().numpy(), axis=-1))
+    return x.argsort(dim=-1)
+
+
 FAST_K = 64  # candidates the filter examines before falling back to a full-vocabulary sort
 
 
@@ -181,7 +191,8 @@ def filter_tokens(weighted: torch.Tensor, post: torch.Tensor, filter_p: float, t
             drop_top = (from_least < filter_p) & (top_post < log_tau)
             drop = (post < log_tau).scatter_(1, top_idx, drop_top)
             return weighted.masked_fill(drop, float("-inf"))
-    sorted_post, order = post.sort(dim=-1)  # ascending posterior
+    order = _ascending_order(post)  # [B, V]
+    sorted_post = post.gather(1, order)
     cumulative = probs.gather(1, order).cumsum(-1)  # [B, V]
     drop_sorted = (cumulative < filter_p) & (sorted_post < log_tau)
     drop = torch.zeros_like(drop_sorted).scatter_(1, order, drop_sorted)
