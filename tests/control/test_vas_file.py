@@ -148,3 +148,23 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
         assert main(["steer", M, *argv, "--out", str(tmp_path / "o.safetensors")]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
+
+
+def test_serve_guides_accept_vas(base, tmp_path):
+    """The server builds guides as ``lmlab generate --guide`` does: a vas entry loads the value file."""
+    from lmlab.serve.config import GuideSpec, ServeConfig
+    from lmlab.serve.guides import GuideTable
+
+    path = save_value_model(tmp_path / "v.safetensors", value_model(), base, beta=4.0)
+    specs = {"off": GuideSpec(guide="vas", guide_model=str(path), guide_scale=0.0),
+             "on": GuideSpec(guide="vas", guide_model=str(path))}
+    ServeConfig(guides=specs).validate()
+    table = GuideTable(base, None, specs)
+    (off,), (on,) = table.fresh("off"), table.fresh("on")
+    assert isinstance(on, VAS) and (off.beta, on.beta) == (0.0, 4.0)
+    plain = generate(base, PROMPTS, max_new_tokens=6, stop_token_ids=[])
+    assert generate(base, PROMPTS, max_new_tokens=6, stop_token_ids=[], logits_processors=[off]) == plain
+    with pytest.raises(LmlabError, match="guide 'x': vas needs guide_model"):
+        GuideTable(base, None, {"x": GuideSpec(guide="vas")})
+    with pytest.raises(LmlabError, match="guide 'w': .*value model fit on base fingerprint"):
+        GuideTable(tiny(0, d=96), None, {"w": GuideSpec(guide="vas", guide_model=str(path))})
