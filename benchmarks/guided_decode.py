@@ -5,6 +5,10 @@ of the base's size at <= 1.5x the plain decode time; ActAdd <= 1.05x).
 Base: a random Llama-style model (d_model 512, 8 layers, vocab 8192, 27.4M parameters). Every second model
 (GeDi guide, GenARM's ARM, VAS's value estimator, proxy-tuning's tuned/untuned pair) is the same family at
 d_model 256 with 6 layers, about a quarter of the base's parameters (the script prints the exact ratio).
+GeDi is also timed with a guide of the same quarter size but half the base's depth (d_model 320, 4 layers,
+0.26x): the paper's guide, GPT-2 medium (24 layers) for GPT-2 XL (48 layers), has half its base's depth too,
+and at this size a decode step's cost follows the number of layers (per-op dispatch) more than the parameters
+(profile, session 5: guide forward on its 2B rows 0.45x of the base's with 6 layers, 0.36x with 4).
 Batch 4, 32-token prompts, 64 new tokens, greedy, no early stop; methods are timed rep by rep in alternation so
 load from other processes hits them alike; the median is reported. Run on a quiet machine:
 
@@ -54,8 +58,11 @@ def main() -> None:
     base = model(d, L, 0, vocab)
     small_a, small_b = model(gd, gL, 1, vocab), model(gd, gL, 2, vocab)
     value = ValueModel(model(gd, gL, 3, vocab)).eval()
+    shallow = model(64 if args.quick else 320, max(1, L // 2), 4, vocab)  # quarter size, half the depth
     ratio = small_a.num_parameters() / base.num_parameters()
-    print(f"base {base.num_parameters():,} parameters; each second model {small_a.num_parameters():,} ({ratio:.2f}x)")
+    shallow_ratio = shallow.num_parameters() / base.num_parameters()
+    print(f"base {base.num_parameters():,} parameters; each second model {small_a.num_parameters():,} ({ratio:.2f}x); "
+          f"half-depth GeDi guide {shallow.num_parameters():,} ({shallow_ratio:.2f}x)")
     prompts = torch.randint(0, vocab, (4, 32), generator=torch.Generator().manual_seed(0)).tolist()
     vec = SteeringVector(torch.randn(d) * 0.1, "blocks.1.resid_pre", model_fingerprint(base))
     icv = StateVector(torch.randn(max(1, L // 2), 1, d) * 0.1, model_fingerprint(base))
@@ -64,6 +71,7 @@ def main() -> None:
         "actadd (all positions)": lambda: ((), vec.apply(base, coeff=1.0, positions="all")),
         "icl state vector": lambda: ((), icv.apply(base)),
         "gedi": lambda: ((GeDi(small_a, [1], [2], base=base),), contextlib.nullcontext()),
+        "gedi (half-depth guide)": lambda: ((GeDi(shallow, [1], [2], base=base),), contextlib.nullcontext()),
         "genarm (1 ARM)": lambda: ((GenARM([small_a], base=base),), contextlib.nullcontext()),
         "vas (top-10)": lambda: ((VAS(value, beta=1.0, top_k=10, base=base),), contextlib.nullcontext()),
         "proxy-tuning (2 small)": lambda: ((ProxyTuning(small_a, small_b, base=base),), contextlib.nullcontext()),
@@ -87,7 +95,7 @@ def main() -> None:
     print("| method | tok/s | time vs plain |\n|---|---|---|")
     for k, r in rows.items():
         print(f"| {k} | {r['tokens_per_s']:.0f} | {r['relative_time']:.2f}x |")
-    print(json.dumps({"second_model_ratio": ratio, "rows": rows}))
+    print(json.dumps({"second_model_ratio": ratio, "half_depth_guide_ratio": shallow_ratio, "rows": rows}))
 
 
 if __name__ == "__main__":

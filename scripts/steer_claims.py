@@ -19,6 +19,14 @@ Each method is set up from the *training* subjects only:
 Reported: positive / negative rate, base perplexity of the continuation, distinct-2 and generation wall time
 relative to plain (one timing on a shared machine: indicative only; benchmarks/guided_decode.py measures speed).
 
+``--parts gedi_quarter``: GeDi with a guide about a quarter of the base's parameters (the paper's point): a
+Llama-style class-conditional LM (d_model = base/2, one layer fewer, same tokenizer) trained from scratch on the
+world's sentiment attribute text (every subject's: the attribute corpus the base itself was trained on, as the
+paper trains its guide on a sentiment corpus), each sentence prefixed by its control code ("<positive> ...",
+"<neutral> ...", "<negative> ..."; generative loss only, 1,500 steps), then used with the paper's omega = 30 and
+filters, next to the self-guided GeDi and plain decoding. (Trained on the training subjects' sentences only, 600
+steps, the guide did not steer: positive 0.00.)
+
 Then: the vulnerability-constrained recipe (a copy fine-tuned to emit a label token before negative content;
 the label forbidden at decoding), ActAdd's off-target perplexity on fact documents, and the ICL state vector
 on a fact task (zero-shot / few-shot ICL / patched state vector, none / inner / momentum).
@@ -187,6 +195,54 @@ def attribute_table(m, tok, world, out: dict) -> None:
           ", ".join(f"{k} {v:.3f}" for k, v in off.items()))
 
 
+def train_quarter_guide(m, tok, world, steps: int, seed: int = 0):
+    """A class-conditional LM ~1/4 of ``m``'s parameters on the world's control-code-prefixed sentiment text
+    (the paper trains its guide with the same tokenizer as the base)."""
+    c = m.config
+    cfg = ModelConfig.llama_like(vocab_size=c.vocab_size, d_model=c.d_model // 2, n_layers=max(1, c.n_layers - 1),
+                                 n_heads=max(1, c.n_heads // 2), d_mlp=c.d_mlp // 2, max_seq_len=128)
+    guide = Transformer(cfg).init_weights(seed=seed)
+    rows = [tok.encode(t.prefixed) for t in world.attribute_texts() if t.axis == "sentiment"]
+    loss = sft(guide, rows, steps=steps, lr=3e-3, seed=seed)
+    return guide, {"guide_params": guide.num_parameters(), "base_params": m.num_parameters(),
+                   "ratio": guide.num_parameters() / m.num_parameters(), "train_sentences": len(rows),
+                   "steps": steps, "final_loss": loss, "d_model": cfg.d_model, "n_layers": cfg.n_layers}
+
+
+def gedi_quarter_table(m, tok, world, out: dict, steps: int = 1500) -> None:
+    t0 = time.perf_counter()
+    guide, setup = train_quarter_guide(m, tok, world, steps)
+    setup["train_seconds"] = time.perf_counter() - t0
+    print(f"quarter-size guide: {setup['guide_params']:,} parameters ({setup['ratio']:.2f}x the base), "
+          f"{setup['train_sentences']} sentences, {steps} steps, loss {setup['final_loss']:.3f}, "
+          f"{setup['train_seconds']:.0f} s")
+    _, held = subjects(world)
+    prompts = [tok.encode(f"{s} is") for s, _ in held]
+    pos_code, neg_code = tok.encode("<positive>"), tok.encode("<negative>")
+    methods = [("plain", []),
+               ("GeDi omega=30, quarter-size guide", [GeDi(guide, pos_code, neg_code, GeDiConfig(), base=m)]),
+               ("GeDi omega=30, self-guided", [GeDi(m, pos_code, neg_code, GeDiConfig(), base=m)])]
+    print("| decoding | positive | negative | base perplexity | distinct-2 | time vs plain |\n|---|---|---|---|---|---|")
+    rows, plain_time = {}, None
+    for name, procs in methods:
+        generate(m, prompts[:2], max_new_tokens=2, stop_token_ids=[], logits_processors=[])  # warm the allocator
+        t0 = time.perf_counter()
+        outs = generate(m, prompts, max_new_tokens=NEW, stop_token_ids=[], logits_processors=procs)
+        dt = time.perf_counter() - t0
+        plain_time = plain_time or dt
+        texts = [tok.decode(o[len(p):]) for o, p in zip(outs, prompts)]
+        labels = [label_sentiment(t) for t in texts]
+        r = {"positive": sum(x > 0 for x in labels) / len(labels), "negative": sum(x < 0 for x in labels) / len(labels),
+             "ppl": continuation_ppl(m, outs, prompts), "distinct2": distinct2(texts), "time_vs_plain": dt / plain_time,
+             "example": texts[0]}
+        rows[name] = r
+        print(f"| {name} | {r['positive']:.2f} | {r['negative']:.2f} | {r['ppl']:.2f} | {r['distinct2']:.2f} | "
+              f"{r['time_vs_plain']:.2f}x |")
+    for name, r in rows.items():
+        print(f"   {name}: {r['example']!r}")
+    out["gedi_quarter"] = {"setup": setup, "rows": rows}
+
+
 def vulnerability_table(m, tok, world, out: dict) -> None:
     """Fine-tune a copy to emit a label token right before negative content; forbid the label at decoding."""
     label = next(s for s in ("@", "~", "^", "|", "#") if len(tok.encode(s)) == 1)
@@ -263,9 +319,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="world-llama-0.9m-1k", help="a shipped reference name (or its directory)")
     p.add_argument("--json", default=None, help="also write the figures here")
-    p.add_argument("--parts", default="attribute,vulnerability,icv", help="comma-separated subset to run")
+    p.add_argument("--parts", default="attribute,gedi_quarter,vulnerability,icv",
+                   help="comma-separated subset to run")
     args = p.parse_args()
     parts = set(args.parts.split(","))
+    unknown = parts - {"attribute", "gedi_quarter", "vulnerability", "icv"}
+    if unknown:
+        p.error(f"--parts: unknown {sorted(unknown)} (choose from attribute, gedi_quarter, vulnerability, icv)")
     torch.manual_seed(0)
     torch.set_num_threads(1)
     ref = load_reference(args.model)
@@ -273,7 +333,8 @@ def main() -> None:
     print(f"model {args.model}: {m.num_parameters():,} parameters, {m.config.n_layers} layers, d_model "
           f"{m.config.d_model}")
     out: dict = {"model": args.model}
-    for name, fn in (("attribute", attribute_table), ("vulnerability", vulnerability_table), ("icv", icv_table)):
+    for name, fn in (("attribute", attribute_table), ("gedi_quarter", gedi_quarter_table),
+                     ("vulnerability", vulnerability_table), ("icv", icv_table)):
         if name in parts:
             fn(m, tok, world, out)
     if args.json:

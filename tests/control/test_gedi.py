@@ -126,3 +126,25 @@ def test_bad_input(base, guide):
     proc = GeDi(tiny(3, vocab=60), DESIRED, ANTI)
     with pytest.raises(LmlabError, match="base vocabulary 50 differs from the guide's 60"):
         generate(base, PROMPTS[:1], max_new_tokens=2, logits_processors=[proc])
+
+
+@pytest.mark.parametrize("sharpness", [0.3, 3.0, 12.0])  # flat (full-sort fallback) to peaked (top-k path)
+def test_fast_filter_equals_the_full_sort(sharpness):
+    """The top-k path of ``filter_tokens`` drops exactly the tokens the paper's full sort drops."""
+    from lmlab.control import gedi
+
+    g = torch.Generator().manual_seed(int(sharpness * 10))
+    V_big = 3000
+    post = torch.nn.functional.logsigmoid(torch.randn(6, V_big, generator=g) * 3)  # [B, V] log P(desired | .)
+    weighted = torch.randn(6, V_big, generator=g) * sharpness + 30 * post
+    for filter_p, target_p in [(0.8, 0.8), (0.5, 0.95), (0.95, 0.6)]:
+        fast = gedi.filter_tokens(weighted, post, filter_p, target_p)
+        old_k = gedi.FAST_K
+        gedi.FAST_K = V_big  # forces the full sort
+        try:
+            full = gedi.filter_tokens(weighted, post, filter_p, target_p)
+        finally:
+            gedi.FAST_K = old_k
+        assert torch.equal(fast, full), (filter_p, target_p)
+        kept = torch.isfinite(fast).sum(-1)
+        assert bool((kept >= 1).all()) and bool((kept < V_big).all())  # something is dropped, something kept

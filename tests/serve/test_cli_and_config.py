@@ -23,7 +23,7 @@ def run_serve(capsys, *args) -> str:
     ("adapters:\n  a: nowhere\n", "adapter 'a'"),
     ("steering:\n  s: {path: v.safetensors, hook: blocks.99.resid_post}\n", "unknown hook point"),
     ("steering:\n  s: {path: missing.safetensors, hook: blocks.0.resid_post}\n", "cannot read"),
-    ("guides:\n  g: {guide: bogus}\n", "guide 'g': 'guide' must be gedi, genarm or proxy"),
+    ("guides:\n  g: {guide: bogus}\n", "guide 'g': 'guide' must be gedi, genarm, vas or proxy"),
     ("guides:\n  g: {omega: 2}\n", "guide 'g' names no guide and no forbidden strings"),
     ("guides:\n  g: {guide: gedi, guide_model: x}\n", "guide 'g': gedi needs desired_code, anti_code"),
     ("guides:\n  g: {guide: proxy, tuned: nowhere, untuned: nowhere}\n", "guide 'g': cannot load nowhere"),

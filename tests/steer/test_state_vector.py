@@ -118,7 +118,7 @@ def test_errors(ref):
         with sv.apply(other):
             pass
     narrow = Transformer(ModelConfig.llama_like(vocab_size=50, d_model=32, n_layers=2, n_heads=4, max_seq_len=64))
-    with pytest.raises(LmlabError, match="does not fit this model"):
+    with pytest.raises(LmlabError, match=r"width 128 does not match this model.s n_heads \* d_head = 32"):
         with sv.apply(narrow):
             pass
     with pytest.raises(LmlabError, match="strength must be finite"):

@@ -38,8 +38,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="print one JSON line per sample: text, token ids and per-token log-probabilities")
     add_guide_arguments(p)
     steer = p.add_argument_group("steering (lmlab steer builds the file)")
-    steer.add_argument("--steer", default=None, help="steering-vector file (.safetensors) to add while generating")
-    steer.add_argument("--coeff", type=float, default=1.0, help="steering coefficient (default 1)")
+    steer.add_argument("--steer", default=None,
+                       help="steering file (.safetensors): an ActAdd/concept vector, or an ICL state vector")
+    steer.add_argument("--coeff", type=float, default=1.0,
+                       help="steering coefficient (default 1); for a state vector its patch strength (1 = replace)")
     steer.add_argument("--steer-positions", choices=["front", "all", "prompt", "generated"], default="front",
                        help="where to add the vector (default front: the first positions, as ActAdd does)")
 
@@ -141,8 +143,8 @@ def _steering(model, args: argparse.Namespace) -> contextlib.ExitStack:
     """An ExitStack holding the --steer vector's hooks (empty without --steer)."""
     stack = contextlib.ExitStack()
     if args.steer is not None:
-        from lmlab.steer import SteeringVector
+        from lmlab.steer import apply_steering, load_steering
 
-        vec = SteeringVector.load(args.steer, model=model)
-        stack.enter_context(vec.apply(model, coeff=args.coeff, positions=args.steer_positions))
+        vec = load_steering(args.steer, model=model)
+        stack.enter_context(apply_steering(vec, model, args.coeff, positions=args.steer_positions))
     return stack

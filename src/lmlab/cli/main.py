@@ -26,7 +26,7 @@ VERBS = {
     "align": ("lmlab.cli.align", "preference alignment from a YAML recipe: DPO, a Bradley-Terry or HaF-RM reward model"),
     "merge": ("lmlab.cli.merge", "fold a LoRA adapter (peft or lmlab format) into a base checkpoint, write an HF checkpoint"),
     "edit": ("lmlab.cli.edit", "write facts into a model's weights (ROME, MEMIT, AlphaEdit); save the checkpoint and the delta"),
-    "steer": ("lmlab.cli.steer", "build a steering vector (ActAdd prompt pair or concept direction) and save it"),
+    "steer": ("lmlab.cli.steer", "build a steering file (ActAdd, concept direction, ICL state vector) or a VAS value model"),
     "adapt-vocab": ("lmlab.cli.adapt_vocab", "extend a checkpoint's vocabulary or swap its tokenizer (WECHSEL/mean/random init)"),
     "evaluate": ("lmlab.cli.evaluate", "evaluate a model on task YAML files and write a report"),
     "rope-search": ("lmlab.cli.rope_search", "search per-dimension RoPE factors (DCIS / evolutionary) for a longer context"),

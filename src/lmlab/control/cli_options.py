@@ -1,4 +1,4 @@
-"""``lmlab generate --guide gedi|genarm|proxy ...`` and ``--forbid``: the options and the processors they build.
+"""``lmlab generate --guide gedi|genarm|vas|proxy ...`` and ``--forbid``: the options and the processors they build.
 
 Kept here, not in ``lmlab.cli.generate``, so the generate verb only gains two lines.
 """
@@ -12,10 +12,15 @@ from lmlab.errors import LmlabError
 
 def add_guide_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("guided decoding (lmlab.control)")
-    g.add_argument("--guide", choices=["gedi", "genarm", "proxy"], default=None,
+    g.add_argument("--guide", choices=["gedi", "genarm", "vas", "proxy"], default=None,
                    help="gedi: --guide-model with --desired-code/--anti-code; proxy: --tuned and --untuned; "
-                        "genarm: --arm (repeatable) [--arm-weight ...] [--beta]")
-    g.add_argument("--guide-model", default=None, help="GeDi: class-conditional guide checkpoint (same tokenizer)")
+                        "genarm: --arm (repeatable) [--arm-weight ...] [--beta]; "
+                        "vas: --guide-model VALUE_FILE [--guide-scale BETA]")
+    g.add_argument("--guide-model", default=None,
+                   help="GeDi: class-conditional guide checkpoint (same tokenizer); VAS: value-model file "
+                        "(lmlab steer MODEL --method vas builds it)")
+    g.add_argument("--guide-scale", type=float, default=None,
+                   help="VAS: beta, the weight of the centred values (default: the file's; 0 = the base's tokens)")
     g.add_argument("--desired-code", default=None, help="GeDi: desired control code text")
     g.add_argument("--anti-code", default=None, help="GeDi: anti control code text")
     g.add_argument("--omega", type=float, default=30.0, help="GeDi: posterior weight (paper: 30)")
@@ -48,6 +53,8 @@ def load_guide(path: str, tokenizer, flag: str):
 def build_processors(args: argparse.Namespace, model, tokenizer) -> list:
     from lmlab.control import ForbidStrings, GeDi, GeDiConfig, GenARM, ProxyTuning
 
+    if args.guide_scale is not None and args.guide != "vas":
+        raise LmlabError("--guide-scale is the VAS value weight: use it with --guide vas")
     procs: list = []
     if args.guide == "gedi":
         missing = [f for f, v in (("--guide-model", args.guide_model), ("--desired-code", args.desired_code),
@@ -61,6 +68,12 @@ def build_processors(args: argparse.Namespace, model, tokenizer) -> list:
             raise LmlabError("--desired-code/--anti-code: a control code encodes to no tokens")
         guide = load_guide(args.guide_model, tokenizer, "--guide-model")
         procs.append(GeDi(guide, codes[0], codes[1], GeDiConfig(omega=args.omega), base=model))
+    elif args.guide == "vas":
+        from lmlab.control.vas_file import load_vas
+
+        if args.guide_model is None:
+            raise LmlabError("--guide vas needs --guide-model (a value-model file from `lmlab steer --method vas`)")
+        procs.append(load_vas(args.guide_model, model, beta=args.guide_scale))  # errors name the file
     elif args.guide == "proxy":
         if args.tuned is None or args.untuned is None:
             raise LmlabError("--guide proxy needs --tuned and --untuned")

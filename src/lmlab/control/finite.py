@@ -14,6 +14,8 @@ from lmlab.errors import LmlabError
 
 def check_finite(where: str, knob: str, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
     """``after`` [B, V], or one LmlabError when it has a NaN or a non-finite value where ``before`` was finite."""
+    if bool(torch.isfinite(after).all()):
+        return after  # the common case: one reduction, no [B, V] masks
     bad = torch.isnan(after) | (~torch.isfinite(after) & torch.isfinite(before))
     if bool(bad.any()):
         raise LmlabError(f"{where}: {knob} makes the logits non-finite (use a smaller coefficient)")

@@ -107,12 +107,14 @@ class GeDi(StatefulProcessor):
         self.pending = torch.cat([self.pending, torch.zeros(n, dtype=torch.bool)])
 
     def posterior(self, logp: torch.Tensor) -> torch.Tensor:
-        """[B, V] log P(desired | x_1..t) for every candidate, from guide log-probs ``logp`` [B, 2, V]."""
-        norm = (self.sums[:, :, None] + logp) / (self.counts[:, None, None] + 1.0)  # [B, 2, V]
+        """[B, V] log P(desired | x_1..t) for every candidate, from guide log-probs ``logp`` [B, 2, V].
+
+        With two classes the softmax over classes is a sigmoid of the score difference, so one [B, V]
+        difference replaces the [B, 2, V] normalise-and-log-softmax (same value, half the full-vocabulary ops)."""
+        diff = (self.sums[:, 0:1] - self.sums[:, 1:2] + logp[:, 0] - logp[:, 1]) / (self.counts[:, None] + 1.0)
         if self.cfg.class_bias:
-            norm = norm.clone()
-            norm[:, 0] += self.cfg.class_bias
-        return norm.log_softmax(dim=1)[:, 0]
+            diff = diff + self.cfg.class_bias
+        return torch.nn.functional.logsigmoid(diff)
 
     @torch.no_grad()
     def step(self, ids: torch.Tensor, logits: torch.Tensor, info: StepInfo) -> torch.Tensor:  # logits [B, V]
@@ -153,13 +155,45 @@ class GeDi(StatefulProcessor):
             self.cache = None
 
 
+def _ascending_order(x: torch.Tensor) -> torch.Tensor:
+    """argsort along the last dim; on CPU through numpy, whose introsort is ~3x faster than torch's sort here
+    (profile, session 5: 0.84 vs 2.8 ms for [4, 8192] on one thread)."""
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+        import numpy as np
+
+        return torch.from_numpy(np.argsort(x.detach().contiguous().numpy(), axis=-1))
+    return x.argsort(dim=-1)
+
+
+FAST_K = 64  # candidates the filter examines before falling back to a full-vocabulary sort
+
+
 def filter_tokens(weighted: torch.Tensor, post: torch.Tensor, filter_p: float, target_p: float) -> torch.Tensor:
     """GeDi's heuristic: drop the least-desired tokens whose cumulative P_w mass stays below ``filter_p``
-    unless their class posterior reaches ``target_p``. ``weighted`` and ``post`` [B, V] (log-space)."""
-    order = post.argsort(dim=-1)  # ascending posterior
-    probs = weighted.softmax(-1).gather(1, order)  # [B, V]
-    cumulative = probs.cumsum(-1)
-    drop_sorted = (cumulative < filter_p) & (post.gather(1, order) < math.log(target_p) if target_p > 0
-                                            else torch.zeros_like(probs, dtype=torch.bool))
-    drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
+    unless their class posterior reaches ``target_p``. ``weighted`` and ``post`` [B, V] (log-space).
+
+    Why not just sort: a full-vocabulary sort costs more than the rest of the step. The cumulative mass of a
+    token counted from the least desired one is the total minus the mass of the tokens more desired than it, so
+    only the ``FAST_K`` most desired tokens need ordering when they already carry more than 1 - ``filter_p``
+    of the mass (every other token then has cumulative mass below ``filter_p``: dropped unless its posterior
+    reaches ``target_p``). Otherwise (a flat distribution) the full sort is used."""
+    if filter_p <= 0.0 or target_p <= 0.0:
+        return weighted  # nothing can be dropped
+    probs = weighted.softmax(-1)  # [B, V]
+    log_tau = math.log(target_p)
+    V = post.shape[-1]
+    if V > FAST_K:
+        top_post, top_idx = post.topk(FAST_K, dim=-1)  # [B, K] most desired first
+        top_p = probs.gather(1, top_idx)  # [B, K]
+        total = probs.sum(-1, keepdim=True)  # [B, 1]
+        if bool((total[:, 0] - top_p.sum(-1) < filter_p).all()):
+            from_least = total - (top_p.cumsum(-1) - top_p)  # [B, K] cumulative mass from the least desired
+            drop_top = (from_least < filter_p) & (top_post < log_tau)
+            drop = (post < log_tau).scatter_(1, top_idx, drop_top)
+            return weighted.masked_fill(drop, float("-inf"))
+    order = _ascending_order(post)  # [B, V]
+    sorted_post = post.gather(1, order)
+    cumulative = probs.gather(1, order).cumsum(-1)  # [B, V]
+    drop_sorted = (cumulative < filter_p) & (sorted_post < log_tau)
+    drop = torch.zeros_like(drop_sorted).scatter_(1, order, drop_sorted)
     return weighted.masked_fill(drop, float("-inf"))

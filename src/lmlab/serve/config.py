@@ -14,6 +14,7 @@ methods it loads at start-up.
       positive: {guide: gedi, guide_model: runs/gedi, desired_code: "positive", anti_code: "negative"}
       expert: {guide: proxy, tuned: runs/small-tuned, untuned: runs/small}
       safe: {guide: genarm, arm: [runs/arm], beta: 1.0, forbid: ["darn"]}
+      valued: {guide: vas, guide_model: value.safetensors, guide_scale: 3.0}   # lmlab steer --method vas
       clean: {forbid: ["darn", "heck"]}
     kv_policies:                 # KV-cache eviction (lmlab.efficient.kv_policy): budget in tokens or a fraction
       window64: {policy: window, budget: 64}
@@ -47,11 +48,13 @@ class SteerSpec:
 @dataclass
 class GuideSpec:
     """One named guide: the fields of ``lmlab generate --guide ...`` (``lmlab.control.cli_options``), so a
-    guide in the server is built exactly as the CLI builds it. ``guide``: gedi, genarm, proxy, or empty for
-    forbidden strings only; paper defaults as there (GeDi omega 30, proxy alpha 1, GenARM beta 1)."""
+    guide in the server is built exactly as the CLI builds it. ``guide``: gedi, genarm, vas, proxy, or empty for
+    forbidden strings only; paper defaults as there (GeDi omega 30, proxy alpha 1, GenARM beta 1; VAS: the value
+    file's beta unless ``guide_scale``)."""
 
     guide: str = ""
-    guide_model: str = ""  # GeDi: class-conditional guide checkpoint
+    guide_model: str = ""  # GeDi: class-conditional guide checkpoint; VAS: value-model file
+    guide_scale: float | None = None  # VAS: beta (None = the file's)
     desired_code: str = ""
     anti_code: str = ""
     omega: float = 30.0
@@ -102,8 +105,8 @@ class ServeConfig:
         if clash:
             raise LmlabError(f"{where}: {sorted(clash)} named both as an adapter and as a steering vector")
         for name, spec in self.guides.items():
-            if spec.guide not in ("", "gedi", "genarm", "proxy"):
-                raise LmlabError(f"{where}: guide '{name}': 'guide' must be gedi, genarm or proxy (or empty for "
+            if spec.guide not in ("", "gedi", "genarm", "vas", "proxy"):
+                raise LmlabError(f"{where}: guide '{name}': 'guide' must be gedi, genarm, vas or proxy (or empty for "
                                  f"forbidden strings only), got {spec.guide!r}")
             if not spec.guide and not spec.forbid:
                 raise LmlabError(f"{where}: guide '{name}' names no guide and no forbidden strings")

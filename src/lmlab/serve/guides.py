@@ -131,6 +131,12 @@ class GuideTable:
                 raise LmlabError("proxy needs tuned and untuned")
             procs.append(ProxyTuning(self._load(spec.tuned), self._load(spec.untuned), alpha=spec.alpha,
                                      base=self.model))
+        elif spec.guide == "vas":
+            from lmlab.control.vas_file import load_vas
+
+            if not spec.guide_model:
+                raise LmlabError("vas needs guide_model (a value-model file from `lmlab steer --method vas`)")
+            procs.append(load_vas(spec.guide_model, self.model, beta=spec.guide_scale))
         elif spec.guide == "genarm":
             if not spec.arm:
                 raise LmlabError("genarm needs at least one arm")

@@ -36,7 +36,9 @@ import torch
 
 from lmlab.core.hooks import current_context
 from lmlab.errors import LmlabError
-from lmlab.steer.vector import model_fingerprint
+from lmlab.steer.vector import FORMAT, model_fingerprint, read_steering_file, write_steering_file
+
+KIND = "icl_state_vector"  # the steering file's header "kind"
 
 INNER_WINDOW = 7  # official script: "fixed" with beta = [1] * 7
 MOMENTUM_WEIGHTS = (1.0, 2.0, 4.0, 8.0, 16.0, 0.0)  # official script: "fix-one-step" weight, lr 1
@@ -127,15 +129,49 @@ class StateVector:
     fingerprint: str
     meta: dict = field(default_factory=dict)
 
-    def check(self, model) -> None:
+    @property
+    def hooks(self) -> list[str]:
+        return [f"blocks.{layer}.attn.z" for layer in range(self.vector.shape[0])]
+
+    def check(self, model, where: str = "state vector") -> None:
+        from lmlab.core.hooks import hook_points
+
         L, _, width = self.vector.shape
         c = model.config
-        if width != c.n_heads * c.head_dim or L > c.n_layers:
-            raise LmlabError(f"state vector: shape {tuple(self.vector.shape)} does not fit this model "
-                             f"({c.n_layers} layers, n_heads * d_head = {c.n_heads * c.head_dim})")
+        points = hook_points(model)
+        missing = [h for h in self.hooks if h not in points]
+        if missing:
+            raise LmlabError(f"{where}: hook point {missing[0]!r} does not exist in this model ({c.n_layers} layers)")
+        if width != c.n_heads * c.head_dim:
+            raise LmlabError(f"{where}: width {width} does not match this model's n_heads * d_head = "
+                             f"{c.n_heads * c.head_dim}")
         if model_fingerprint(model) != self.fingerprint:
-            raise LmlabError(f"state vector: made for model fingerprint {self.fingerprint}, this model is "
+            raise LmlabError(f"{where}: made for model fingerprint {self.fingerprint}, this model is "
                              f"{model_fingerprint(model)} (a state vector only steers the model it was read from)")
+
+    # -- files: the steering-vector format (lmlab.steer.vector), kind "icl_state_vector" --------------------
+    def save(self, path):
+        """One safetensors file naming the hook points, width and model fingerprint (atomic write)."""
+        header = {"format": FORMAT, "kind": KIND, "hook": self.hooks[0], "hooks": self.hooks,
+                  "width": int(self.vector.shape[-1]), "fingerprint": self.fingerprint,
+                  "shape": list(self.vector.shape), "meta": self.meta}
+        return write_steering_file(path, self.vector, header)
+
+    @classmethod
+    def load(cls, path, model=None) -> StateVector:
+        """Read a file written by :meth:`save`; with ``model`` also check it fits that model."""
+        header, tensor = read_steering_file(path)
+        if header.get("kind") != KIND:
+            raise LmlabError(f"{path}: not an ICL state vector (kind {header.get('kind', 'vector')!r})")
+        if tensor.dim() != 3 or tensor.shape[-1] != header["width"]:
+            raise LmlabError(f"{path}: state vector of shape {tuple(tensor.shape)} does not match width "
+                             f"{header['width']} (expected [layers, separator tokens, width])")
+        vec = cls(tensor, header["fingerprint"], header.get("meta", {}))
+        if header.get("hooks", vec.hooks) != vec.hooks:
+            raise LmlabError(f"{path}: hooks {header['hooks']} do not match the vector's {len(vec.hooks)} layers")
+        if model is not None:
+            vec.check(model, where=str(path))
+        return vec
 
     @contextlib.contextmanager
     def apply(self, model, strength: float = 1.0, rows: Sequence[int] | None = None) -> Iterator[None]:

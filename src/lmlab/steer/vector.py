@@ -34,6 +34,7 @@ from lmlab.core.hooks import current_context, hook_points
 from lmlab.errors import LmlabError
 
 FORMAT = "lmlab.steering_vector/1"
+KIND = "vector"  # header "kind" (absent in older files): "vector" here, "icl_state_vector" in state_vector.py
 POSITION_MODES = ("front", "all", "prompt", "generated")
 
 
@@ -94,49 +95,62 @@ class SteeringVector:
     # -- files ---------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
         """Write one safetensors file (atomically: temp file + rename)."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         header = {"format": FORMAT, "hook": self.hook, "width": self.width, "fingerprint": self.fingerprint,
                   "shape": list(self.vector.shape), "meta": self.meta}
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file({"vector": self.vector.detach().float().contiguous().cpu()}, tmp,
-                      metadata={"lmlab": json.dumps(header)})
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        return write_steering_file(path, self.vector, header)
 
     @classmethod
     def load(cls, path: str | os.PathLike, model=None) -> SteeringVector:
         """Read a file written by :meth:`save`; with ``model`` also check it fits that model."""
-        from safetensors import safe_open
-
-        path = Path(path)
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                header = json.loads((f.metadata() or {}).get("lmlab", "null"))
-                tensor = f.get_tensor("vector") if "vector" in f.keys() else None
-        except FileNotFoundError:
-            raise LmlabError(f"{path}: no such steering-vector file") from None
-        except Exception as e:  # noqa: BLE001 - a damaged or foreign file is one line
-            raise LmlabError(f"{path}: not a safetensors steering-vector file ({type(e).__name__}: {e})") from None
-        if not isinstance(header, dict) or header.get("format") != FORMAT or tensor is None:
-            raise LmlabError(f"{path}: not an lmlab steering vector (expected metadata format {FORMAT!r} and a "
-                             "'vector' tensor)")
-        for key in ("hook", "width", "fingerprint"):
-            if key not in header:
-                raise LmlabError(f"{path}: metadata lacks {key!r}")
+        header, tensor = read_steering_file(path)
+        if header.get("kind", KIND) != KIND:
+            raise LmlabError(f"{path}: a steering file of kind {header['kind']!r}, not a vector (read it with "
+                             "lmlab.steer.load_steering)")
         if tensor.dim() not in (1, 2) or tensor.shape[-1] != header["width"]:
             raise LmlabError(f"{path}: vector of shape {tuple(tensor.shape)} does not match width {header['width']}")
         vec = cls(tensor, header["hook"], header["fingerprint"], header.get("meta", {}))
         if model is not None:
             vec.check(model, where=str(path))
         return vec
+
+
+def write_steering_file(path: str | os.PathLike, tensor: torch.Tensor, header: dict) -> Path:
+    """One safetensors file: tensor ``vector`` and the JSON ``header`` as metadata; atomic (temp + rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({"vector": tensor.detach().float().contiguous().cpu()}, tmp, metadata={"lmlab": json.dumps(header)})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_steering_file(path: str | os.PathLike) -> tuple[dict, torch.Tensor]:
+    """(header, tensor) of a steering file, checked for its format and the fields every kind has."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = json.loads((f.metadata() or {}).get("lmlab", "null"))
+            tensor = f.get_tensor("vector") if "vector" in f.keys() else None
+    except FileNotFoundError:
+        raise LmlabError(f"{path}: no such steering-vector file") from None
+    except Exception as e:  # noqa: BLE001 - a damaged or foreign file is one line
+        raise LmlabError(f"{path}: not a safetensors steering-vector file ({type(e).__name__}: {e})") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT or tensor is None:
+        raise LmlabError(f"{path}: not an lmlab steering vector (expected metadata format {FORMAT!r} and a "
+                         "'vector' tensor)")
+    for key in ("hook", "width", "fingerprint"):
+        if key not in header:
+            raise LmlabError(f"{path}: metadata lacks {key!r}")
+    return header, tensor
 
 
 def _steering_hook(vector: torch.Tensor, coeff: float, positions, rows: list[int] | None):
