@@ -11,14 +11,17 @@ from lmlab.efficient.quant import QuantizedLinear
 from lmlab.reference import ASSET_DIR
 
 
-@pytest.mark.parametrize("args", [["--bits", "8"],
-                                  ["--bits", "4", "--method", "gptq", "--group-size", "32", "--calibration", "world",
-                                   "--samples", "8", "--seq-len", "64"]])
-def test_quantize_cli_writes_a_loadable_checkpoint(tmp_path, capsys, args):
+@pytest.mark.parametrize("args, n_quantized", [
+    (["--bits", "8"], 4 * 7 + 1), (["--bits", "8", "--no-head"], 4 * 7),
+    (["--bits", "4", "--method", "gptq", "--group-size", "32", "--calibration", "world", "--samples", "8",
+      "--seq-len", "64", "--head-bits", "8"], 4 * 7 + 1)])
+def test_quantize_cli_writes_a_loadable_checkpoint(tmp_path, capsys, args, n_quantized):
     assert main(["quantize", str(ASSET_DIR), str(tmp_path / "q"), *args]) == 0
     assert "linear layers quantized" in capsys.readouterr().out
     model = lmlab.load(tmp_path / "q")
-    assert sum(isinstance(m, QuantizedLinear) for m in model.modules()) == 4 * 7
+    assert sum(isinstance(m, QuantizedLinear) for m in model.modules()) == n_quantized
+    if n_quantized > 4 * 7:
+        assert model.lm_head.bits == 8
     tok = lmlab.load_tokenizer(tmp_path / "q")
     ids = torch.tensor([tok.encode("The capital of")])
     with torch.no_grad():
