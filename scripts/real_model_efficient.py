@@ -5,7 +5,7 @@ for ``help()`` (``pydoc_data/topics.py``, every Python installation has it; PSF 
 joined in sorted order; perplexity windows come from the first part of the text, GPTQ's calibration
 segments from the rest (no overlap).
 
-    PYTHONPATH=src python scripts/real_model_efficient.py --threads 1 ppl --windows 4 --seq 256
+    PYTHONPATH=src python scripts/real_model_efficient.py ppl --windows 4 --seq 256 --threads 1
     PYTHONPATH=src python scripts/real_model_efficient.py kv --tokens 2000 --budget 0.25
 
 ``ppl``: perplexity of fp32 and of int8 / int4 weights (RTN and GPTQ; group 128 for int4), by default with the
@@ -69,6 +69,8 @@ def english_text() -> str:
 def perplexity_table(args) -> None:
     from lmlab.efficient.calibration import perplexity
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     tok = lmlab.load_tokenizer(MODEL)
     stream = torch.tensor(tok.encode(english_text()), dtype=torch.long)
     n_eval = args.windows * args.seq
@@ -142,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--calibration", type=int, default=16)
     q.add_argument("--activation-dtype", choices=["bfloat16", "float32"], default="bfloat16")
     q.add_argument("--cases", default=CASES, help=f"rows to measure (default {CASES})")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    q.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     k = sub.add_parser("kv")
     k.add_argument("--tokens", type=int, default=2000)
     k.add_argument("--budget", type=float, default=0.25)
@@ -150,8 +152,6 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--facts", type=int, default=len(FACTS), help="use the first N facts (a shorter run)")
     k.add_argument("--policies", default="full,window,sinks,h2o,keyformer")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     try:
         perplexity_table(args) if args.what == "ppl" else recall_table(args)
     except LmlabError as e:
