@@ -7,7 +7,7 @@ greedy ``generate`` calls (64-token prompt, 128 new tokens) for
 - lmlab fp32 and bf16 (the baselines),
 - lmlab int8 (per channel, RTN) and int4 (group 128, RTN) with the output head quantized too (the default of
   ``lmlab.efficient.quantize``; GPT-2's tied table stays fp32 for the lookup, the head matmul reads codes),
-  int4 with an int8 head (``-h8``), and blocks only (``-nohead``), through ``torch._weight_int8pack_mm`` /
+  (the head int8 by default; ``-h4``: an int4 head), and blocks only (``-nohead``), through ``torch._weight_int8pack_mm`` /
   ``torch._weight_int4pack_mm_for_cpu`` with bf16 activations (the fastest correct stock kernels at batch 1:
   ``python benchmarks/linear_kernels.py --quant``),
 - transformers fp32 on the same weights,
@@ -96,7 +96,7 @@ def lmlab_variants(path: Path, only: set[str]):
     # the head is a large share of a small model's bytes (GPT-2: 154 MB of ~500 in fp32, tied), so it is
     # quantized by default; -nohead rows keep it float for comparison
     for label, kwargs in (("lmlab-int8", dict(bits=8)), ("lmlab-int4", dict(bits=4, group_size=128)),
-                          ("lmlab-int4-h8", dict(bits=4, group_size=128, head_bits=8)),
+                          ("lmlab-int4-h4", dict(bits=4, group_size=128, head_bits=4)),
                           ("lmlab-int8-nohead", dict(bits=8, head=False)),
                           ("lmlab-int4-nohead", dict(bits=4, group_size=128, head=False))):
         if label in only:
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="smoke run: tiny models, 1 rep, 16 new tokens")
     p.add_argument("--models", default="gpt2,llama")
-    p.add_argument("--variants", default="lmlab-fp32,lmlab-bf16,lmlab-int8,lmlab-int4,lmlab-int4-h8,"
+    p.add_argument("--variants", default="lmlab-fp32,lmlab-bf16,lmlab-int8,lmlab-int4,lmlab-int4-h4,"
                                          "lmlab-int8-nohead,lmlab-int4-nohead,hf-fp32,hf-torchao-int8,hf-torchao-int4")
     p.add_argument("--bounds-only", action="store_true", help="print bytes per token and bounds; no timing")
     p.add_argument("--batches", default="1")

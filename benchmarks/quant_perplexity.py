@@ -3,8 +3,8 @@
 Not a timing benchmark: it measures quality, so it may run on a busy machine. The evaluation text is the
 world's training documents cut into non-overlapping windows of the model's context (``--seq``, default the
 model's); GPTQ calibrates on 128 random segments of that length of the same text (seed 0; the paper uses
-128 x 2048 of C4). Each row is shown with the output head quantized (the default: int8/int4 like the
-blocks, or int8 for ``-h8`` rows) and, for comparison, float (``-nohead`` rows).
+128 x 2048 of C4). Rows name the output head: quantized (the default: int8; ``-h4`` rows: int4) or float
+(``-nohead`` rows).
 
     python benchmarks/quant_perplexity.py --model world-llama-0.9m      # prints a Markdown table (docs/claims.md)
     python benchmarks/quant_perplexity.py --activation-dtype float32
@@ -21,8 +21,8 @@ from lmlab.efficient.calibration import perplexity, random_segments, token_strea
 from lmlab.efficient.quantization import quantize
 from lmlab.reference import NAME, load_reference
 
-CASES = ("8-rtn-nohead,8-rtn,8-gptq-nohead,8-gptq,4-rtn-nohead,4-rtn,4-rtn-h8,4-gptq-nohead,4-gptq,4-gptq-h8,"
-         "4-rtn-32,4-gptq-32")
+CASES = ("8-rtn-nohead,8-rtn,8-gptq-nohead,8-gptq,4-rtn-nohead,4-rtn-h4,4-rtn,4-gptq-nohead,4-gptq-h4,4-gptq,"
+         "4-rtn-32-h4,4-gptq-32-h4")
 
 
 def parse_case(case: str) -> tuple[int, str, int | None, dict]:
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=NAME, help=f"shipped reference model (default {NAME})")
     p.add_argument("--seq", type=int, default=None, help="window / segment length (default: the model's context)")
     p.add_argument("--max-windows", type=int, default=None, help="evaluate on the first N windows only")
-    p.add_argument("--cases", default=CASES, help="rows: BITS-METHOD[-GROUP][-h8|-nohead]")
+    p.add_argument("--cases", default=CASES, help="rows: BITS-METHOD[-GROUP][-h8|-h4|-nohead]")
     args = p.parse_args(argv)
     torch.manual_seed(0)
     ref = load_reference(args.model)

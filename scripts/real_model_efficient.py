@@ -9,8 +9,8 @@ segments from the rest (no overlap).
     PYTHONPATH=src python scripts/real_model_efficient.py kv --tokens 2000 --budget 0.25
 
 ``ppl``: perplexity of fp32 and of int8 / int4 weights (RTN and GPTQ; group 128 for int4), by default with the
-tied output head quantized too (its float table kept for the lookup); ``--cases`` picks rows: ``BITS-METHOD``
-plus ``-h8`` (head in int8) or ``-nohead`` (head float), e.g. ``8-rtn,4-gptq-h8``. ``kv``: a fact
+tied output head quantized too (int8 by default; its float table kept for the lookup); ``--cases`` picks rows:
+``BITS-METHOD`` plus ``-h4`` / ``-h8`` (head bits) or ``-nohead`` (head float), e.g. ``8-rtn,4-gptq-h4``. ``kv``: a fact
 ("The keeper of the lighthouse is named <name>.") stated right after the first paragraph, ~2K tokens of the
 text after it, then a question; greedy answer under the full cache and each KV policy at 25% of the prompt
 (prefilled whole, evicted after the prompt and after each token). Keep runs short: 135M parameters on a CPU.

@@ -145,7 +145,7 @@ def test_quantized_model_saves_and_reloads_to_identical_logits(tmp_path, bits, m
         before = model(ids)
     quantize(model, bits=bits, method=method, group_size=group, calibration=_ids(8, 32, seed=5))
     assert sum(isinstance(m, QuantizedLinear) for m in model.modules()) == 2 * 7 + 1  # q k v o gate up down, head
-    assert isinstance(model.lm_head, QuantizedLinear) and model.lm_head.bits == bits  # the head by default
+    assert isinstance(model.lm_head, QuantizedLinear) and model.lm_head.bits == 8  # the head, int8, by default
     with torch.no_grad():
         after = model(ids)
     rel = ((after - before).norm() / before.norm()).item()
@@ -268,7 +268,7 @@ def test_bad_quantize_arguments(kwargs, match):
         quantize(_tiny(), **kwargs)
 
 
-@pytest.mark.parametrize("bits, method, head_bits", [(8, "rtn", None), (4, "rtn", 8), (4, "gptq", None)])
+@pytest.mark.parametrize("bits, method, head_bits", [(8, "rtn", None), (4, "rtn", None), (4, "gptq", 4)])
 def test_tied_head_is_quantized_table_stays_float_and_round_trips(tmp_path, bits, method, head_bits):
     """A head tied to the embedding: its matmul reads codes, the lookup keeps the exact float table; the
     checkpoint reloads to identical logits; dequantize_model re-ties the head to that table."""
@@ -281,7 +281,7 @@ def test_tied_head_is_quantized_table_stays_float_and_round_trips(tmp_path, bits
     quantize(tied, bits=bits, method=method, group_size=32 if bits == 4 else None, head_bits=head_bits,
              calibration=_ids(8, 32, seed=5))
     head = tied.lm_head
-    assert isinstance(head, QuantizedLinear) and head.bits == (head_bits or bits)
+    assert isinstance(head, QuantizedLinear) and head.bits == (head_bits or 8)
     assert head.group_size == (64 if head.bits == 8 else 32)
     assert isinstance(tied.embed.weight, torch.nn.Parameter) and torch.equal(tied.embed.weight, table)
     err = (head.dequantize() - table).abs()  # RTN: the codes stand for the table within half a step per group
@@ -308,7 +308,7 @@ def test_head_can_stay_float_and_gptq_head_beats_rtn_head():
     errs = {}
     for method in ("rtn", "gptq"):  # blocks float, only the head quantized: GPTQ's head solve is what differs
         m = quantize(_tiny(seed=3), bits=4, method=method, group_size=32, modules="lm_head", calibration=calib,
-                     activation_dtype="float32")
+                     activation_dtype="float32", head_bits=4)
         with torch.no_grad():
             errs[method] = (m(calib).log_softmax(-1) - ref).pow(2).mean().item()
     assert 0 < errs["gptq"] < errs["rtn"], errs

@@ -31,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-head", dest="head", action="store_false",
                    help="leave the output head float (default: quantize it too; a tied table stays float for lookup)")
-    p.add_argument("--head-bits", type=int, choices=[8, 4], default=None, help="bits of the output head (default: --bits)")
+    p.add_argument("--head-bits", type=int, choices=[8, 4], default=None, help="bits of the output head (default 8)")
     p.add_argument("--activation-dtype", choices=["bfloat16", "float32"], default="bfloat16",
                    help="activations for the packed CPU kernels (bfloat16 is the fast one)")
 

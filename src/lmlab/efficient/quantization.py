@@ -3,12 +3,15 @@
 The linear layers chosen by ``modules`` (default: every projection inside the blocks, plus the output head
 when ``head=True``; embeddings and norms stay float) are replaced, by module swap, with ``QuantizedLinear``.
 
-The output head is quantized by default (``head=True``, at ``head_bits``, default = ``bits``): at batch-1
+The output head is quantized by default (``head=True``, at ``head_bits``, default 8): at batch-1
 decode on a small model it is the largest single read (GPT-2-124M: 154 MB of ~500 MB in fp32), so leaving it
 float caps the speed-up. GPTQ's paper leaves it float (its models are large, the head a small share);
 llama.cpp quantizes it. A head tied to the embedding table is quantized as llama.cpp does: the embedding keeps
 its float table for the row lookup, the head's matmul reads the int8/int4 codes (``dequantize_model`` re-ties
-it to the float table). Measured cost in perplexity: docs/claims.md (issue 18) and docs/real-model.md.
+it to the float table). The head stays int8 for an int4 model unless ``head_bits=4`` (llama.cpp likewise keeps
+the output matrix at higher precision): on SmolLM2 an int4 head added ~12 points of perplexity to int4 RTN
+(+52% vs +36%), an int8 head nothing (docs/real-model.md); an int8 head costs +0.45% there and 0% on the
+world model, and GPT-2's bytes per token still allow 5.3x fp32 at the bandwidth bound (docs/claims.md).
 Hooks and adapter slots registered on a swapped module move to its replacement, so hook points, LoRA and
 the state-dict names of everything else are untouched.
 
@@ -47,8 +50,8 @@ class QuantizationConfig:
     - ``method``: "rtn" (round to nearest) or "gptq" (``damp``, ``block_size``, ``act_order``: see gptq.py).
     - ``activation_dtype``: activations are cast to it for the packed CPU kernels (bf16: the fast case).
     - ``modules``: regex (full match) on module names; ``quantized``: the names it matched (filled in).
-    - ``head_bits``: bits of ``lm_head`` when it is quantized (None: ``bits``); int8 is per channel, int4 uses
-      ``group_size`` (128 when that is None).
+    - ``head_bits``: bits of ``lm_head`` when it is quantized (``quantize`` defaults it to 8; None in a file
+      means ``bits``); int8 is per channel, int4 uses ``group_size`` (128 when that is None).
     """
 
     bits: int = 8
@@ -151,6 +154,7 @@ def quantize(model: nn.Module, bits: int = 8, method: str = "rtn", group_size: i
     """
     if modules is None:
         modules = DEFAULT_MODULES + (f"|{HEAD}" if head else "")
+    head_bits = 8 if head_bits is None else head_bits
     if getattr(model, "quantization_config", None) is not None:
         raise LmlabError("quantize: the model is already quantized (dequantize_model first to re-quantize)")
     cfg = QuantizationConfig(bits=bits, method=method, group_size=group_size, damp=damp, block_size=block_size,
