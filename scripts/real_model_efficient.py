@@ -35,15 +35,20 @@ CASES = "8-rtn,8-gptq,4-rtn,4-gptq"
 
 
 def parse_case(case: str) -> tuple[int, str, int | None, dict]:
-    """'4-gptq-h8' -> (4, 'gptq', 128, {'head_bits': 8}); '8-rtn-nohead' -> (8, 'rtn', None, {'head': False})."""
+    """'4-gptq-h8' -> (4, 'gptq', 128, {'head_bits': 8}); '4-rtn-32' -> group 32; '-nohead': head float."""
     parts = case.split("-")
-    if len(parts) not in (2, 3) or parts[0] not in ("8", "4") or parts[1] not in ("rtn", "gptq") \
-            or (len(parts) == 3 and parts[2] not in ("h8", "h4", "nohead")):
-        raise LmlabError(f"--cases: {case!r} is not BITS-METHOD[-h8|-h4|-nohead] (e.g. 4-gptq-h8)")
-    bits, extra = int(parts[0]), {}
-    if len(parts) == 3:
-        extra = {"head": False} if parts[2] == "nohead" else {"head_bits": int(parts[2][1:])}
-    return bits, parts[1], 128 if bits == 4 else None, extra
+    if len(parts) < 2 or parts[0] not in ("8", "4") or parts[1] not in ("rtn", "gptq") or not all(
+            p in ("h8", "h4", "nohead") or p.isdigit() for p in parts[2:]):
+        raise LmlabError(f"--cases: {case!r} is not BITS-METHOD[-GROUP][-h8|-h4|-nohead] (e.g. 4-gptq-h4)")
+    bits, group, extra = int(parts[0]), 128 if parts[0] == "4" else None, {}
+    for p in parts[2:]:
+        if p == "nohead":
+            extra["head"] = False
+        elif p.startswith("h"):
+            extra["head_bits"] = int(p[1:])
+        else:
+            group = int(p)
+    return bits, parts[1], group, extra
 
 
 def head_label(model) -> str:
