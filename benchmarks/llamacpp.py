@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import importlib.util
 import statistics
 import sys
@@ -72,10 +71,11 @@ def random_model(shape: str) -> "lmlab.Transformer":
 def weight_bytes(model) -> int:
     """Bytes of weights one decode step reads: every matrix, norm and quantized buffer once; the input table
     only when the LM head reads it (tied)."""
-    c, seen, total = model.config, set(), 0
+    seen, total = set(), 0
+    head_reads_table = getattr(model.lm_head, "weight", None) is model.embed.weight  # tied, not quantized
     tensors = list(model.named_parameters()) + list(model.named_buffers())
     for name, t in tensors:
-        if id(t) in seen or (name == "embed.weight" and not c.tie_embeddings):
+        if id(t) in seen or (name == "embed.weight" and not head_reads_table):
             continue
         seen.add(id(t))
         total += t.numel() * t.element_size()
@@ -96,19 +96,13 @@ def prompt_ids(vocab: int) -> list[int]:
 
 def quantized_copy(model, bits: int):
     """A copy of ``model`` with every block projection in int8 (per channel) or int4 (groups of 32), and the LM
-    head in int8/int4 (int8 when tied to the embedding table: it is then untied, the table stays float)."""
-    from lmlab.efficient.quant import QuantizedLinear
-    from lmlab.efficient.quantization import quantize, swap_module
+    head in int8/int4 (int8 when tied to the embedding table, whose float table stays for the lookup)."""
+    from lmlab.efficient.quantization import quantize
 
     q = copy.deepcopy(model)
     group = None if bits == 8 else 32
-    quantize(q, bits=bits, group_size=group)  # the blocks' projections (lmlab.efficient's default modules)
-    head_bits = bits
-    if q.config.tie_embeddings:
-        q.config = dataclasses.replace(q.config, tie_embeddings=False)
-        q.lm_head.weight = torch.nn.Parameter(q.embed.weight.detach().clone(), requires_grad=False)
-        head_bits = 8
-    swap_module(q, "lm_head", QuantizedLinear.from_linear(q.lm_head, head_bits, None if head_bits == 8 else 32))
+    # the blocks' projections and the head (lmlab.efficient's default); a tied table stays float for lookup
+    quantize(q, bits=bits, group_size=group, head_bits=8 if q.config.tie_embeddings else bits)
     return q
 
 

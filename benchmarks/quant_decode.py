@@ -5,20 +5,26 @@ model is built, save_pretrained, and ``lmlab.load``ed), at batch 1 (and any ``--
 greedy ``generate`` calls (64-token prompt, 128 new tokens) for
 
 - lmlab fp32 and bf16 (the baselines),
-- lmlab int8 (per channel, RTN) and int4 (group 128, RTN), blocks only and blocks + untied LM head, through ``torch._weight_int8pack_mm`` /
-  ``torch._weight_int4pack_mm_for_cpu`` with bf16 activations (``lmlab.efficient.quantization``),
+- lmlab int8 (per channel, RTN) and int4 (group 128, RTN) with the output head quantized too (the default of
+  ``lmlab.efficient.quantize``; GPT-2's tied table stays fp32 for the lookup, the head matmul reads codes),
+  (the head int8 by default; ``-h4``: an int4 head), and blocks only (``-nohead``), through ``torch._weight_int8pack_mm`` /
+  ``torch._weight_int4pack_mm_for_cpu`` with bf16 activations (the fastest correct stock kernels at batch 1:
+  ``python benchmarks/linear_kernels.py --quant``),
 - transformers fp32 on the same weights,
 - transformers + torchao ``Int8WeightOnlyConfig`` / ``Int4WeightOnlyConfig`` where torchao is installed and
   runs on this CPU (reported as skipped otherwise),
 
 alternating the sides rep by rep so background load hits them alike, and print tokens/s next to the
 memory-bandwidth bound  B * read_bandwidth / bytes read per step  (every weight and buffer once, embedding
-tables only when tied, plus the mean KV cache), and the share of greedy tokens that agree with lmlab fp32.
+tables only when a float head reads them, plus the mean KV cache), and the share of greedy tokens that agree
+with lmlab fp32. Before timing, the bound of each format is printed at the measured bandwidth and at
+PERF_NOTES.md's 17.8 GB/s (``--bounds-only`` prints just that, no timing, fine on a busy machine).
 
 Issue 18's targets at batch 1: int8 >= 2x fp32 lmlab, int4 >= 3x. Timing needs a quiet machine:
 
     python benchmarks/quant_decode.py --wait-quiet 60       # full run
     python benchmarks/quant_decode.py --quick               # smoke run on tiny models (numbers meaningless)
+    python benchmarks/quant_decode.py --bounds-only --bandwidth 17.8   # bytes per token and bounds only
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bandwidth import measure_bandwidth  # noqa: E402
 from decode import BackgroundLoad, build_hf, machine_info, time_call, wait_for_quiet  # noqa: E402
 
+PERF_NOTES_GBPS = 17.8  # ../shared/PERF_NOTES.md: this machine's read bandwidth, quiet
 TINY = {  # smoke-run shapes (--quick): the same code paths, seconds instead of minutes
     "tiny-gpt2": dict(kind="gpt2", n_layer=2, n_embd=128, n_head=4, vocab_size=512, n_positions=256),
     "tiny-llama": dict(kind="llama", vocab_size=512, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -62,14 +69,16 @@ def build_model(name: str):
 
 
 def read_bytes_per_step(model, batch: int, prompt_len: int, new_tokens: int) -> float:
-    """Weights (parameters and buffers: int8/int4 codes, scales) read once per step, plus the batch's KV cache."""
+    """Weights (parameters and buffers: int8/int4 codes, scales) read once per step, plus the batch's KV cache.
+    Embedding tables are only looked up (one row a token) unless a float head is tied to them."""
     c = model.config
+    head_reads_table = getattr(model.lm_head, "weight", None) is model.embed.weight
     seen, total = set(), 0
     for name, t in list(model.named_parameters()) + list(model.named_buffers()):
         if id(t) in seen:
             continue
         seen.add(id(t))
-        if name in ("embed.weight", "pos_embed.weight") and not (c.tie_embeddings and name == "embed.weight"):
+        if name in ("embed.weight", "pos_embed.weight") and not (head_reads_table and name == "embed.weight"):
             continue
         total += t.numel() * t.element_size()
     kv_row = 2 * c.n_layers * c.kv_heads * c.head_dim * (prompt_len + new_tokens / 2) * 4
@@ -84,23 +93,14 @@ def lmlab_variants(path: Path, only: set[str]):
         yield "lmlab-fp32", lmlab.load(path)
     if "lmlab-bf16" in only:
         yield "lmlab-bf16", lmlab.load(path, dtype="bfloat16")
-    if "lmlab-int8" in only:
-        yield "lmlab-int8", quantize(lmlab.load(path), bits=8)
-    if "lmlab-int4" in only:
-        yield "lmlab-int4", quantize(lmlab.load(path), bits=4, group_size=128)
-    # the LM head is a large share of a small model's bytes (Llama-124M: 98 MB of 440 in fp32); quantize it
-    # too where it is not tied to the embedding table
-    from lmlab.efficient.quantization import DEFAULT_MODULES
-
-    for bits in (8, 4):
-        label = f"lmlab-int{bits}-head"
+    # the head is a large share of a small model's bytes (GPT-2: 154 MB of ~500 in fp32, tied), so it is
+    # quantized by default; -nohead rows keep it float for comparison
+    for label, kwargs in (("lmlab-int8", dict(bits=8)), ("lmlab-int4", dict(bits=4, group_size=128)),
+                          ("lmlab-int4-h4", dict(bits=4, group_size=128, head_bits=4)),
+                          ("lmlab-int8-nohead", dict(bits=8, head=False)),
+                          ("lmlab-int4-nohead", dict(bits=4, group_size=128, head=False))):
         if label in only:
-            model = lmlab.load(path)
-            if model.config.tie_embeddings:
-                print(f"| {label}: skipped (the LM head is tied to the embedding table)", flush=True)
-                continue
-            yield label, quantize(model, bits=bits, group_size=128 if bits == 4 else None,
-                                  modules=DEFAULT_MODULES + "|lm_head")
+            yield label, quantize(lmlab.load(path), **kwargs)
 
 
 def hf_variants(hf, only: set[str]):
@@ -132,7 +132,17 @@ def run_model(name: str, args, bandwidth: float, workdir: Path) -> list[dict]:
     runners = {}
     for label, model in list(lmlab_variants(path, only)) + list(hf_variants(hf, only)):
         runners[label] = model
+    print(f"# {name}: bytes read per token at batch 1 and the bandwidth bound (measured {bandwidth:.1f} GB/s; "
+          f"PERF_NOTES.md {PERF_NOTES_GBPS} GB/s)", flush=True)
+    for label, model in runners.items():
+        if label.startswith("lmlab"):
+            nbytes = read_bytes_per_step(model, 1, args.prompt_len, args.new_tokens)
+            print(f"#   {label:<18} {nbytes / 1e6:8.1f} MB  bound {bandwidth * 1e9 / nbytes:7.1f} tok/s  "
+                  f"({PERF_NOTES_GBPS * 1e9 / nbytes:7.1f} at {PERF_NOTES_GBPS} GB/s)", flush=True)
     rows = []
+    if args.bounds_only:
+        runners.clear()
+        return rows
     for batch in [int(b) for b in args.batches.split(",")]:
         prompt = torch.randint(0, hf.config.vocab_size, (batch, args.prompt_len),
                                generator=torch.Generator().manual_seed(1234 + batch))
@@ -186,8 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="smoke run: tiny models, 1 rep, 16 new tokens")
     p.add_argument("--models", default="gpt2,llama")
-    p.add_argument("--variants", default="lmlab-fp32,lmlab-bf16,lmlab-int8,lmlab-int4,lmlab-int8-head,"
-                                         "lmlab-int4-head,hf-fp32,hf-torchao-int8,hf-torchao-int4")
+    p.add_argument("--variants", default="lmlab-fp32,lmlab-bf16,lmlab-int8,lmlab-int4,lmlab-int4-h4,"
+                                         "lmlab-int8-nohead,lmlab-int4-nohead,hf-fp32,hf-torchao-int8,hf-torchao-int4")
+    p.add_argument("--bounds-only", action="store_true", help="print bytes per token and bounds; no timing")
     p.add_argument("--batches", default="1")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
@@ -204,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
             args.models = "tiny-gpt2,tiny-llama"
     info = machine_info()
     print(f"# {info['cpu']}, {info['cores']} cores, torch {info['torch']}, {info['threads']} threads", flush=True)
-    bandwidth = args.bandwidth or measure_bandwidth(size_mb=256 if args.quick else 1024)["read_gbps"]
+    bandwidth = args.bandwidth or (PERF_NOTES_GBPS if args.bounds_only else
+                                   measure_bandwidth(size_mb=256 if args.quick else 1024)["read_gbps"])
     print(f"# read bandwidth {bandwidth:.1f} GB/s", flush=True)
     print("| model | variant | batch | tok/s | vs lmlab fp32 | bound tok/s | % bound | tokens = fp32 | other CPU |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -1,10 +1,12 @@
 """Perplexity of weight-only int8 / int4 (RTN vs GPTQ) against fp32 on the shipped reference model and world text.
 
 Not a timing benchmark: it measures quality, so it may run on a busy machine. The evaluation text is the
-world's training documents cut into non-overlapping windows of the model's context (128 tokens); GPTQ
-calibrates on 128 random 128-token segments of the same text (seed 0; the paper uses 128 x 2048 of C4).
+world's training documents cut into non-overlapping windows of the model's context (``--seq``, default the
+model's); GPTQ calibrates on 128 random segments of that length of the same text (seed 0; the paper uses
+128 x 2048 of C4). Rows name the output head: quantized (the default: int8; ``-h4`` rows: int4) or float
+(``-nohead`` rows).
 
-    python benchmarks/quant_perplexity.py              # prints a Markdown table (docs/claims.md)
+    python benchmarks/quant_perplexity.py --model world-llama-0.9m      # prints a Markdown table (docs/claims.md)
     python benchmarks/quant_perplexity.py --activation-dtype float32
 """
 
@@ -17,9 +19,24 @@ import torch
 
 from lmlab.efficient.calibration import perplexity, random_segments, token_stream, windows
 from lmlab.efficient.quantization import quantize
-from lmlab.reference import load_reference
+from lmlab.reference import NAME, load_reference
 
-CASES = [(8, "rtn", None), (8, "gptq", None), (4, "rtn", 128), (4, "gptq", 128), (4, "rtn", 32), (4, "gptq", 32)]
+CASES = ("8-rtn-nohead,8-rtn,8-gptq-nohead,8-gptq,4-rtn-nohead,4-rtn-h4,4-rtn,4-gptq-nohead,4-gptq-h4,4-gptq,"
+         "4-rtn-32-h4,4-gptq-32-h4")
+
+
+def parse_case(case: str) -> tuple[int, str, int | None, dict]:
+    """'4-gptq-h8' -> (4, 'gptq', 128, {'head_bits': 8}); '4-rtn-32' -> group 32; '-nohead': head float."""
+    parts = case.split("-")
+    bits, method, group, extra = int(parts[0]), parts[1], 128 if parts[0] == "4" else None, {}
+    for p in parts[2:]:
+        if p == "nohead":
+            extra["head"] = False
+        elif p.startswith("h"):
+            extra["head_bits"] = int(p[1:])
+        else:
+            group = int(p)
+    return bits, method, group, extra
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,27 +44,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--activation-dtype", choices=["bfloat16", "float32"], default="bfloat16")
     p.add_argument("--samples", type=int, default=128)
     p.add_argument("--act-order", action="store_true")
+    p.add_argument("--model", default=NAME, help=f"shipped reference model (default {NAME})")
+    p.add_argument("--seq", type=int, default=None, help="window / segment length (default: the model's context)")
+    p.add_argument("--max-windows", type=int, default=None, help="evaluate on the first N windows only")
+    p.add_argument("--cases", default=CASES, help="rows: BITS-METHOD[-GROUP][-h8|-h4|-nohead]")
     args = p.parse_args(argv)
     torch.manual_seed(0)
-    ref = load_reference()
+    ref = load_reference(args.model)
     stream = token_stream(ref.tokenizer, ref.world.training_documents())
-    seq = ref.model.config.max_seq_len
-    evaluation = windows(stream, seq)
+    seq = args.seq or ref.model.config.max_seq_len
+    evaluation = windows(stream, seq)[:args.max_windows]
     calibration = random_segments(stream, args.samples, seq, seed=0)
     base = perplexity(ref.model, evaluation)
     print(f"reference model {ref.record['name']}, {len(evaluation)} windows x {seq} tokens, "
           f"activations {args.activation_dtype}, act_order={args.act_order}")
-    print("| weights | method | group | perplexity | change vs fp32 | seconds |")
-    print("|---|---|---|---|---|---|")
-    print(f"| fp32 | - | - | {base:.4f} | - | - |")
-    for bits, method, group in CASES:
-        model = load_reference().model
+    print("| weights | method | group | output head | perplexity | change vs fp32 | seconds |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| fp32 | - | - | fp32 | {base:.4f} | - | - |")
+    for bits, method, group, extra in [parse_case(c) for c in args.cases.split(",")]:
+        model = load_reference(args.model).model
         t0 = time.perf_counter()
         quantize(model, bits=bits, method=method, group_size=group, calibration=calibration,
-                 activation_dtype=args.activation_dtype, act_order=args.act_order)
+                 activation_dtype=args.activation_dtype, act_order=args.act_order, **extra)
         seconds = time.perf_counter() - t0
         ppl = perplexity(model, evaluation)
-        print(f"| int{bits} | {method} | {group or 'channel'} | {ppl:.4f} | {100 * (ppl / base - 1):+.2f}% | "
+        head = model.lm_head
+        head = f"int{head.bits}" if getattr(head, "weight_only_quantized", False) else "fp32"
+        print(f"| int{bits} | {method} | {group or 'channel'} | {head} | {ppl:.4f} | {100 * (ppl / base - 1):+.2f}% | "
               f"{seconds:.1f} |", flush=True)
     return 0
 

@@ -5,10 +5,12 @@ for ``help()`` (``pydoc_data/topics.py``, every Python installation has it; PSF 
 joined in sorted order; perplexity windows come from the first part of the text, GPTQ's calibration
 segments from the rest (no overlap).
 
-    PYTHONPATH=src python scripts/real_model_efficient.py ppl --windows 4 --seq 256
+    PYTHONPATH=src python scripts/real_model_efficient.py ppl --windows 4 --seq 256 --threads 1
     PYTHONPATH=src python scripts/real_model_efficient.py kv --tokens 2000 --budget 0.25
 
-``ppl``: perplexity of fp32 and of int8 / int4 weights (RTN and GPTQ; group 128 for int4). ``kv``: a fact
+``ppl``: perplexity of fp32 and of int8 / int4 weights (RTN and GPTQ; group 128 for int4), by default with the
+tied output head quantized too (int8 by default; its float table kept for the lookup); ``--cases`` picks rows:
+``BITS-METHOD`` plus ``-h4`` / ``-h8`` (head bits) or ``-nohead`` (head float), e.g. ``8-rtn,4-gptq-h4``. ``kv``: a fact
 ("The keeper of the lighthouse is named <name>.") stated right after the first paragraph, ~2K tokens of the
 text after it, then a question; greedy answer under the full cache and each KV policy at 25% of the prompt
 (prefilled whole, evicted after the prompt and after each token). Keep runs short: 135M parameters on a CPU.
@@ -29,7 +31,29 @@ from lmlab.efficient.quantization import quantize
 from lmlab.errors import LmlabError
 
 MODEL = "smollm2-135m-instruct"
-CASES = [(8, "rtn", None), (8, "gptq", None), (4, "rtn", 128), (4, "gptq", 128)]
+CASES = "8-rtn,8-gptq,4-rtn,4-gptq"
+
+
+def parse_case(case: str) -> tuple[int, str, int | None, dict]:
+    """'4-gptq-h8' -> (4, 'gptq', 128, {'head_bits': 8}); '4-rtn-32' -> group 32; '-nohead': head float."""
+    parts = case.split("-")
+    if len(parts) < 2 or parts[0] not in ("8", "4") or parts[1] not in ("rtn", "gptq") or not all(
+            p in ("h8", "h4", "nohead") or p.isdigit() for p in parts[2:]):
+        raise LmlabError(f"--cases: {case!r} is not BITS-METHOD[-GROUP][-h8|-h4|-nohead] (e.g. 4-gptq-h4)")
+    bits, group, extra = int(parts[0]), 128 if parts[0] == "4" else None, {}
+    for p in parts[2:]:
+        if p == "nohead":
+            extra["head"] = False
+        elif p.startswith("h"):
+            extra["head_bits"] = int(p[1:])
+        else:
+            group = int(p)
+    return bits, parts[1], group, extra
+
+
+def head_label(model) -> str:
+    head = getattr(model, "lm_head", None)
+    return f"int{head.bits}" if getattr(head, "weight_only_quantized", False) else "float"
 FACTS = [  # (fact sentence, question, answer) — invented, so only the context can supply them
     ("The keeper of the lighthouse is named Orla Whitcombe.", "What is the name of the keeper of the lighthouse?",
      "Orla Whitcombe"),
@@ -50,6 +74,8 @@ def english_text() -> str:
 def perplexity_table(args) -> None:
     from lmlab.efficient.calibration import perplexity
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     tok = lmlab.load_tokenizer(MODEL)
     stream = torch.tensor(tok.encode(english_text()), dtype=torch.long)
     n_eval = args.windows * args.seq
@@ -57,19 +83,19 @@ def perplexity_table(args) -> None:
     calibration = random_segments(stream[n_eval:], args.calibration, args.seq, seed=0)
     print(f"{MODEL}, text: pydoc_data/topics.py ({len(stream)} tokens); eval {args.windows} x {args.seq} tokens "
           f"(the first {n_eval}); GPTQ calibration {args.calibration} x {args.seq} from the rest, seed 0")
-    print("| weights | method | group | perplexity | change vs fp32 | quantize s |")
-    print("|---|---|---|---|---|---|")
+    print("| weights | method | group | output head | perplexity | change vs fp32 | quantize s |")
+    print("|---|---|---|---|---|---|---|")
     base = perplexity(lmlab.load(MODEL).eval(), evaluation, batch_size=2)
-    print(f"| fp32 | - | - | {base:.3f} | - | - |", flush=True)
-    for bits, method, group in CASES:
+    print(f"| fp32 | - | - | fp32 | {base:.3f} | - | - |", flush=True)
+    for bits, method, group, extra in [parse_case(c) for c in args.cases.split(",")]:
         model = lmlab.load(MODEL).eval()
         t0 = time.perf_counter()
         quantize(model, bits=bits, method=method, group_size=group, calibration=calibration,
-                 activation_dtype=args.activation_dtype, batch_size=4)
+                 activation_dtype=args.activation_dtype, batch_size=4, **extra)
         seconds = time.perf_counter() - t0
         ppl = perplexity(model, evaluation, batch_size=2)
-        print(f"| int{bits} | {method} | {group or 'channel'} | {ppl:.3f} | {100 * (ppl / base - 1):+.2f}% | "
-              f"{seconds:.0f} |", flush=True)
+        print(f"| int{bits} | {method} | {group or 'channel'} | {head_label(model)} | {ppl:.3f} | "
+              f"{100 * (ppl / base - 1):+.2f}% | {seconds:.0f} |", flush=True)
 
 
 def recall_prompts(tok, n_tokens: int) -> list[tuple[list[int], str, int]]:
@@ -122,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--seq", type=int, default=256)
     q.add_argument("--calibration", type=int, default=16)
     q.add_argument("--activation-dtype", choices=["bfloat16", "float32"], default="bfloat16")
+    q.add_argument("--cases", default=CASES, help=f"rows to measure (default {CASES})")
+    q.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     k = sub.add_parser("kv")
     k.add_argument("--tokens", type=int, default=2000)
     k.add_argument("--budget", type=float, default=0.25)

@@ -76,6 +76,22 @@ def test_packed_kernel_equals_dequantised_matmul(bits, group, act):
     assert (fast - ref).abs().max() < 0.1 * (ref - lin(x).detach()).abs().max() + tol  # far below quant error
 
 
+@pytest.mark.parametrize("n, k, group", [(101, 64, 32), (50, 96, 64), (37, 40, 32)])
+def test_int4_kernel_pads_rows_and_columns_to_its_shape(n, k, group):
+    """Rows not a multiple of 16 (a 50257-word head) and inputs not a whole number of groups: the packed
+    kernel runs on zero-padded codes and equals the dequantised matmul on several rows."""
+    lin = Linear(k, n, bias=True)
+    torch.nn.init.normal_(lin.bias)
+    ql = QuantizedLinear.from_linear(lin, 4, group, activation_dtype=torch.float32)
+    assert ql.kernel_supported()
+    x = torch.randn(3, 2, k, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        fast = ql(x)
+        assert ql._kernel is not None and fast.shape == (3, 2, n)
+        ref = torch.nn.functional.linear(x, ql.dequantize(), ql.bias)
+    torch.testing.assert_close(fast, ref, atol=1e-4, rtol=1e-4)
+
+
 def test_unsupported_kernel_shape_falls_back_to_dequantised_matmul():
     lin = Linear(40, 24, bias=False)  # 24 outputs: not a multiple of 16; group 40 is not a kernel group size
     ql = QuantizedLinear.from_linear(lin, 4, 40)
@@ -128,8 +144,8 @@ def test_quantized_model_saves_and_reloads_to_identical_logits(tmp_path, bits, m
     with torch.no_grad():
         before = model(ids)
     quantize(model, bits=bits, method=method, group_size=group, calibration=_ids(8, 32, seed=5))
-    assert sum(isinstance(m, QuantizedLinear) for m in model.modules()) == 2 * 7  # q k v o gate up down
-    assert isinstance(model.lm_head, Linear) and not isinstance(model.lm_head, QuantizedLinear)
+    assert sum(isinstance(m, QuantizedLinear) for m in model.modules()) == 2 * 7 + 1  # q k v o gate up down, head
+    assert isinstance(model.lm_head, QuantizedLinear) and model.lm_head.bits == 8  # the head, int8, by default
     with torch.no_grad():
         after = model(ids)
     rel = ((after - before).norm() / before.norm()).item()
@@ -245,23 +261,57 @@ def test_quantized_file_that_does_not_match_its_config_is_one_line_error(tmp_pat
     (dict(bits=3), "bits must be one of"), (dict(method="awq"), "method must be one of"),
     (dict(bits=8, group_size=32), "int8 is per output channel"), (dict(bits=4, group_size=0), "positive integer"),
     (dict(method="gptq"), "needs calibration="), (dict(modules="nothing"), "matches no linear layer"),
+    (dict(head_bits=2), "head_bits must be one of"),
 ])
 def test_bad_quantize_arguments(kwargs, match):
     with pytest.raises(LmlabError, match=match):
         quantize(_tiny(), **kwargs)
 
 
-def test_tied_lm_head_is_refused_untied_one_round_trips(tmp_path):
-    from lmlab.efficient.quantization import DEFAULT_MODULES
-
-    tied = Transformer(ModelConfig.llama_like(vocab_size=101, d_model=64, n_heads=4, tie_embeddings=True))
-    with pytest.raises(LmlabError, match="lm_head shares its weight with the embedding table"):
-        quantize(tied, modules=DEFAULT_MODULES + "|lm_head")
-    model = quantize(_tiny(), bits=4, group_size=32, modules=DEFAULT_MODULES + "|lm_head")
-    assert isinstance(model.lm_head, QuantizedLinear)
-    lmlab.save(model, tmp_path)
+@pytest.mark.parametrize("bits, method, head_bits", [(8, "rtn", None), (4, "rtn", None), (4, "gptq", 4)])
+def test_tied_head_is_quantized_table_stays_float_and_round_trips(tmp_path, bits, method, head_bits):
+    """A head tied to the embedding: its matmul reads codes, the lookup keeps the exact float table; the
+    checkpoint reloads to identical logits; dequantize_model re-ties the head to that table."""
+    tied = Transformer(ModelConfig.llama_like(vocab_size=101, d_model=64, n_layers=2, n_heads=4, d_mlp=96,
+                                              max_seq_len=64, tie_embeddings=True)).init_weights(std=0.05, seed=2).eval()
+    table = tied.embed.weight.detach().clone()
+    ids = _ids()
     with torch.no_grad():
-        assert torch.equal(lmlab.load(tmp_path)(_ids()), model(_ids()))
+        before = tied(ids)
+    quantize(tied, bits=bits, method=method, group_size=32 if bits == 4 else None, head_bits=head_bits,
+             calibration=_ids(8, 32, seed=5))
+    head = tied.lm_head
+    assert isinstance(head, QuantizedLinear) and head.bits == (head_bits or 8)
+    assert head.group_size == (64 if head.bits == 8 else 32)
+    assert isinstance(tied.embed.weight, torch.nn.Parameter) and torch.equal(tied.embed.weight, table)
+    err = (head.dequantize() - table).abs()  # RTN: the codes stand for the table within half a step per group
+    assert 0 < err.max() <= (head.scales.max() / 2 * (1 + 1e-5) if method == "rtn" else 0.1)
+    with torch.no_grad():
+        after = tied(ids)
+    assert 0 < ((after - before).norm() / before.norm()).item() < 0.3
+    lmlab.save(tied, tmp_path)
+    again = lmlab.load(tmp_path)
+    assert isinstance(again.lm_head, QuantizedLinear) and torch.equal(again.embed.weight, table)
+    with torch.no_grad():
+        assert torch.equal(again(ids), after)
+    dequantize_model(again)
+    assert again.lm_head.weight is again.embed.weight  # tied again, to the exact float table
+
+
+def test_head_can_stay_float_and_gptq_head_beats_rtn_head():
+    model = quantize(_tiny(), bits=4, group_size=32, head=False)
+    assert isinstance(model.lm_head, Linear) and "lm_head" not in model.quantization_config.quantized
+    calib = _ids(16, 32, seed=7)
+    base = _tiny(seed=3)
+    with torch.no_grad():
+        ref = base(calib).log_softmax(-1)
+    errs = {}
+    for method in ("rtn", "gptq"):  # blocks float, only the head quantized: GPTQ's head solve is what differs
+        m = quantize(_tiny(seed=3), bits=4, method=method, group_size=32, modules="lm_head", calibration=calib,
+                     activation_dtype="float32", head_bits=4)
+        with torch.no_grad():
+            errs[method] = (m(calib).log_softmax(-1) - ref).pow(2).mean().item()
+    assert 0 < errs["gptq"] < errs["rtn"], errs
 
 
 def test_quantizing_twice_is_refused():

@@ -29,6 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", type=int, default=128, help="GPTQ calibration segments (default 128, the paper's)")
     p.add_argument("--seq-len", type=int, default=None, help="tokens per segment (default: the model's context)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-head", dest="head", action="store_false",
+                   help="leave the output head float (default: quantize it too; a tied table stays float for lookup)")
+    p.add_argument("--head-bits", type=int, choices=[8, 4], default=None, help="bits of the output head (default 8)")
     p.add_argument("--activation-dtype", choices=["bfloat16", "float32"], default="bfloat16",
                    help="activations for the packed CPU kernels (bfloat16 is the fast one)")
 
@@ -60,12 +63,13 @@ def run(args: argparse.Namespace) -> int:
         calibration = random_segments(token_stream(tok, _calibration_texts(args.calibration)), args.samples, seq_len,
                                       args.seed)
     quantize(model, bits=args.bits, method=args.method, group_size=args.group_size, calibration=calibration,
-             damp=args.damp, act_order=args.act_order, activation_dtype=args.activation_dtype)
+             damp=args.damp, act_order=args.act_order, activation_dtype=args.activation_dtype, head=args.head,
+             head_bits=args.head_bits)
     out = lmlab.save(model, args.out)
     for name in TOKENIZER_FILES:
         if (Path(args.src) / name).exists() and Path(args.src).resolve() != Path(args.out).resolve():
             shutil.copyfile(Path(args.src) / name, out / name)
     q = model.quantization_config
     print(f"wrote {out} (int{q.bits} {q.method}, group {q.effective_group_size or 'per-channel'}, "
-          f"{len(q.quantized)} linear layers quantized)")
+          f"{len(q.quantized)} linear layers quantized, output head {'included' if 'lm_head' in q.quantized else 'float'})")
     return 0

@@ -344,8 +344,10 @@ class Transformer(nn.Module):
         return run_with_cache(self, *args, names=names, **kwargs)
 
     def tie_weights(self) -> None:
-        """Point the output projection at the input embedding (after loading with assign=True)."""
-        if self.config.tie_embeddings:
+        """Point the output projection at the input embedding (after loading with assign=True).
+
+        A weight-only quantized head (``lmlab.efficient``) keeps its own codes: the table stays float for lookup."""
+        if self.config.tie_embeddings and not getattr(self.lm_head, "weight_only_quantized", False):
             self.lm_head.weight = self.embed.weight
 
     def new_cache(self, batch_size: int, max_len: int, policy=None) -> KVCache:

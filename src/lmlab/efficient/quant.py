@@ -172,11 +172,13 @@ class QuantizedLinear(nn.Module):
         return dequantize_codes(self.codes(), self.scales, self.zeros(), self.group_size)
 
     def kernel_supported(self) -> bool:
-        """Whether PyTorch's packed CPU kernel can run this layer's shape."""
-        if self.bits == 8:
-            return True
-        return (self.group_size in INT4_KERNEL_GROUPS and self.in_features % self.group_size == 0
-                and self.out_features % 16 == 0)
+        """Whether PyTorch's packed CPU kernel can run this layer (int4: any shape whose group size the kernel
+        knows; rows are padded to a multiple of 16 and input columns to a whole group when packing)."""
+        return self.bits == 8 or self.group_size in INT4_KERNEL_GROUPS
+
+    def _padded_k(self) -> int:
+        """Input columns the int4 kernel sees: ``in_features`` rounded up to a whole group."""
+        return n_groups(self.in_features, self.group_size) * self.group_size
 
     # -- computing ---------------------------------------------------------------------------------------
     def _kernel_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,11 +187,16 @@ class QuantizedLinear(nn.Module):
             if self.bits == 8:
                 packed, scales = self.qweight, self.scales[:, 0].to(self.activation_dtype)  # [N]
             else:
-                q = self.codes().to(torch.int32)  # [N, K]
+                # the kernel wants N % 16 == 0 and K a whole number of groups: pad with zero-scale rows and
+                # columns (a padded row computes 0 and is sliced off; padded columns meet zero activations)
+                N, K = self.out_features, self.in_features
+                Np, Kp = -(-N // 16) * 16, self._padded_k()
+                q = F.pad(self.codes().to(torch.int32), (0, Kp - K, 0, Np - N))  # [Np, Kp]
                 packed = torch._convert_weight_to_int4pack_for_cpu(q, 8)
                 # the kernel computes (q - 8) * scale + zero_f, so zero_f = (8 - zero) * scale
-                zero_f = (8 - self.qzeros.float()) * self.scales
-                scales = torch.stack((self.scales, zero_f), dim=-1).transpose(0, 1).contiguous()  # [G, N, 2]
+                zero_f = (8 - self.qzeros.float()) * self.scales  # [N, G]
+                scales = torch.stack((self.scales, zero_f), dim=-1)  # [N, G, 2]
+                scales = F.pad(scales, (0, 0, 0, 0, 0, Np - N)).transpose(0, 1).contiguous()  # [G, Np, 2]
                 scales = scales.to(self.activation_dtype)
             self._kernel = (key, packed, scales)
         return self._kernel[1], self._kernel[2]
@@ -207,7 +214,9 @@ class QuantizedLinear(nn.Module):
             if self.bits == 8:
                 y = torch._weight_int8pack_mm(x2, packed, scales)  # [M, N]
             else:
-                y = torch._weight_int4pack_mm_for_cpu(x2, packed, self.group_size, scales)
+                if self._padded_k() != self.in_features:
+                    x2 = F.pad(x2, (0, self._padded_k() - self.in_features))  # [M, Kp]
+                y = torch._weight_int4pack_mm_for_cpu(x2, packed, self.group_size, scales)[:, :self.out_features]
             y = y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
             return y if self.bias is None else y + self.bias.to(x.dtype)
         w = self.dequantize().to(x.dtype)  # [N, K]

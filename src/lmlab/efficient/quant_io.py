@@ -97,8 +97,8 @@ def load_quantized(path: str | os.PathLike, dtype: Any = None, device: str | tor
                                  f"{config.model_type} model") from None
             if not isinstance(old, torch.nn.Linear):
                 raise LmlabError(f"{where}: quantization_config lists {name!r}, which is not a linear layer")
-            swap_module(model, name, QuantizedLinear(old.in_features, old.out_features, qcfg.bits,
-                                                     qcfg.effective_group_size, old.bias is not None, act))
+            swap_module(model, name, QuantizedLinear(old.in_features, old.out_features, *qcfg.format_of(name),
+                                                     old.bias is not None, act))
     expected = {k: v for k, v in model.state_dict().items() if not (config.tie_embeddings and k == "lm_head.weight")}
     _check_tensors(state, expected, d / WEIGHTS)
     target = parse_dtype(dtype)

@@ -1,7 +1,17 @@
 """``quantize(model, bits=8|4, method="rtn"|"gptq", group_size=...)``: weight-only quantization of a model.
 
-The linear layers chosen by ``modules`` (default: every projection inside the blocks; embeddings, norms and
-the LM head stay float, as in GPTQ's experiments) are replaced, by module swap, with ``QuantizedLinear``.
+The linear layers chosen by ``modules`` (default: every projection inside the blocks, plus the output head
+when ``head=True``; embeddings and norms stay float) are replaced, by module swap, with ``QuantizedLinear``.
+
+The output head is quantized by default (``head=True``, at ``head_bits``, default 8): at batch-1
+decode on a small model it is the largest single read (GPT-2-124M: 154 MB of ~500 MB in fp32), so leaving it
+float caps the speed-up. GPTQ's paper leaves it float (its models are large, the head a small share);
+llama.cpp quantizes it. A head tied to the embedding table is quantized as llama.cpp does: the embedding keeps
+its float table for the row lookup, the head's matmul reads the int8/int4 codes (``dequantize_model`` re-ties
+it to the float table). The head stays int8 for an int4 model unless ``head_bits=4`` (llama.cpp likewise keeps
+the output matrix at higher precision): on SmolLM2 an int4 head added ~12 points of perplexity to int4 RTN
+(+52% vs +36%), an int8 head nothing (docs/real-model.md); an int8 head costs +0.45% there and 0% on the
+world model, and GPT-2's bytes per token still allow 5.3x fp32 at the bandwidth bound (docs/claims.md).
 Hooks and adapter slots registered on a swapped module move to its replacement, so hook points, LoRA and
 the state-dict names of everything else are untouched.
 
@@ -26,6 +36,7 @@ from lmlab.errors import LmlabError
 
 METHODS = ("rtn", "gptq")
 DEFAULT_MODULES = r"blocks\.\d+\.(attn|mlp)\.[a-z_]+_proj"
+HEAD = "lm_head"
 ACTIVATION_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
@@ -39,6 +50,8 @@ class QuantizationConfig:
     - ``method``: "rtn" (round to nearest) or "gptq" (``damp``, ``block_size``, ``act_order``: see gptq.py).
     - ``activation_dtype``: activations are cast to it for the packed CPU kernels (bf16: the fast case).
     - ``modules``: regex (full match) on module names; ``quantized``: the names it matched (filled in).
+    - ``head_bits``: bits of ``lm_head`` when it is quantized (``quantize`` defaults it to 8; None in a file
+      means ``bits``); int8 is per channel, int4 uses ``group_size`` (128 when that is None).
     """
 
     bits: int = 8
@@ -50,10 +63,13 @@ class QuantizationConfig:
     activation_dtype: str = "bfloat16"
     modules: str = DEFAULT_MODULES
     quantized: tuple[str, ...] = ()
+    head_bits: int | None = None
 
     def validate(self) -> None:
         if self.bits not in BITS:
             raise LmlabError(f"quantize: bits must be one of {BITS}, got {self.bits!r}")
+        if self.head_bits is not None and self.head_bits not in BITS:
+            raise LmlabError(f"quantize: head_bits must be one of {BITS} or None, got {self.head_bits!r}")
         if self.method not in METHODS:
             raise LmlabError(f"quantize: method must be one of {METHODS}, got {self.method!r}")
         if self.bits == 8 and self.group_size is not None:
@@ -68,6 +84,12 @@ class QuantizationConfig:
     @property
     def effective_group_size(self) -> int | None:
         return 128 if self.bits == 4 and self.group_size is None else self.group_size
+
+    def format_of(self, name: str) -> tuple[int, int | None]:
+        """(bits, group size or None = per channel) of module ``name``: ``lm_head`` may differ (``head_bits``)."""
+        if name != HEAD or self.head_bits is None or self.head_bits == self.bits:
+            return self.bits, self.effective_group_size
+        return (8, None) if self.head_bits == 8 else (4, self.group_size or 128)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -122,29 +144,31 @@ def quantizable(model: nn.Module, pattern: str) -> list[str]:
 
 def quantize(model: nn.Module, bits: int = 8, method: str = "rtn", group_size: int | None = None,
              calibration: torch.Tensor | None = None, *, damp: float = 0.01, block_size: int = 128,
-             act_order: bool = False, activation_dtype: str = "bfloat16", modules: str = DEFAULT_MODULES,
-             batch_size: int = 8) -> nn.Module:
+             act_order: bool = False, activation_dtype: str = "bfloat16", modules: str | None = None,
+             batch_size: int = 8, head: bool = True, head_bits: int | None = None) -> nn.Module:
     """Quantize ``model``'s linear layers in place and return it (``model.quantization_config`` records how).
 
     ``calibration`` (GPTQ only): token ids [n_samples, seq_len]; the paper uses 128 random 2048-token
     segments of C4; any text from the model's domain will do. ``batch_size`` rows are run at a time.
+    ``modules`` (regex) overrides the default choice (the blocks' projections, plus ``lm_head`` if ``head``).
     """
+    if modules is None:
+        modules = DEFAULT_MODULES + (f"|{HEAD}" if head else "")
+    head_bits = 8 if head_bits is None else head_bits
     if getattr(model, "quantization_config", None) is not None:
         raise LmlabError("quantize: the model is already quantized (dequantize_model first to re-quantize)")
     cfg = QuantizationConfig(bits=bits, method=method, group_size=group_size, damp=damp, block_size=block_size,
-                             act_order=act_order, activation_dtype=activation_dtype, modules=modules)
+                             act_order=act_order, activation_dtype=activation_dtype, modules=modules,
+                             head_bits=head_bits)
     cfg.validate()
     names = quantizable(model, modules)
     if not names:
         raise LmlabError(f"quantize: modules {modules!r} matches no linear layer of this model")
-    config = getattr(model, "config", None)
-    if "lm_head" in names and getattr(config, "tie_embeddings", False):
-        raise LmlabError("quantize: lm_head shares its weight with the embedding table (tied); leave it out of modules")
     act = ACTIVATION_DTYPES[activation_dtype]
     if method == "rtn":
         for name in names:
             old = model.get_submodule(name)
-            swap_module(model, name, QuantizedLinear.from_linear(old, bits, cfg.effective_group_size, act))
+            swap_module(model, name, QuantizedLinear.from_linear(old, *cfg.format_of(name), act))
     else:
         _gptq_model(model, names, cfg, calibration, batch_size)
     model.quantization_config = QuantizationConfig(**{**asdict(cfg), "quantized": tuple(names)})
@@ -183,19 +207,34 @@ def _gptq_model(model: nn.Module, names: list[str], cfg: QuantizationConfig, cal
                 for h in handles:
                     h.remove()
             for n in mine:
-                old = model.get_submodule(n)
-                q, scale, zero = gptq_quantize(old.weight, accs[n].H, cfg.bits,
-                                               cfg.effective_group_size or old.in_features, solver)
-                new = QuantizedLinear(old.in_features, old.out_features, cfg.bits, cfg.effective_group_size,
-                                      old.bias is not None, act, device=old.weight.device).set_codes(q, scale, zero)
-                if old.bias is not None:
-                    new.bias.data.copy_(old.bias.detach().float())
-                swap_module(model, n, new)
+                _gptq_swap(model, n, accs[n], cfg, solver, act)
         chunks = [model(residual=x, start_at_layer=layer, stop_at_layer=layer + 1) for x in chunks]
-    leftovers = [n for n in names if not n.startswith("blocks.")]
-    for n in leftovers:  # a linear outside the blocks (only if `modules` asks): RTN, no calibration path to it
+    if HEAD in names:  # the head's inputs: the final norm of the (quantized) stack's output
+        acc = HessianAccumulator(model.get_submodule(HEAD).in_features)
+        handle = model.get_submodule(HEAD).register_forward_pre_hook(lambda module, args: acc.add(args[0]))
+        try:
+            for x in chunks:
+                model(residual=x, start_at_layer=n_layers)
+        finally:
+            handle.remove()
+        _gptq_swap(model, HEAD, acc, cfg, solver, act)
+    leftovers = [n for n in names if not n.startswith("blocks.") and n != HEAD]
+    for n in leftovers:  # another linear outside the blocks (only if `modules` asks): RTN
         old = model.get_submodule(n)
-        swap_module(model, n, QuantizedLinear.from_linear(old, cfg.bits, cfg.effective_group_size, act))
+        swap_module(model, n, QuantizedLinear.from_linear(old, *cfg.format_of(n), act))
+
+
+def _gptq_swap(model: nn.Module, name: str, acc: HessianAccumulator, cfg: QuantizationConfig, solver: GPTQConfig,
+               act: torch.dtype) -> None:
+    """Solve GPTQ for linear ``name`` from its accumulated Hessian and put the quantized layer in its place."""
+    old = model.get_submodule(name)
+    bits, group = cfg.format_of(name)
+    q, scale, zero = gptq_quantize(old.weight, acc.H, bits, group or old.in_features, solver)
+    new = QuantizedLinear(old.in_features, old.out_features, bits, group, old.bias is not None, act,
+                          device=old.weight.device).set_codes(q, scale, zero)
+    if old.bias is not None:
+        new.bias.data.copy_(old.bias.detach().float())
+    swap_module(model, name, new)
 
 
 def dequantize_model(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
@@ -205,8 +244,17 @@ def dequantize_model(model: nn.Module, dtype: torch.dtype | None = None) -> nn.M
     """
     from lmlab.core.linear import Linear
 
+    config = getattr(model, "config", None)
     for name, module in list(model.named_modules()):
-        if isinstance(module, QuantizedLinear):
+        if isinstance(module, QuantizedLinear) and name == HEAD and getattr(config, "tie_embeddings", False):
+            new = Linear(module.in_features, module.out_features, bias=module.bias is not None,
+                         device=module.scales.device, dtype=dtype or torch.float32)
+            if module.bias is not None:
+                with torch.no_grad():
+                    new.bias.copy_(module.bias)
+            swap_module(model, name, new)
+            new.weight = model.embed.weight  # tied: the float table the codes came from, exactly
+        elif isinstance(module, QuantizedLinear):
             w = module.dequantize()
             new = Linear(module.in_features, module.out_features, bias=module.bias is not None,
                          device=w.device, dtype=dtype or torch.float32)
