@@ -164,6 +164,9 @@ def _write(tmp_path, **cfg):
       "rope_scaling": {"type": "yarn", "factor": 2.0}}, r"model_type 'gptj' cannot use rope scaling 'yarn'"),
     ({"model_type": "gpt2", "n_embd": 64, "n_layer": 1, "n_head": 4,
       "rope_parameters": {"rope_type": "linear", "factor": 2.0}}, r"model_type 'gpt2' cannot use rope scaling"),
+    ({"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+      "rope_scaling": {"rope_type": "linear", "factor": 2.0}},
+     r"rope_parameters says rope_type 'default' but rope_scaling says 'linear'"),
 ])
 def test_bad_rope_scaling_is_one_line_error(tmp_path, cfg, match):
     d = _write(tmp_path, **cfg)

@@ -37,6 +37,11 @@ def _rope(d: dict, where: str) -> dict[str, Any]:
     """Rope base, scaling type and params from either v4 (rope_theta/rope_scaling) or v5 (rope_parameters)."""
     params = dict(d.get("rope_parameters") or {})
     scaling = dict(d.get("rope_scaling") or {})
+    if params and scaling:  # both present: refuse a disagreement rather than silently keep one of them
+        kinds = [(x.get("rope_type", x.get("type", "default")) or "default") for x in (params, scaling)]
+        if kinds[0] != kinds[1]:
+            raise LmlabError(f"{where}: rope_parameters says rope_type {kinds[0]!r} but rope_scaling says {kinds[1]!r}; "
+                             "keep one of them")
     params = {**scaling, **params}
     base = params.pop("rope_theta", d.get("rope_theta", d.get("rotary_emb_base", 10000.0)))
     kind = params.pop("rope_type", params.pop("type", "default")) or "default"
