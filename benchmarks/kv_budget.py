@@ -128,7 +128,7 @@ def child(spec: dict) -> dict:
             tok = model(tok, cache=cache)[:, -1].argmax(-1, keepdim=True)
         t0 = time.perf_counter()
         for _ in range(new):
-            slots.append(cache._uniform)  # Python int (batch 1): the slots this step attends to, minus the new one
+            slots.append(cache.uniform_slots)  # Python int (batch 1): the slots this step attends to, minus the new one
             tok = model(tok, cache=cache)[:, -1].argmax(-1, keepdim=True)
         seconds = time.perf_counter() - t0
     return {"tok_s": new / seconds, "cache_mb": (cache.k.nbytes + cache.v.nbytes) / 2**20,

@@ -107,6 +107,11 @@ class KVCache:
         return self.k.shape[1]
 
     @property
+    def uniform_slots(self) -> int | None:
+        """Every row's filled-slot count when all rows agree, else None (known without reading tensors)."""
+        return self._uniform
+
+    @property
     def is_empty(self) -> bool:
         """True when no row holds a token (decided without reading tensors)."""
         return self._uniform == 0

@@ -31,7 +31,7 @@ Block eviction (``slack``): the papers evict one token per generated token. Here
 moving tokens is paid once every ``slack`` steps instead of every step (for StreamingLLM also the key
 re-rotation). The selection rule is unchanged: at every compaction the policy keeps exactly the tokens its
 paper's rule keeps (for the deterministic ``window`` and ``sinks``, the very tokens per-step eviction would
-hold at that step: tests/efficient/test_kv_policies.py checks it); between compactions the model also sees
+hold at that step: tests/efficient/test_kv_blocks.py checks it); between compactions the model also sees
 up to ``slack`` newer-than-budget tokens that per-step eviction would already have dropped. ``slack=None``
 (default) is an eighth of the budget (at least 1 token), so the cache holds at most 12.5% more than the
 budget; ``slack=0`` is the papers' per-step eviction.
@@ -125,7 +125,8 @@ class BudgetPolicy(CachePolicy):
 
     def capacity(self, max_len: int) -> int:
         """Inactive: the whole ``max_len`` (the plain cache's allocation). Active: start at the budget and
-        grow on demand (``grow``), so prompt chunks and generation alike stay within budget + one forward."""
+        grow on demand (``grow``), so prompt chunks and generation alike stay within budget + slack + one
+        forward."""
         self.max_len = max_len
         if not self.active:
             return max_len
@@ -163,7 +164,7 @@ class BudgetPolicy(CachePolicy):
         if not self.active:
             return
         budget = self.resolve(cache)
-        uniform = cache._uniform  # every row's slot count when they agree (no tensor read)
+        uniform = cache.uniform_slots  # every row's slot count when they agree (no tensor read)
         n = uniform if uniform is not None else int(cache.n_slots.max())
         if n <= budget + self.slack_tokens():
             return  # block eviction: let the cache grow by up to `slack` tokens, then compact in one gather
