@@ -119,7 +119,8 @@ def recall_prompts(tok, n_tokens: int) -> list[tuple[list[int], str, int]]:
 def recall_table(args) -> None:
     tok = lmlab.load_tokenizer(MODEL)
     model = lmlab.load(MODEL).eval()
-    prompts = recall_prompts(tok, args.tokens)[:args.facts]
+    prompts = recall_prompts(tok, args.tokens)
+    prompts = [prompts[args.only - 1]] if args.only else prompts[:args.facts]
     lengths = [len(p) for p, _, _ in prompts]
     print(f"{MODEL}, {len(prompts)} facts each stated ~{max(d for *_, d in prompts)} tokens in, prompts "
           f"{min(lengths)}-{max(lengths)} tokens (pydoc_data/topics.py), KV budget {args.budget:.0%} of the "
@@ -155,8 +156,13 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--budget", type=float, default=0.25)
     k.add_argument("--new-tokens", type=int, default=16)
     k.add_argument("--facts", type=int, default=len(FACTS), help="use the first N facts (a shorter run)")
+    k.add_argument("--only", type=int, default=None, choices=range(1, len(FACTS) + 1),
+                   help="use only fact N (1-based): rows can be measured one prefill at a time")
     k.add_argument("--policies", default="full,window,sinks,h2o,keyformer")
+    k.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = p.parse_args(argv)
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
     try:
         perplexity_table(args) if args.what == "ppl" else recall_table(args)
     except LmlabError as e:

@@ -62,7 +62,7 @@ def test_budget_not_reached_keeps_outputs_with_scores_on(model, name):
     only after the last forward: same logits up to the eager path's rounding."""
     prompt = _ids(T=12)
     plain, _, _ = _decode(model, prompt, 28)
-    policy = kv_policy(name, budget=39)
+    policy = kv_policy(name, budget=39, slack=0)
     got, cache, _ = _decode(model, prompt, 28, policy)
     assert policy.active and cache.n_slots.tolist() == [39, 39]
     torch.testing.assert_close(got, plain, atol=1e-5, rtol=1e-5)
@@ -73,7 +73,7 @@ def test_budget_not_reached_keeps_outputs_with_scores_on(model, name):
 def test_memory_is_bounded_by_the_budget(model, name, budget):
     prompt = _ids(T=20)
     opts = {"reindex": False} if name == "sinks" else {}  # original positions (re-indexing: test_kv_fidelity.py)
-    _, cache, _ = _decode(model, prompt, 15, kv_policy(name, budget=budget, **opts))
+    _, cache, _ = _decode(model, prompt, 15, kv_policy(name, budget=budget, slack=0, **opts))
     kept = 10
     assert cache.n_slots.tolist() == [kept, kept]
     assert cache.next_pos.tolist() == [35, 35]
@@ -83,11 +83,11 @@ def test_memory_is_bounded_by_the_budget(model, name, budget):
 
 
 def test_window_equals_sliding_window_attention(model):
-    """Evicting all but the W newest tokens after each step == attention limited to W + 1 keys (itself and
+    """Evicting (slack=0: the paper's per-step eviction) all but the W newest tokens after each step == attention limited to W + 1 keys (itself and
     the W before it), which a sliding-window config computes without any cache."""
     W = 9
     prompt = _ids(T=W)  # the prompt fits the window: prefill attention is plain causal in both
-    got, _, full = _decode(model, prompt, 20, kv_policy("window", budget=W))
+    got, _, full = _decode(model, prompt, 20, kv_policy("window", budget=W, slack=0))
     windowed = Transformer(model.config.replace(sliding_window=W + 1))
     windowed.load_state_dict(model.state_dict())
     with torch.no_grad():
@@ -98,9 +98,9 @@ def test_window_equals_sliding_window_attention(model):
 
 
 def test_sinks_keep_the_first_tokens_and_the_most_recent(model):
-    _, cache, _ = _decode(model, _ids(T=20), 10, kv_policy("sinks", budget=12, n_sinks=4, reindex=False))
+    _, cache, _ = _decode(model, _ids(T=20), 10, kv_policy("sinks", budget=12, n_sinks=4, reindex=False, slack=0))
     assert cache.slot_pos[:, :12].tolist() == [list(range(4)) + list(range(22, 30))] * 2
-    _, cache, _ = _decode(model, _ids(T=20), 10, kv_policy("sinks", budget=12, n_sinks=4))
+    _, cache, _ = _decode(model, _ids(T=20), 10, kv_policy("sinks", budget=12, n_sinks=4, slack=0))
     assert cache.slot_pos[:, :12].tolist() == [list(range(12))] * 2  # the paper's positions: place in the cache
     assert cache.next_pos.tolist() == [12, 12]
 

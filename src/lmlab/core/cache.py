@@ -91,6 +91,10 @@ class KVCache:
         self.slot_pos = torch.full((batch_size, self.capacity), -1, dtype=torch.long, device=device)
         self.n_slots = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.next_pos = torch.zeros(batch_size, dtype=torch.long, device=device)
+        # tokens each row has seen: equals next_pos unless a policy re-indexed positions (StreamingLLM), so
+        # hooks can tell prompt from generated tokens by their true index in the sequence
+        self.seen = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.token_index: torch.Tensor | None = None  # [B, T] true index of the current forward's tokens
         # [L, B, n_kv, capacity] position per layer/head/slot once a per-head compaction made them differ
         # (None: every layer and head holds slot_pos); slot_pos then holds, per slot, the largest of them
         # (what the causal mask needs: every kept token lies in the past of every new one)
@@ -101,6 +105,11 @@ class KVCache:
     @property
     def batch_size(self) -> int:
         return self.k.shape[1]
+
+    @property
+    def uniform_slots(self) -> int | None:
+        """Every row's filled-slot count when all rows agree, else None (known without reading tensors)."""
+        return self._uniform
 
     @property
     def is_empty(self) -> bool:
@@ -116,6 +125,7 @@ class KVCache:
         """
         ar = torch.arange(n_new, device=self.k.device)
         positions = self.next_pos[:, None] + ar  # [B, T]
+        self.token_index = self.seen[:, None] + ar  # [B, T]
         slots = self.n_slots[:, None] + ar  # [B, T]
         # the common case (every row at the same slot count) is decided in Python, without reading tensors
         needed = self._uniform + n_new if self._uniform is not None else int(slots.max()) + 1
@@ -171,6 +181,13 @@ class KVCache:
             allowed &= query_pos - key_pos < window
         return allowed
 
+    def new_token_mask(self) -> torch.Tensor | None:
+        """[B, T] bool, True at the real (not right-padded) tokens of the current forward; None when all are
+        real. Policies use it to ignore the attention of padded queries."""
+        if self._all_real:
+            return None
+        return torch.arange(self._n_new, device=self.k.device)[None, :] < self._pending[:, None]
+
     def _slots_dense(self, used: int) -> bool:
         return bool((self.slot_pos[:, :used] >= 0).all())
 
@@ -178,6 +195,7 @@ class KVCache:
         """Advance the row lengths after all layers have written, then let the policy evict."""
         self.n_slots += self._pending
         self.next_pos += self._pending
+        self.seen += self._pending
         if self._uniform is not None and self._all_real:
             self._uniform += self._n_new  # every row grew by the same n_new
         else:
@@ -269,6 +287,7 @@ class KVCache:
         take = lambda t, dim: t.repeat_interleave(repeats, dim=dim) if repeats > 1 else t.clone()  # noqa: E731
         new.k, new.v = take(self.k, 1), take(self.v, 1)
         new.slot_pos, new.n_slots, new.next_pos = take(self.slot_pos, 0), take(self.n_slots, 0), take(self.next_pos, 0)
+        new.seen = take(self.seen, 0)
         new.head_pos = None if self.head_pos is None else take(self.head_pos, 1)
         if repeats > 1:  # per-row policy state (accumulated scores) follows the repeated rows
             new.policy.select_rows(torch.arange(self.batch_size, device=self.k.device).repeat_interleave(repeats))
@@ -280,6 +299,7 @@ class KVCache:
         self.head_pos = None
         self.n_slots.zero_()
         self.next_pos.zero_()
+        self.seen.zero_()
         self._uniform = 0
 
     def select_rows(self, rows: torch.Tensor) -> None:
@@ -288,6 +308,7 @@ class KVCache:
         for name in ("k", "v"):
             setattr(self, name, getattr(self, name)[:, rows].contiguous())
         self.slot_pos, self.n_slots, self.next_pos = self.slot_pos[rows], self.n_slots[rows], self.next_pos[rows]
+        self.seen = self.seen[rows]
         if self.head_pos is not None:
             self.head_pos = self.head_pos[:, rows].contiguous()
         self._refresh_uniform()
@@ -312,6 +333,7 @@ class KVCache:
         self.head_pos = torch.cat([mine[3], theirs[3]], dim=1) if both else None  # [L, B + B', n_kv, cap]
         self.n_slots = torch.cat([self.n_slots, other.n_slots])
         self.next_pos = torch.cat([self.next_pos, other.next_pos])
+        self.seen = torch.cat([self.seen, other.seen])
         self.capacity = cap
         self.max_len = max(self.max_len, other.max_len)
         self._refresh_uniform()

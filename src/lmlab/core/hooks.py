@@ -84,6 +84,9 @@ class HookContext:
     - ``row_ids`` [B] (LongTensor) or None: the decoder's request id of each batch row.
     - ``prompt_lengths`` [B] or None: each row's unpadded prompt length, when declared.
     - ``input_lengths`` [B] or None: real tokens per row of a right-padded (ragged) prefill.
+    - ``token_index`` [B, T] or None: each token's true index in its row's sequence, when it differs from
+      ``positions`` (a cache policy that re-indexes positions, as StreamingLLM does after an eviction);
+      the prompt / generated masks use it.
     """
 
     positions: torch.Tensor
@@ -91,12 +94,14 @@ class HookContext:
     row_ids: torch.Tensor | None = None
     prompt_lengths: torch.Tensor | None = None
     input_lengths: torch.Tensor | None = None
+    token_index: torch.Tensor | None = None
 
     def prompt_mask(self) -> torch.Tensor:
         """[B, T] bool, True at prompt positions. Without declared prompt lengths: every position of a
         prefill or cache-less forward counts as prompt, no position of a decode step does."""
         if self.prompt_lengths is not None:
-            return self.positions < self.prompt_lengths.to(self.positions.device)[:, None]
+            index = self.positions if self.token_index is None else self.token_index
+            return index < self.prompt_lengths.to(index.device)[:, None]
         return torch.full_like(self.positions, self.phase != "decode", dtype=torch.bool)
 
     def generated_mask(self) -> torch.Tensor:
@@ -133,9 +138,10 @@ def forward_context(*, phase: str | None = None, row_ids: torch.Tensor | None = 
         _DECLARED.reset(token)
 
 
-def enter_forward(positions: torch.Tensor, cache_empty: bool | None, input_lengths: torch.Tensor | None):
+def enter_forward(positions: torch.Tensor, cache_empty: bool | None, input_lengths: torch.Tensor | None,
+                  token_index: torch.Tensor | None = None):
     """Called by the model at the start of a forward (``cache_empty`` None = no cache); returns a token for
-    :func:`exit_forward`."""
+    :func:`exit_forward`. ``token_index``: the tokens' true indices when they differ from ``positions``."""
     declared = _DECLARED.get() or {}
     phase = declared.get("phase")
     if phase is None:
@@ -144,7 +150,8 @@ def enter_forward(positions: torch.Tensor, cache_empty: bool | None, input_lengt
         else:
             phase = "prefill" if cache_empty or positions.shape[1] > 1 else "decode"
     ctx = HookContext(positions=positions, phase=phase, row_ids=declared.get("row_ids"),
-                      prompt_lengths=declared.get("prompt_lengths"), input_lengths=input_lengths)
+                      prompt_lengths=declared.get("prompt_lengths"), input_lengths=input_lengths,
+                      token_index=token_index)
     return _CURRENT.set(ctx)
 
 

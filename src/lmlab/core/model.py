@@ -97,20 +97,24 @@ class Attention(nn.Module):
 
     def _eager(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
                ctx: "ForwardContext") -> torch.Tensor:
-        """Explicit softmax(QK^T/sqrt(d)) V, so hooks and cache policies can see the pattern."""
-        if self.n_kv != self.n_heads:
-            rep = self.n_heads // self.n_kv
-            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        scores = (q @ k.transpose(-1, -2)).float() / math.sqrt(self.d_head)  # [B, H, T, S]
-        if mask is None:
-            T, S = scores.shape[-2:]
+        """Explicit softmax(QK^T/sqrt(d)) V, so hooks and cache policies can see the pattern.
+
+        Grouped-query heads are computed per KV head (the ``rep`` query heads sharing one KV head form the
+        rows of one matmul) instead of repeating keys and values ``rep`` times: with a long cache the copy
+        would cost more than the attention itself (a decode step of a cache policy that needs the scores)."""
+        B, H, T, dh = q.shape
+        S, rep = k.shape[2], self.n_heads // self.n_kv
+        grouped = q.reshape(B, self.n_kv, rep * T, dh)  # head h = g * rep + r reads KV head g
+        scores = (grouped @ k.transpose(-1, -2)).float().view(B, H, T, S)  # [B, H, T, S]
+        scores = scores.div_(math.sqrt(self.d_head))  # a fresh tensor (the matmul's output or its float copy)
+        if mask is None and T > 1:  # T == 1 with no mask: every cached key is in the past
             mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
         if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        probs = self.hook_pattern(scores.softmax(dim=-1).to(q.dtype))
+            scores = scores.masked_fill_(~mask, float("-inf"))
+        probs = self.hook_pattern(scores.softmax(dim=-1).to(q.dtype))  # [B, H, T, S]
         if ctx.cache is not None and ctx.cache.policy.needs_attention:
             ctx.cache.policy.observe(ctx.cache, self.layer, probs)
-        return probs @ v
+        return (probs.reshape(B, self.n_kv, rep * T, S) @ v).view(B, H, T, dh)  # [B, H, T, dh]
 
 
 class MLP(nn.Module):
@@ -268,7 +272,7 @@ class Transformer(nn.Module):
             if residual is None:
                 raise LmlabError("start_at_layer needs residual= (the residual stream [B, T, d_model])")
             B, T = residual.shape[:2]
-        cache_empty = None
+        cache_empty, token_index = None, None
         if cache is not None:
             if start != 0 or stop != n_layers:
                 raise LmlabError("a KV cache cannot be used with start_at_layer / stop_at_layer")
@@ -276,6 +280,8 @@ class Transformer(nn.Module):
                 raise LmlabError(f"cache batch size {cache.batch_size} != input batch size {B}")
             cache_empty = cache.is_empty
             cache_pos, _ = cache.begin(T, input_lengths)
+            # true token indices for hooks' prompt/generated masks, when a policy re-indexed positions
+            token_index = cache.token_index if positions is None else None
             positions = cache_pos if positions is None else positions
         elif positions is None:
             positions = torch.arange(T, device=self.device).expand(B, T)
@@ -283,7 +289,8 @@ class Transformer(nn.Module):
                 # left-padded rows start counting at their first real token, as HF generate does
                 positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         ctx = ForwardContext(cache, positions, attention_mask, segment_ids)
-        token = enter_forward(positions, cache_empty, input_lengths)  # what hooks read via current_context()
+        # what hooks read via current_context()
+        token = enter_forward(positions, cache_empty, input_lengths, token_index=token_index)
         try:
             x = residual if start_at_layer is not None else None
             return self._forward(input_ids, x, positions, ctx, cache, start, stop, logits_at,

@@ -17,20 +17,37 @@
 - ``keyformer`` (Adnan et al., MLSys 2024, arXiv:2403.09054): a recent window of 30% of the budget plus the
   "key tokens" with the largest accumulated Gumbel-softmax score, softmax((logits + Gumbel noise) / tau),
   tau = 1 + 0.01 * step (the reference code's ``tau_init=1.0, tau_delta=0.01``; the paper raises tau from 1
-  to 2 over the generation), per layer and head like H2O, on which its code builds. Logits are recovered from
+  to 2 over the generation), per layer and head like H2O, on which its code builds. The noise is i.i.d.
+  Gumbel(0, 1) per (layer, head, query, key) as in the paper, drawn from a hash of (seed, layer, head, query
+  index, key position) so that a row's selection does not depend on the rest of its batch. Logits are recovered from
   the probabilities the core hands to ``observe``: log p differs from the logits by a per-query constant,
   which the softmax cancels.
 
 ``per_head=False`` on h2o / keyformer sums the scores over layers and heads and keeps one set per row (the
 session-3 behaviour; needed on models with sliding-window layers, whose mask is per row).
 
+Block eviction (``slack``): the papers evict one token per generated token. Here the cache may grow to
+``budget + slack`` tokens and is then compacted back to ``budget`` in one gather, so the cost of selecting and
+moving tokens is paid once every ``slack`` steps instead of every step (for StreamingLLM also the key
+re-rotation). The selection rule is unchanged: at every compaction the policy keeps exactly the tokens its
+paper's rule keeps (for the deterministic ``window`` and ``sinks``, the very tokens per-step eviction would
+hold at that step: tests/efficient/test_kv_blocks.py checks it); between compactions the model also sees
+up to ``slack`` newer-than-budget tokens that per-step eviction would already have dropped. ``slack=None``
+(default) is an eighth of the budget (at least 1 token), so the cache holds at most 12.5% more than the
+budget; ``slack=0`` is the papers' per-step eviction.
+
+Scores (h2o, keyformer) are needed on every forward (they accumulate), so those policies take the model's
+explicit attention path; for grouped-query models it computes each KV head's query group in one matmul,
+without copying keys and values per query head, and a decode step computes only the new query row's
+probabilities, q Kᵀ, which attention computes anyway.
+
 Budgets: an int is tokens kept per row; a float in (0, 1] is a fraction of the prompt's length (the longest
 row's, as the Decoder declares it), fixed on the first forward (as the H2O and Keyformer reference code size
 their caches).
 
-Memory: the cache starts small and grows on demand (``CachePolicy.grow``) to at most budget + the widest
-forward, so with chunked prefill (``prefill_chunk_size=C`` in ``generate`` / ``Decoder``) a long prompt
-streams through budget + C slots, evicting after every chunk; in one-shot prefill the prompt must fit whole.
+Memory: the cache starts small and grows on demand (``CachePolicy.grow``) to at most budget + slack + the
+widest forward, so with chunked prefill (``prefill_chunk_size=C`` in ``generate`` / ``Decoder``) a long prompt
+streams through budget + slack + C slots, evicting after every chunk; in one-shot prefill the prompt must fit whole.
 
 A policy whose budget can never be exceeded (``budget >= `` the cache's ``max_len``, or the fraction 1.0)
 asks for no attention probabilities and allocates like the plain cache, so the model keeps its fast attention
@@ -49,6 +66,36 @@ from lmlab.efficient.kv_registry import register_policy
 from lmlab.errors import LmlabError
 
 
+_MASK32 = 0xFFFFFFFF
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (multiply-xorshift, full avalanche) of int64 values in [0, 2**32); every product
+    stays below 2**63, so nothing overflows."""
+    x = ((x >> 16) ^ x) * 0x45D9F3B & _MASK32
+    x = ((x >> 16) ^ x) * 0x45D9F3B & _MASK32
+    return (x >> 16) ^ x
+
+
+def row_gumbel_noise(seed: int, layer: int, query_index: torch.Tensor, key_pos: torch.Tensor,
+                     group: int) -> torch.Tensor:
+    """Standard Gumbel(0, 1) noise [B, n_kv * group, T, S], a pure function of (seed, layer, query head, the
+    query's index in its row, the key's position): a row draws the same noise whatever shares its batch,
+    however its cache slots are laid out and however its prompt is chunked (a generator drawing [B, H, T, S]
+    would make a row's selection depend on its batch mates).
+
+    ``query_index`` [B, T]: true token indices of the queries; ``key_pos`` [B, n_kv, S]: the position of the
+    token in each slot (-1 for empty slots, whose probability is 0 anyway); ``group``: query heads per KV head.
+    """
+    B, n_kv, S = key_pos.shape
+    heads = torch.arange(n_kv * group, device=key_pos.device).view(1, n_kv, group, 1)
+    base = _mix32((heads * 0x9E3779B + layer * 0x7F4A7C1 + (seed & _MASK32)) & _MASK32)  # [1, n_kv, group, 1]
+    base = _mix32(base ^ (query_index[:, None, None, :] & _MASK32))  # [B, n_kv, group, T]
+    bits = _mix32(base[..., None] ^ (key_pos[:, :, None, None, :] & _MASK32))  # [B, n_kv, group, T, S]
+    u = ((bits >> 8).float() + 0.5) * 2.0 ** -24  # uniform in (0, 1), 24 bits
+    return -torch.log(-torch.log(u)).view(B, n_kv * group, query_index.shape[1], S)
+
+
 class BudgetPolicy(CachePolicy):
     """Keeps at most ``budget`` slots per row: after every forward that overflows it, the highest-scored
     slots survive (``slot_scores``: one score per row and slot [B, n], or per layer, row, KV head and slot
@@ -56,28 +103,41 @@ class BudgetPolicy(CachePolicy):
 
     name = "budget"
 
-    def __init__(self, budget: int | float) -> None:
+    def __init__(self, budget: int | float, slack: int | None = None) -> None:
         if isinstance(budget, bool) or not isinstance(budget, (int, float)):
             raise LmlabError(f"KV policy {self.name!r}: budget must be a number of tokens or a fraction, got {budget!r}")
         if isinstance(budget, float) and not 0 < budget <= 1:
             raise LmlabError(f"KV policy {self.name!r}: a fractional budget must lie in (0, 1], got {budget}")
         if isinstance(budget, int) and budget < 1:
             raise LmlabError(f"KV policy {self.name!r}: budget must be at least 1 token, got {budget}")
-        self.budget = budget
+        if slack is not None and (isinstance(slack, bool) or not isinstance(slack, int) or slack < 0):
+            raise LmlabError(f"KV policy {self.name!r}: slack must be a non-negative number of tokens or None, "
+                             f"got {slack!r}")
+        self.budget, self.slack = budget, slack
         self.tokens: int | None = budget if isinstance(budget, int) else None  # resolved budget
         self.max_len: int | None = None
 
+    def slack_tokens(self) -> int:
+        """Tokens the cache may hold past the budget before a block eviction (needs the resolved budget)."""
+        if self.slack is not None:
+            return self.slack
+        return max(1, (self.tokens or 0) // 8)
+
     def capacity(self, max_len: int) -> int:
         """Inactive: the whole ``max_len`` (the plain cache's allocation). Active: start at the budget and
-        grow on demand (``grow``), so prompt chunks and generation alike stay within budget + one forward."""
+        grow on demand (``grow``), so prompt chunks and generation alike stay within budget + slack + one
+        forward."""
         self.max_len = max_len
         if not self.active:
             return max_len
-        return min(max_len, (self.tokens or 16) + 1)
+        if self.tokens is None:
+            return min(max_len, 17)
+        return min(max_len, self.tokens + self.slack_tokens() + 1)
 
     def grow(self, cache: KVCache, needed: int) -> int:
-        target = needed if self.tokens is None else min(2 * cache.capacity, self.tokens + 1)
-        return max(needed, target)  # never past budget + the widest forward once the budget is known
+        limit = None if self.tokens is None else self.tokens + self.slack_tokens() + 1
+        target = needed if limit is None else min(2 * cache.capacity, limit)
+        return max(needed, target)  # never past budget + slack + the widest forward once the budget is known
 
     @property
     def active(self) -> bool:
@@ -104,9 +164,10 @@ class BudgetPolicy(CachePolicy):
         if not self.active:
             return
         budget = self.resolve(cache)
-        n = int(cache.n_slots.max())
-        if n <= budget:
-            return
+        uniform = cache.uniform_slots  # every row's slot count when they agree (no tensor read)
+        n = uniform if uniform is not None else int(cache.n_slots.max())
+        if n <= budget + self.slack_tokens():
+            return  # block eviction: let the cache grow by up to `slack` tokens, then compact in one gather
         scores = self.slot_scores(cache, n)  # [B, n] or [L, B, n_kv, n]
         pos = cache.slot_pos[:, :n] if scores.dim() == 2 else cache.positions_per_head()[..., :n]
         scores = scores.masked_fill(pos < 0, float("-inf"))
@@ -139,8 +200,9 @@ class SinksAndRecent(BudgetPolicy):
     """StreamingLLM: ``n_sinks`` first tokens + the most recent; ``reindex`` "auto" (rotary models: positions
     by place in the cache, the paper's scheme), True (require it) or False (keep original positions)."""
 
-    def __init__(self, budget: int | float, n_sinks: int = 4, reindex: bool | str = "auto") -> None:
-        super().__init__(budget)
+    def __init__(self, budget: int | float, n_sinks: int = 4, reindex: bool | str = "auto",
+                 slack: int | None = None) -> None:
+        super().__init__(budget, slack=slack)
         if not isinstance(n_sinks, int) or n_sinks < 0:
             raise LmlabError(f"KV policy 'sinks': n_sinks must be a non-negative integer, got {n_sinks!r}")
         if isinstance(budget, int) and n_sinks >= budget:
@@ -172,8 +234,8 @@ class AccumulatedScorePolicy(BudgetPolicy):
 
     recent_share = 0.5
 
-    def __init__(self, budget: int | float, per_head: bool = True) -> None:
-        super().__init__(budget)
+    def __init__(self, budget: int | float, per_head: bool = True, slack: int | None = None) -> None:
+        super().__init__(budget, slack=slack)
         if not isinstance(per_head, bool):
             raise LmlabError(f"KV policy {self.name!r}: per_head must be True or False, got {per_head!r}")
         self.per_head = per_head
@@ -183,8 +245,9 @@ class AccumulatedScorePolicy(BudgetPolicy):
     def needs_attention(self) -> bool:  # read by the model for every layer of every forward
         return self.active
 
-    def contribution(self, probs: torch.Tensor) -> torch.Tensor:
-        """[B, H, S] from one layer's attention probabilities [B, H, T, S]."""
+    def contribution(self, probs: torch.Tensor, cache: KVCache, layer: int) -> torch.Tensor:
+        """[B, H, T, S] per query from one layer's attention probabilities [B, H, T, S] (summed over the
+        real queries by ``observe``)."""
         raise NotImplementedError
 
     def _score_for(self, cache: KVCache) -> torch.Tensor:
@@ -200,7 +263,11 @@ class AccumulatedScorePolicy(BudgetPolicy):
         score = self._score_for(cache)
         B, H, _, S = probs.shape
         n_kv = score.shape[2]
-        per_query_head = self.contribution(probs.float())  # [B, H, S]
+        per_query = self.contribution(probs.float(), cache, layer)  # [B, H, T, S]
+        real = cache.new_token_mask()  # [B, T] or None: right-padded queries attend to nothing real
+        if real is not None:
+            per_query = per_query * real[:, None, :, None]
+        per_query_head = per_query.sum(dim=2)  # [B, H, S]
         score[layer, :, :, :S] += per_query_head.view(B, n_kv, H // n_kv, S).sum(dim=2)  # [B, n_kv, S]
 
     def slot_scores(self, cache: KVCache, n: int) -> torch.Tensor:
@@ -252,14 +319,15 @@ class AccumulatedScorePolicy(BudgetPolicy):
 class HeavyHitters(AccumulatedScorePolicy):
     """H2O: accumulated attention probability each key received; heavy / recent = 50 / 50."""
 
-    def __init__(self, budget: int | float, recent_share: float = 0.5, per_head: bool = True) -> None:
-        super().__init__(budget, per_head=per_head)
+    def __init__(self, budget: int | float, recent_share: float = 0.5, per_head: bool = True,
+                 slack: int | None = None) -> None:
+        super().__init__(budget, per_head=per_head, slack=slack)
         if not 0 <= recent_share <= 1:
             raise LmlabError(f"KV policy 'h2o': recent_share must lie in [0, 1], got {recent_share}")
         self.recent_share = recent_share
 
-    def contribution(self, probs: torch.Tensor) -> torch.Tensor:
-        return probs.sum(dim=2)  # [B, H, S]
+    def contribution(self, probs: torch.Tensor, cache: KVCache, layer: int) -> torch.Tensor:
+        return probs  # [B, H, T, S]
 
 
 @register_policy("keyformer")
@@ -267,22 +335,25 @@ class Keyformer(AccumulatedScorePolicy):
     """Keyformer: accumulated Gumbel-softmax scores with a rising temperature; recent window = 30% of budget."""
 
     def __init__(self, budget: int | float, recent_share: float = 0.3, tau_init: float = 1.0,
-                 tau_delta: float = 0.01, seed: int = 0, per_head: bool = True) -> None:
-        super().__init__(budget, per_head=per_head)
+                 tau_delta: float = 0.01, seed: int = 0, per_head: bool = True, slack: int | None = None) -> None:
+        super().__init__(budget, per_head=per_head, slack=slack)
         if not 0 <= recent_share <= 1:
             raise LmlabError(f"KV policy 'keyformer': recent_share must lie in [0, 1], got {recent_share}")
         if tau_init <= 0 or tau_delta < 0:
             raise LmlabError("KV policy 'keyformer': tau_init must be positive and tau_delta non-negative")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise LmlabError(f"KV policy 'keyformer': seed must be an integer, got {seed!r}")
         self.recent_share, self.tau_init, self.tau_delta = recent_share, tau_init, tau_delta
+        self.seed = seed
         self.step = 0  # forwards seen: the prompt is step 0
-        self.generator = torch.Generator().manual_seed(seed)
 
-    def contribution(self, probs: torch.Tensor) -> torch.Tensor:
+    def contribution(self, probs: torch.Tensor, cache: KVCache, layer: int) -> torch.Tensor:
         tau = self.tau_init + self.step * self.tau_delta
-        u = torch.rand(probs.shape, generator=self.generator).to(probs.device).clamp_(1e-20, 1.0)
-        gumbel = -torch.log(-torch.log(u))  # standard Gumbel(0, 1) noise
+        B, H, T, S = probs.shape
+        key_pos = cache.positions_per_head()[layer, :, :, :S]  # [B, n_kv, S]
+        gumbel = row_gumbel_noise(self.seed, layer, cache.token_index, key_pos, H // key_pos.shape[1])
         logits = probs.log()  # = attention logits - logsumexp per query; masked keys stay -inf
-        return ((logits + gumbel) / tau).softmax(dim=-1).nan_to_num(0.0).sum(dim=2)  # [B, H, S]
+        return ((logits + gumbel) / tau).softmax(dim=-1).nan_to_num(0.0)  # [B, H, T, S]
 
     def step_done(self) -> None:
         self.step += 1
