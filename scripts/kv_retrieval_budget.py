@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from types import SimpleNamespace
 from pathlib import Path
 
 import torch
@@ -29,8 +30,8 @@ import lmlab
 from lmlab.data.recall import is_exact_match
 from lmlab.efficient import kv_policy
 from lmlab.errors import LmlabError
-from lmlab.reference import load_reference
-from lmlab.reference_names import WORLD_NAME
+from lmlab.reference import RECORD_FILE, load_reference
+from lmlab.reference_names import REFERENCES, WORLD_NAME
 from lmlab.train.world_quality import words_for_tokens
 
 POLICIES = ("window", "sinks", "h2o", "keyformer")
@@ -75,9 +76,23 @@ def plot(table: dict, png: Path, title: str, policies=POLICIES) -> None:
     tmp.replace(png)
 
 
+def is_reference(name: str) -> bool:
+    return name in REFERENCES or (Path(name) / RECORD_FILE).is_file()
+
+
+def other_model(name: str, world: str):
+    """A checkpoint that is not a world reference (e.g. SmolLM2), asked the world reference ``world``'s tasks:
+    the world's text is plain English, so any model that copies from its context can be scored on it."""
+    model = lmlab.load(name, dtype="float32").eval()
+    return SimpleNamespace(model=model, tokenizer=lmlab.load_tokenizer(name), world=load_reference(world).world)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default=WORLD_NAME, help="a shipped reference name or a reference directory")
+    p.add_argument("--model", default=WORLD_NAME, help="a shipped reference name or a reference directory, or any "
+                   "checkpoint lmlab.load reads (then the tasks come from --world's world)")
+    p.add_argument("--world", default=WORLD_NAME, help="the reference whose world's tasks a non-reference --model "
+                   "is asked (default: %(default)s)")
     p.add_argument("--tokens", type=int, default=512, help="approximate prompt length in tokens")
     p.add_argument("--depths", default="0.1,0.5,0.9")
     p.add_argument("--per-cell", type=int, default=4, help="tasks per kind and depth")
@@ -90,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     try:
-        ref = load_reference(args.model)
+        ref = load_reference(args.model) if is_reference(args.model) else other_model(args.model, args.world)
         depths = [float(d) for d in args.depths.split(",")]
         n_words = words_for_tokens(ref.world, ref.tokenizer, args.tokens)
         tasks = [ref.world.long_context_task(kind, n_words, depth, seed=-1000 - i)
