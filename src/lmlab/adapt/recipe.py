@@ -8,7 +8,6 @@ command line or with ``--set`` are relative to the working directory.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,8 +61,8 @@ def load_recipe(config: str | os.PathLike | None, sets: list[str], flags: dict) 
     from lmlab.config_io import _deep_merge, overrides_to_dict, parse_fields, read_yaml
 
     def layer(data: dict, source: str) -> dict:
-        out = parse_fields(AdaptVocabRecipe, data, "", source)
-        return {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in out.items()}
+        parse_fields(AdaptVocabRecipe, data, "", source)  # checked here so an error names its layer
+        return data  # merged as given: a partial 'wechsel:' section must not reset the fields it leaves out
 
     merged: dict = {}
     if config is not None:

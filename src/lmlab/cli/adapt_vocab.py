@@ -6,6 +6,8 @@ embedding rows (WECHSEL, mean, random; overlap copying), and write an HF checkpo
                             (source<TAB>target per line) and --source-text/--target-text files
   --config FILE             a recipe (configs/adapt-*.yaml, fields of ``lmlab.adapt.recipe.AdaptVocabRecipe``);
                             ``--set key=value`` and the flags above override it
+"""
+
 from __future__ import annotations
 
 import argparse
