@@ -7,7 +7,7 @@ paper's encoder setting) and across words (its decoder prefilling setting).  Row
 (= mean of the parts' embeddings) and the trained one.
 
 Usage: ``PYTHONPATH=src python scripts/adapt_dynamic_tokenization.py --model world-llama-2m-1k
-[--budgets 0,8,16,32,64,128] [--steps 300] [--out docs/results/adapt_dynamic_tokenization.json]``
+[--budgets 0,8,16,32,64,128] [--steps 300] [--modes within,across] [--out docs/results/adapt_dynamic_tokenization.json]``
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--modes", default="within,across", help="boundary modes: within (words), across (words)")
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -66,7 +67,10 @@ def main() -> None:
     print(f"{args.model}: {len(train_rows)} training rows, {len(held_rows)} held-out rows "
           f"({sum(len(r) for r in held_rows) / len(held_rows):.1f} tokens, {sum(held_chars) / len(held_rows):.0f} chars each)")
     results = {"model": args.model, "steps": args.steps, "batch": args.batch, "lr": args.lr, "modes": {}}
+    modes = [m.strip() for m in args.modes.split(",")]
     for mode, word_boundaries in (("within words", True), ("across words", False)):
+        if mode.split()[0] not in modes:
+            continue
         config = DynamicTokenizationConfig(steps=args.steps, batch=args.batch, lr=args.lr,
                                            word_boundaries=word_boundaries,
                                            train_budgets=tuple(b for b in budgets if b > 0) or (8,))
