@@ -166,7 +166,8 @@ def _optimise_chunk(model: nn.Module, tokenizer, requests: list[EditRequest], ho
     steps_t = torch.arange(max_t, device=dev)[None]  # [1, max_t]
     tgt_mask = steps_t < row_nt[:, None]  # [n_rw, max_t]
     # position p predicts token p + 1: the target tokens of row i sit at [len_i - n_t, len_i)
-    tgt_pos = (enc.lengths[:n_rw, None] - row_nt[:, None] + steps_t - 1).clamp(min=0)  # [n_rw, max_t]
+    # (padding slots of shorter targets point at a valid position and are masked out of the loss)
+    tgt_pos = (enc.lengths[:n_rw, None] - row_nt[:, None] + steps_t - 1).clamp(0, enc.ids.shape[1] - 1)  # [n_rw, max_t]
     padded = torch.tensor([t + [0] * (max_t - len(t)) for t in target_ids], device=dev)  # [n, max_t]
     tgt_ids = padded[owner[:n_rw]]  # [n_rw, max_t]
     rows = torch.arange(n_rw, device=dev)[:, None]
