@@ -74,3 +74,23 @@ def test_chunks_of_requests_equal_one_batch(model, tok, monkeypatch):
     monkeypatch.setattr(locate, "MAX_CHUNK_ELEMENTS", 1)  # one request per chunk
     _, chunked, _ = locate.optimise_targets(model, tok, REQS, "blocks.1.resid_post", GROUPS, settings)
     torch.testing.assert_close(chunked, whole, rtol=1e-3, atol=1e-4)
+
+
+def test_causal_tracing_effects_and_rome_layer_trace(model, tok, tmp_path):
+    """Restoring clean MLP states into a clean run changes nothing (zero effect without noise); with noise the
+    effects are reproducible by seed; ROME's layer="trace" edits the layer of the largest effect only."""
+    from lmlab.edit import edit
+    from lmlab.edit.trace import mlp_indirect_effects
+
+    none = mlp_indirect_effects(model, tok, REQS, noise_samples=2, noise_scale=0.0)
+    torch.testing.assert_close(none, torch.zeros(model.config.n_layers), rtol=0, atol=1e-6)
+    effects = mlp_indirect_effects(model, tok, REQS, noise_samples=3, seed=5)
+    torch.testing.assert_close(effects, mlp_indirect_effects(model, tok, REQS, noise_samples=3, seed=5))
+    assert effects.shape == (model.config.n_layers,) and bool(torch.isfinite(effects).all())
+    traced = int(mlp_indirect_effects(model, tok, REQS[:1]).argmax())
+    delta = edit(model, tok, REQS[:1], method="rome", layer="trace", corpus=TEXTS, stats_dir=tmp_path,
+                 v_num_grad_steps=3, context_template_length_params=((4, 5),))
+    delta.revert(model)
+    assert delta.names() == [f"blocks.{traced}.mlp.down_proj.weight"]
+    with pytest.raises(Exception, match="layer must be a layer index or 'trace'"):
+        edit(model, tok, REQS[:1], method="rome", layer="deep", corpus=TEXTS, stats_dir=tmp_path)

@@ -23,6 +23,7 @@ import torch
 from lmlab.edit.config import LocateEditConfig, by_fraction, check_layers
 from lmlab.edit.locate import context_templates, mean_keys, optimise_target
 from lmlab.edit.registry import register_editor
+from lmlab.errors import LmlabError
 
 
 def rome_update(C: torch.Tensor, k: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
@@ -40,14 +41,29 @@ class RomeConfig(LocateEditConfig):
     ``v_num_grad_steps=20``, ``v_lr=0.5``, ``v_weight_decay=0.5``, ``clamp_norm_factor=4``, ``kl_factor=0.0625``,
     ``mom2_adjustment=True`` (use C; False: C = I), ``mom2_n_samples=100000`` (here: key positions, from a local
     corpus instead of Wikipedia), ``context_template_length_params=((5, 10), (10, 10))`` (10 prefixes of 5 and
-    10 of 10 tokens, plus the bare prompt, one flat average)."""
+    10 of 10 tokens, plus the bare prompt, one flat average). ``layer="trace"`` chooses the layer by causal tracing
+on the requests (Sec. 2.1), as the paper chose its layer, instead of by depth fraction."""
 
-    layer: int | None = None
+    layer: int | str | None = None
     mom2_adjustment: bool = True
+
+    def validate(self, where: str = "edit") -> None:
+        super().validate(where)
+        if isinstance(self.layer, str) and self.layer != "trace":
+            raise LmlabError(f"{where} (rome): layer must be a layer index or 'trace', got {self.layer!r}")
 
     def edit_layers(self, n_layers: int) -> list[int]:
         layer = by_fraction(n_layers, 5) if self.layer is None else self.layer
         return check_layers([layer], n_layers, "edit (rome): layer")
+
+    def choose_layers(self, model, tokenizer, requests) -> list[int]:
+        """``layer="trace"``: the layer whose MLP has the largest average indirect effect on these requests'
+        prompts (causal tracing, paper Sec. 2.1 -- how the paper chose its layer; :mod:`lmlab.edit.trace`)."""
+        if self.layer != "trace":
+            return self.edit_layers(model.config.n_layers)
+        from lmlab.edit.trace import mlp_indirect_effects
+
+        return [int(mlp_indirect_effects(model, tokenizer, requests, seed=self.seed).argmax())]
 
     @property
     def needs_stats(self) -> bool:
