@@ -94,3 +94,27 @@ def test_causal_tracing_effects_and_rome_layer_trace(model, tok, tmp_path):
     assert delta.names() == [f"blocks.{traced}.mlp.down_proj.weight"]
     with pytest.raises(Exception, match="layer must be a layer index or 'trace'"):
         edit(model, tok, REQS[:1], method="rome", layer="deep", corpus=TEXTS, stats_dir=tmp_path)
+
+
+def test_rome_bare_update_key_puts_v_star_at_the_edited_prompt(model, tok, tmp_path):
+    """update_key="bare" (the original code's denominator) makes the edited prompt's MLP output exactly v*; the
+    default eq.-2 update (k* in numerator and denominator) delivers only a share of delta there when k* != k."""
+    from lmlab.edit import edit
+
+    req, hook, params = REQS[0], "blocks.1.mlp.out", ((4, 5),)
+    groups = locate.context_templates(model, tok, params, 0)
+    settings = locate.TargetSettings(steps=4, lr=0.5, weight_decay=0.5, clamp_norm_factor=4.0, kl_factor=0.0625)
+    init, delta, _ = locate.optimise_target(model, tok, req, hook, groups, settings)
+    enc = locate.encode_rows(tok, [req.prompt], [req.subject])
+    out = {}
+    for key in ("bare", "mean"):
+        d = edit(model, tok, [req], method="rome", layer=1, update_key=key, corpus=TEXTS, stats_dir=tmp_path,
+                 v_num_grad_steps=4, context_template_length_params=params)
+        with torch.no_grad():
+            _, acts = model.run_with_cache(enc.ids, names=[hook])
+        out[key] = acts[hook][0, enc.lookup[0]].double()
+        d.revert(model)
+    torch.testing.assert_close(out["bare"], init + delta, rtol=1e-4, atol=1e-4)
+    assert float((out["mean"] - init - delta).norm()) > 0.05 * float(delta.norm())
+    with pytest.raises(Exception, match="update_key must be 'mean' or 'bare'"):
+        edit(model, tok, [req], method="rome", layer=1, update_key="other", corpus=TEXTS, stats_dir=tmp_path)
