@@ -11,7 +11,9 @@ state across batches). Single seed. ``--model NAME`` picks the reference model (
 IKE (``--methods ike``) changes no weight: each edit's prompts are scored under its own context of ``--ike-k``
 demonstrations drawn from a pool of other counterfactual edits (``world_edits`` with seed + 1, minus the edited
 subjects); the contexts must fit the model's context (the 0.9M model's 128 tokens hold only a few demonstrations).
-The world has 300 facts of the five edited relations, so N is at most 300 (no 1,000-edit row on this world).
+The world has 300 facts of the five edited relations, so counterfactual N is at most 300; ``--insertions`` draws
+the edits instead from people of other world seeds whom the model has never seen (``lmlab.edit.world_insertions``:
+insertions, not counterfactuals -- report them as such), which allows 1,000 and more.
 
 Usage (minutes on a busy 2-core machine)::
 
@@ -19,6 +21,7 @@ Usage (minutes on a busy 2-core machine)::
     python scripts/edit_table.py --n 10 100 --methods memit --set mom2_update_weight=100
     python scripts/edit_table.py --n 100 --methods memit,alphaedit --batch 10
     python scripts/edit_table.py --model world-llama-0.9m-1k --n 10 100 --methods ike --ike-k 32
+    python scripts/edit_table.py --model world-llama-2m-1k --insertions --n 1000 --methods memit,rome
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import yaml
 
 from lmlab.edit import AlphaEditState, edit
 from lmlab.edit.evaluate import evaluate_edits, world_edits
+from lmlab.edit.world_insertions import insertion_edits
 from lmlab.reference import load_reference
 
 
@@ -57,6 +61,8 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--stats-dir", default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--insertions", action="store_true",
+                   help="insert facts about people the model has never seen (allows N > 300) instead of counterfactuals")
     p.add_argument("--batch", type=int, default=0,
                    help="sequential editing: apply the N edits in consecutive batches of this size (0: one batch)")
     args = p.parse_args()
@@ -69,7 +75,7 @@ def main() -> None:
     print("| method | settings | N | " + " | ".join(cols) + " | seconds |")
     print("|---|---|---|" + "---|" * (len(cols) + 1))
     for n in args.n:
-        edits = world_edits(world, n, seed=args.seed)
+        edits = (insertion_edits if args.insertions else world_edits)(world, n, seed=args.seed)
         base = evaluate_edits(model, tok, edits)
         print(f"| unedited | | {n} | " + " | ".join(f"{base[c]:.3f}" for c in cols) + " | |", flush=True)
         for method in args.methods.split(","):
@@ -86,6 +92,8 @@ def main() -> None:
             for delta in reversed(deltas):
                 delta.revert(model)
             shown = json.dumps(settings) if settings else "paper defaults"
+            if args.insertions:
+                shown += ", insertions (unseen people)"
             if args.batch:
                 shown += f", sequential batches of {size}"
             print(f"| {method} | {shown} | {n} | " + " | ".join(f"{scores[c]:.3f}" for c in cols)

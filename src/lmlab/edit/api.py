@@ -38,8 +38,7 @@ def edit(model: nn.Module, tokenizer, requests: EditRequest | Sequence[EditReque
         raise LmlabError(f"edit: pool= (demonstrations) is for method='ike', not {method!r}")
     if state is not None and method != "alphaedit":
         raise LmlabError(f"edit: state= is for sequential alphaedit, not {method!r}")
-    n_layers = model.config.n_layers
-    layers = cfg.edit_layers(n_layers)
+    layers = cfg.choose_layers(model, tokenizer, reqs)  # ROME layer="trace" looks at the model (no weight change)
     stats = second_moments(model, tokenizer, layers, corpus, cfg.mom2_n_samples, stats_dir) if cfg.needs_stats else {}
     names = [f"blocks.{layer}.mlp.down_proj.weight" for layer in layers]
     params = dict(model.named_parameters())

@@ -81,6 +81,10 @@ class LocateEditConfig:
     def edit_layers(self, n_layers: int) -> list[int]:
         raise NotImplementedError
 
+    def choose_layers(self, model, tokenizer, requests) -> list[int]:
+        """The layers to edit for these requests (a method that picks them from the model overrides this)."""
+        return self.edit_layers(model.config.n_layers)
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["context_template_length_params"] = [list(p) for p in self.context_template_length_params]

@@ -4,7 +4,7 @@ All requests are written at once into several consecutive MLP down projections (
 
 1. For each request a target ``z_i = h_i^L + delta_i`` of the residual stream after the last critical layer
    ``L`` at the subject's last token (``blocks.{L}.resid_post``), ``delta_i`` optimised as in ROME (paper
-   eq. 16-17, :func:`lmlab.edit.locate.optimise_target`).
+   eq. 16-17, :func:`lmlab.edit.locate.optimise_targets`, all requests in one batch).
 2. For each layer ``l`` of ``R`` in order, on the model as edited so far (Alg. 1): keys ``K`` [d_mlp, n]
    (averaged over context templates), residuals ``R = z - h^L`` [d_model, n] spread over the remaining
    layers (``R / (|R| - i)``), and the batch least-squares update (eq. 14)
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from lmlab.edit.config import LocateEditConfig, by_fraction, check_layers
-from lmlab.edit.locate import activations_at_subject, context_templates, mean_keys, optimise_target
+from lmlab.edit.locate import activations_at_subject, context_templates, mean_keys, optimise_targets
 from lmlab.edit.registry import register_editor
 
 
@@ -58,12 +58,10 @@ class SpreadConfig(LocateEditConfig):
         groups = context_templates(model, tokenizer, self.context_template_length_params, self.seed)
         last = layers[-1]
         hook = f"blocks.{last}.resid_post"
-        zs, logs = [], []
-        for request in requests:
-            init, delta, log = optimise_target(model, tokenizer, request, hook, groups, self.target_settings())
-            zs.append(init + delta)
-            logs.append({**log, "delta_norm": float(delta.norm())})
-        Z = torch.stack(zs, 1)  # [d_model, n]
+        # every request's z together (one batched forward/backward per step), equal to one request at a time
+        inits, deltas, logs = optimise_targets(model, tokenizer, requests, hook, groups, self.target_settings())
+        logs = [{**log, "delta_norm": float(d.norm())} for log, d in zip(logs, deltas)]
+        Z = (inits + deltas).T  # [d_model, n]
         out = {}
         for i, layer in enumerate(layers):
             K = mean_keys(model, tokenizer, requests, layer, groups).T  # [d_mlp, n], on the model edited so far
