@@ -27,14 +27,19 @@ def _ids(B=1, T=12, seed=0):
 
 
 def _feed(model, policy, tokens, prompt_len):
-    """Teacher-forced: the prompt, then one token per step; yields the cache after every forward."""
+    """Teacher-forced: the prompt, then one token per step; yields the cache after every forward.
+
+    Each forward has its own no_grad: a ``with no_grad()`` held open across ``yield`` leaks into the caller,
+    and two such generators zipped together restore each other's state in the wrong order (grad mode stayed
+    off for every later test in the process)."""
     cache = model.new_cache(1, tokens.shape[1] + 1, policy=policy)
     with torch.no_grad():
         model(tokens[:, :prompt_len], cache=cache)
-        yield cache
-        for t in range(prompt_len, tokens.shape[1]):
+    yield cache
+    for t in range(prompt_len, tokens.shape[1]):
+        with torch.no_grad():
             model(tokens[:, t:t + 1], cache=cache)
-            yield cache
+        yield cache
 
 
 @pytest.mark.parametrize("name, opts", [("window", {}), ("sinks", dict(reindex=False)), ("sinks", {})],
