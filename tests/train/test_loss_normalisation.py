@@ -42,8 +42,8 @@ def _reference():
     return out
 
 
-def _step(tmp_path, accum):
-    trainer = Trainer(uneven_model(), config(tmp_path / f"acc{accum}", accum), UnevenRows())
+def _fit_capturing_grads(trainer):
+    """Run ``trainer.fit()``, keeping the gradients the optimizer step sees: (summary, {name: grad})."""
     grads = {}
     step = trainer.optimizer.step
 
@@ -52,7 +52,12 @@ def _step(tmp_path, accum):
         return step(*args, **kwargs)
 
     trainer.optimizer.step = capture
-    trainer.fit()
+    return trainer.fit(), grads
+
+
+def _step(tmp_path, accum):
+    trainer = Trainer(uneven_model(), config(tmp_path / f"acc{accum}", accum), UnevenRows())
+    _, grads = _fit_capturing_grads(trainer)
     return trainer, grads
 
 
@@ -110,16 +115,7 @@ def test_a_micro_batch_without_targets_contributes_nothing(tmp_path):
 
     cfg = config(tmp_path / "empty", 2)
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, objective="causal_lm"))  # sft already guarded
-    trainer = Trainer(uneven_model(), cfg, UnevenRows(order))
-    grads = {}
-    step = trainer.optimizer.step
-
-    def capture(*args, **kwargs):
-        grads.update({n: p.grad.clone() for n, p in trainer.module.named_parameters()})
-        return step(*args, **kwargs)
-
-    trainer.optimizer.step = capture
-    summary = trainer.fit()
+    summary, grads = _fit_capturing_grads(Trainer(uneven_model(), cfg, UnevenRows(order)))
     assert abs(summary["final_loss"] - float(ref)) < 1e-5
     for name, g in ref_grads.items():
         assert torch.allclose(grads[name], g, atol=1e-6), name
