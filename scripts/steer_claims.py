@@ -173,14 +173,7 @@ def attribute_table(m, tok, world, out: dict) -> None:
                 outs = generate(m, prompts, max_new_tokens=NEW, stop_token_ids=[])
         dt = time.perf_counter() - t0
         plain_time = plain_time or dt
-        texts = [tok.decode(o[len(p):]) for o, p in zip(outs, prompts)]
-        labels = [label_sentiment(t) for t in texts]
-        r = {"positive": sum(x > 0 for x in labels) / len(labels), "negative": sum(x < 0 for x in labels) / len(labels),
-             "ppl": continuation_ppl(m, outs, prompts), "distinct2": distinct2(texts), "time_vs_plain": dt / plain_time,
-             "example": texts[0]}
-        rows[name] = r
-        print(f"| {name} | {r['positive']:.2f} | {r['negative']:.2f} | {r['ppl']:.2f} | {r['distinct2']:.2f} | "
-              f"{r['time_vs_plain']:.2f}x |")
+        rows[name] = attribute_row(m, tok, name, outs, prompts, dt / plain_time)
     for name, r in rows.items():
         print(f"   {name}: {r['example']!r}")
     out["attribute"] = rows
@@ -230,14 +223,7 @@ def gedi_quarter_table(m, tok, world, out: dict, steps: int = 1500) -> None:
         outs = generate(m, prompts, max_new_tokens=NEW, stop_token_ids=[], logits_processors=procs)
         dt = time.perf_counter() - t0
         plain_time = plain_time or dt
-        texts = [tok.decode(o[len(p):]) for o, p in zip(outs, prompts)]
-        labels = [label_sentiment(t) for t in texts]
-        r = {"positive": sum(x > 0 for x in labels) / len(labels), "negative": sum(x < 0 for x in labels) / len(labels),
-             "ppl": continuation_ppl(m, outs, prompts), "distinct2": distinct2(texts), "time_vs_plain": dt / plain_time,
-             "example": texts[0]}
-        rows[name] = r
-        print(f"| {name} | {r['positive']:.2f} | {r['negative']:.2f} | {r['ppl']:.2f} | {r['distinct2']:.2f} | "
-              f"{r['time_vs_plain']:.2f}x |")
+        rows[name] = attribute_row(m, tok, name, outs, prompts, dt / plain_time)
     for name, r in rows.items():
         print(f"   {name}: {r['example']!r}")
     out["gedi_quarter"] = {"setup": setup, "rows": rows}
@@ -313,6 +299,19 @@ def icv_table(m, tok, world, out: dict) -> None:
     print("| prompt | accuracy |\n|---|---|")
     for k, v in rows.items():
         print(f"| {k} | {v:.2f} |")
+
+
+def attribute_row(m, tok, name, outs, prompts, time_vs_plain) -> dict:
+    """One table row: sentiment rates of the continuations, their perplexity under ``m``, distinct-2, relative time
+    (printed as a markdown row as well)."""
+    texts = [tok.decode(o[len(p):]) for o, p in zip(outs, prompts)]
+    labels = [label_sentiment(t) for t in texts]
+    r = {"positive": sum(x > 0 for x in labels) / len(labels), "negative": sum(x < 0 for x in labels) / len(labels),
+         "ppl": continuation_ppl(m, outs, prompts), "distinct2": distinct2(texts), "time_vs_plain": time_vs_plain,
+         "example": texts[0]}
+    print(f"| {name} | {r['positive']:.2f} | {r['negative']:.2f} | {r['ppl']:.2f} | {r['distinct2']:.2f} | "
+          f"{r['time_vs_plain']:.2f}x |")
+    return r
 
 
 def main() -> None:
