@@ -115,6 +115,34 @@ def test_a_rows_selection_equals_that_row_run_alone(model, name):
         torch.testing.assert_close(score[:, b, :, :8], score_b[:, 0, :, :8], atol=1e-5, rtol=1e-5)
 
 
+def test_a_row_joining_a_running_batch_keeps_its_own_keyformer_temperature(model):
+    """Keyformer's temperature rises per generation step of *each row*: a row added to a batch that has
+    already decoded 4 steps starts at tau_init, so its kept tokens and accumulated scores equal those of the
+    row decoded alone (a shared step counter gave it tau = 1.04 and other scores)."""
+    first, late = _ids(T=15, seed=8)[0].tolist(), _ids(T=11, seed=6)[0].tolist()
+    dec = Decoder(model, max_len=40, cache_policy=kv_policy("keyformer", budget=8, slack=0))
+    dec.add([first], max_new_tokens=20, stop_token_ids=[])
+    for _ in range(4):
+        dec.step()
+    dec.add([late], max_new_tokens=8, stop_token_ids=[])
+    toks = torch.stack([dec.step().tokens for _ in range(5)], 1)  # [2, 5]
+    assert dec.cache.policy.row_step.tolist() == [9, 5]
+    pos_b, score_b, toks_b = _run_rows(model, [late], "keyformer", steps=5)
+    assert torch.equal(toks[1], toks_b[0])
+    assert torch.equal(dec.cache.head_pos[:, 1, :, :8], pos_b[:, 0, :, :8])
+    torch.testing.assert_close(dec.cache.policy.score[:, 1, :, :8], score_b[:, 0, :, :8], atol=1e-5, rtol=1e-5)
+
+
+def test_keyformer_counts_decode_steps_not_prompt_chunks(model):
+    dec = Decoder(model, max_len=40, cache_policy=kv_policy("keyformer", budget=8, slack=0), prefill_chunk_size=4)
+    dec.add([_ids(T=17, seed=5)[0].tolist()], max_new_tokens=6, stop_token_ids=[])
+    dec.step()  # the prompt in 5 chunks (the last of one token), then at most one decode forward
+    first = dec.cache.policy.row_step.tolist()
+    for _ in range(3):
+        dec.step()
+    assert dec.cache.policy.row_step.tolist() == [first[0] + 3] and first[0] <= 1
+
+
 def test_row_gumbel_noise_is_gumbel_and_a_function_of_its_inputs():
     q = torch.arange(3)[None].expand(2, 3)  # [B, T]
     k = torch.arange(4000).view(1, 1, 4000).expand(2, 2, 4000)  # [B, n_kv, S]

@@ -113,7 +113,7 @@ def test_decoding_over_a_per_head_cache_equals_attention_masked_per_head(model, 
 
 def test_per_head_selection_keeps_rows_independent_with_uneven_prompts(model):
     """Two prompts of different lengths in one batch (a ragged cache after per-head compaction) generate
-    exactly what each generates alone. (Not Keyformer: its seeded Gumbel noise is drawn for the whole batch.)"""
+    exactly what each generates alone (Keyformer: tests/efficient/test_kv_blocks.py)."""
     prompts = [_ids(T=26, seed=5)[0].tolist(), _ids(T=8, seed=6)[0].tolist()]
     for name in ("h2o", "window", "sinks"):
         batch = lmlab.generate(model, prompts, max_new_tokens=14, stop_token_ids=[],

@@ -307,12 +307,12 @@ class AccumulatedScorePolicy(BudgetPolicy):
         pad = lambda t: torch.cat([t, t.new_zeros(*t.shape[:3], cap - t.shape[-1])], -1)  # noqa: E731
         return torch.cat([pad(mine), pad(theirs)], dim=1)
 
-    def step_done(self) -> None:
+    def step_done(self, cache: KVCache) -> None:
         return None
 
     def evict(self, cache: KVCache) -> None:
         super().evict(cache)
-        self.step_done()
+        self.step_done(cache)
 
 
 @register_policy("h2o")
@@ -345,15 +345,39 @@ class Keyformer(AccumulatedScorePolicy):
             raise LmlabError(f"KV policy 'keyformer': seed must be an integer, got {seed!r}")
         self.recent_share, self.tau_init, self.tau_delta = recent_share, tau_init, tau_delta
         self.seed = seed
-        self.step = 0  # forwards seen: the prompt is step 0
+        # [B] decode forwards (one new token each) per row: the paper's generation step t in
+        # tau_t = tau_init + t * tau_delta. Prompt chunks do not count (the prompt is step 0 however it is
+        # chunked), and a row keeps its own count when rows leave or join a running batch.
+        self.row_step: torch.Tensor | None = None
+
+    def _steps(self, B: int, device) -> torch.Tensor:
+        if self.row_step is None or self.row_step.shape[0] != B:
+            self.row_step = torch.zeros(B, dtype=torch.long, device=device)
+        return self.row_step
 
     def contribution(self, probs: torch.Tensor, cache: KVCache, layer: int) -> torch.Tensor:
-        tau = self.tau_init + self.step * self.tau_delta
         B, H, T, S = probs.shape
+        tau = (self.tau_init + self._steps(B, probs.device) * self.tau_delta).to(probs.dtype)[:, None, None, None]
         key_pos = cache.positions_per_head()[layer, :, :, :S]  # [B, n_kv, S]
         gumbel = row_gumbel_noise(self.seed, layer, cache.token_index, key_pos, H // key_pos.shape[1])
         logits = probs.log()  # = attention logits - logsumexp per query; masked keys stay -inf
         return ((logits + gumbel) / tau).softmax(dim=-1).nan_to_num(0.0)  # [B, H, T, S]
 
-    def step_done(self) -> None:
-        self.step += 1
+    def step_done(self, cache: KVCache) -> None:
+        index = cache.token_index  # [B, T] of the forward just done
+        if index is None:
+            return
+        ctx = current_context()  # the decoder declares its phase; a bare cached forward of one token decodes
+        if (ctx.phase == "decode") if ctx is not None else index.shape[1] == 1:
+            self._steps(index.shape[0], index.device).add_(1)
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        super().select_rows(rows)
+        if self.row_step is not None:
+            self.row_step = self.row_step[rows.to(self.row_step.device)]
+
+    def append_rows(self, other: "CachePolicy") -> None:
+        super().append_rows(other)
+        theirs = getattr(other, "row_step", None)
+        # a side that never scored has no counts: restart at 0 on the next forward, as its scores do
+        self.row_step = None if self.row_step is None or theirs is None else torch.cat([self.row_step, theirs])
