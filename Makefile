@@ -22,11 +22,11 @@ quickstart: $(STAMP)
 	$(VENV)/bin/lmlab quickstart
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check src tests scripts
+	$(VENV)/bin/ruff check src tests scripts benchmarks
 	$(PY) -m pytest -q -n 2 tests
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests scripts
+	$(VENV)/bin/ruff check src tests scripts benchmarks
 
 bench: $(STAMP)
 	$(PY) benchmarks/decode.py

@@ -218,7 +218,7 @@ def run_case(name: str, dtype_name: str, batches: list[int], args, bandwidth: fl
         print_row(row, flush=True)
         rows.append(row)
         gc.collect()
-    del hf, ours
+    hf = ours = None  # free both before the next model loads (the closures above are done with them)
     gc.collect()
     return rows
 

@@ -347,7 +347,7 @@ def format_details(r: dict) -> str:
            f"seq {r['seq']}, batch {r['batch']}; N_matmul {r['n_matmul_params'] / 1e6:.2f}M "
            f"(layers {r['n_layer_matmul_params'] / 1e6:.2f}M + head {r['n_head_params'] / 1e6:.2f}M), "
            f"attention {r['attention_flops'] / r['flops_per_token']:.1%} of model FLOPs",
-           f"  checks: " + ", ".join(f"{k}={'ok' if v else 'FAIL'}" for k, v in r["checks"].items())
+           "  checks: " + ", ".join(f"{k}={'ok' if v else 'FAIL'}" for k, v in r["checks"].items())
            + f"; first-step loss lmlab {r['lmlab_trainer']['first_loss']:.6f} vs HF {r['hf_plain']['first_loss']:.6f} "
            f"(|diff| {r['first_loss_diff_lmlab_hf']:.1e}); initial logits |diff| {r['initial_logits_max_abs_diff']:.1e}; "
            f"over {r['steps_compared']} steps: max |loss diff| Trainer-plain {r['max_loss_diff_trainer_plain']:.1e}, "

@@ -183,11 +183,11 @@ def parse_dataclass(cls: type, data: dict, prefix: str, source: str) -> Any:
     return _construct(cls, _validate(cls, data, prefix, source), prefix)
 
 
-def _deep_merge(low: dict, high: dict) -> dict:
+def deep_merge(low: dict, high: dict) -> dict:
     merged = dict(low)
     for key, value in high.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+            merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -271,10 +271,10 @@ def load_config(cls: type, yaml_path: str | Path | None = None, overrides: typin
     if base:
         merged = _validate(cls, base, "", "base config")
     if yaml_path is not None:
-        merged = _deep_merge(merged, _validate(cls, read_yaml(yaml_path), "", str(yaml_path)))
+        merged = deep_merge(merged, _validate(cls, read_yaml(yaml_path), "", str(yaml_path)))
     over = overrides_to_dict(overrides)
     if over:
-        merged = _deep_merge(merged, _validate(cls, over, "", "--set"))
+        merged = deep_merge(merged, _validate(cls, over, "", "--set"))
     return _construct(cls, merged)
 
 

@@ -58,7 +58,7 @@ def _relative_to(base: Path, value: str) -> str:
 def load_recipe(config: str | os.PathLike | None, sets: list[str], flags: dict) -> AdaptVocabRecipe:
     """The recipe from ``config`` (may be None), then ``--set`` overrides, then the explicitly given ``flags``
     (dotted keys, e.g. ``{"wechsel.neighbors": 5}``); each layer validated on its own so an error names it."""
-    from lmlab.config_io import _deep_merge, overrides_to_dict, parse_fields, read_yaml
+    from lmlab.config_io import deep_merge, overrides_to_dict, parse_fields, read_yaml
 
     def layer(data: dict, source: str) -> dict:
         parse_fields(AdaptVocabRecipe, data, "", source)  # checked here so an error names its layer
@@ -77,7 +77,7 @@ def load_recipe(config: str | os.PathLike | None, sets: list[str], flags: dict) 
             if isinstance(data.get(name), list):
                 data[name] = [_relative_to(base, v) if isinstance(v, str) else v for v in data[name]]
         merged = layer(data, str(config))
-    merged = _deep_merge(merged, layer(overrides_to_dict(sets), "--set"))
+    merged = deep_merge(merged, layer(overrides_to_dict(sets), "--set"))
     nested: dict = {}
     for key, value in flags.items():
         node = nested
@@ -85,5 +85,5 @@ def load_recipe(config: str | os.PathLike | None, sets: list[str], flags: dict) 
         for part in parents:
             node = node.setdefault(part, {})
         node[last] = value
-    merged = _deep_merge(merged, layer(nested, "command line"))
+    merged = deep_merge(merged, layer(nested, "command line"))
     return AdaptVocabRecipe(**parse_fields(AdaptVocabRecipe, merged, "", "adapt-vocab")).check()
