@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--every", type=int, default=25)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--stop-gain", type=float, default=None, help="stop once the copy gain reaches this (nats)")
+    p.add_argument("--save", default=None, help="write the final model here (an HF checkpoint directory)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     try:
@@ -112,6 +114,12 @@ def main(argv: list[str] | None = None) -> int:
             model.train()
             print(f"{k + 1} | {pool} | {loss.item():.3f} | {math.log(pool):.2f} | {score.copy_gain:.2f} | "
                   f"{time.time() - t0:.0f}", flush=True)
+            if args.stop_gain is not None and score.copy_gain >= args.stop_gain:
+                break
+    if args.save:
+        import lmlab
+
+        lmlab.save(model.eval(), args.save)
     return 0
 
 
