@@ -1,0 +1,226 @@
+// Batch-1 (M <= 4 rows) weight-only int8 / int4 GEMV for x86 AVX2 + FMA: y = x W^T (+ bias).
+//
+// Why: at decode every weight byte is read once per token, so the product must stream at memory speed.
+// PyTorch's packed kernels are compute-bound at M = 1 on a CPU without AVX-512 VNNI; this one does only
+// what streaming needs: sign/zero-extend bytes -> int32 -> fp32 -> one FMA per weight per activation row.
+//
+// Formats (lmlab.efficient.quant, read in place, no repacking):
+//   int8: qweight int8 [N, K], scales fp32 [N, 1]          w = q * s
+//   int4: qweight uint8 [N, ceil(K/2)] (column 2j in the low nibble of byte j, 2j+1 in the high one),
+//         scales fp32 [N, G], qzeros uint8 [N, G]          w = (q - z_g) * s_g, groups of `group_size` columns
+// int4 applies the group scale once per group on the partial sum:
+//   sum_k s_g (q_k - z_g) x_k = s_g * sum_k q_k x_k  -  s_g z_g * sum_k x_k,
+// with sum_k x_k per group computed once per call. Activations and accumulation are fp32.
+//
+// int4 reads 16 bytes = 32 columns at a time; low nibbles hold the even columns, high nibbles the odd ones,
+// so the activations are permuted once per call (xp) to match: xp[32b + j] = x[32b + 2j] (j < 16), and
+// xp[32b + 16 + j] = x[32b + 2j + 1]; zero-padded to a whole block. Requires group_size % 32 == 0.
+// Rows are split across threads with at::parallel_for (torch's OpenMP pool).
+
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+inline float hsum(__m256 v) {
+  __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+  lo = _mm_add_ps(lo, hi);
+  lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+  lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
+  return _mm_cvtss_f32(lo);
+}
+
+inline __m256 i8x8_to_ps(const int8_t* p) {  // 8 int8 -> 8 fp32
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
+
+// ---------------------------------------------------------------------------------------------------
+// int8: R rows of W against M activation rows.
+template <int M, int R>
+inline void int8_block(const int8_t* W, int64_t ldw, int64_t K, const float* X, const float* scale,
+                       const float* bias, float* Y, int64_t N, int64_t n) {
+  __m256 acc[R][M];
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < M; ++m) acc[r][m] = _mm256_setzero_ps();
+  const int64_t K8 = K & ~int64_t(7);
+  for (int64_t k = 0; k < K8; k += 8) {
+    __m256 xv[M];
+    for (int m = 0; m < M; ++m) xv[m] = _mm256_loadu_ps(X + m * K + k);
+    for (int r = 0; r < R; ++r) {
+      const __m256 w = i8x8_to_ps(W + (n + r) * ldw + k);
+      for (int m = 0; m < M; ++m) acc[r][m] = _mm256_fmadd_ps(w, xv[m], acc[r][m]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    const int8_t* row = W + (n + r) * ldw;
+    for (int m = 0; m < M; ++m) {
+      float s = hsum(acc[r][m]);
+      for (int64_t k = K8; k < K; ++k) s += float(row[k]) * X[m * K + k];
+      Y[m * N + n + r] = s * scale[n + r] + (bias ? bias[n + r] : 0.f);
+    }
+  }
+}
+
+template <int M, int R>
+void int8_rows(const int8_t* W, int64_t K, const float* X, const float* scale, const float* bias, float* Y,
+               int64_t N, int64_t n0, int64_t n1) {
+  int64_t n = n0;
+  for (; n + R <= n1; n += R) int8_block<M, R>(W, K, K, X, scale, bias, Y, N, n);
+  for (; n < n1; ++n) int8_block<M, 1>(W, K, K, X, scale, bias, Y, N, n);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// int4: R rows of W against M permuted activation rows xp [M, Kp] and per-group sums sx [M, G].
+template <int M, int R>
+inline void int4_block(const uint8_t* W, int64_t ldw, int64_t K, int64_t Kp, int64_t gs, int64_t G,
+                       const float* XP, const float* SX, const float* scales, const uint8_t* zeros,
+                       const float* bias, float* Y, int64_t N, int64_t n) {
+  const __m128i mask = _mm_set1_epi8(0x0F);
+  const int64_t full_blocks = K / 32;  // blocks whose 16 bytes all lie inside the row
+  __m256 tot[R][M];
+  float zterm[R][M];
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < M; ++m) { tot[r][m] = _mm256_setzero_ps(); zterm[r][m] = 0.f; }
+  for (int64_t g = 0; g < G; ++g) {
+    __m256 acc[R][M];
+    for (int r = 0; r < R; ++r)
+      for (int m = 0; m < M; ++m) acc[r][m] = _mm256_setzero_ps();
+    const int64_t b0 = g * gs / 32;
+    const int64_t b1 = std::min((g + 1) * gs, Kp) / 32;
+    for (int64_t b = b0; b < b1; ++b) {
+      const float* xb = XP + b * 32;
+      for (int r = 0; r < R; ++r) {
+        __m128i bytes;
+        if (b < full_blocks) {
+          bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(W + (n + r) * ldw + b * 16));
+        } else {  // the row's last, partial block: never read past the row (the tensor may end here)
+          alignas(16) uint8_t tmp[16] = {0};
+          std::memcpy(tmp, W + (n + r) * ldw + b * 16, ldw - b * 16);
+          bytes = _mm_load_si128(reinterpret_cast<const __m128i*>(tmp));
+        }
+        const __m128i lo = _mm_and_si128(bytes, mask);                     // even columns
+        const __m128i hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), mask);  // odd columns
+        const __m256 w0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));
+        const __m256 w1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_unpackhi_epi64(lo, lo)));
+        const __m256 w2 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
+        const __m256 w3 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_unpackhi_epi64(hi, hi)));
+        for (int m = 0; m < M; ++m) {
+          const float* x = xb + m * Kp;
+          __m256 a = acc[r][m];
+          a = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x), a);
+          a = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + 8), a);
+          a = _mm256_fmadd_ps(w2, _mm256_loadu_ps(x + 16), a);
+          a = _mm256_fmadd_ps(w3, _mm256_loadu_ps(x + 24), a);
+          acc[r][m] = a;
+        }
+      }
+    }
+    for (int r = 0; r < R; ++r) {  // the group's scale once, on the partial sum
+      const float s = scales[(n + r) * G + g];
+      const float zs = s * float(zeros[(n + r) * G + g]);
+      const __m256 sv = _mm256_set1_ps(s);
+      for (int m = 0; m < M; ++m) {
+        tot[r][m] = _mm256_fmadd_ps(acc[r][m], sv, tot[r][m]);
+        zterm[r][m] += zs * SX[m * G + g];
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < M; ++m)
+      Y[m * N + n + r] = hsum(tot[r][m]) - zterm[r][m] + (bias ? bias[n + r] : 0.f);
+}
+
+template <int M, int R>
+void int4_rows(const uint8_t* W, int64_t ldw, int64_t K, int64_t Kp, int64_t gs, int64_t G, const float* XP,
+               const float* SX, const float* scales, const uint8_t* zeros, const float* bias, float* Y,
+               int64_t N, int64_t n0, int64_t n1) {
+  int64_t n = n0;
+  for (; n + R <= n1; n += R) int4_block<M, R>(W, ldw, K, Kp, gs, G, XP, SX, scales, zeros, bias, Y, N, n);
+  for (; n < n1; ++n) int4_block<M, 1>(W, ldw, K, Kp, gs, G, XP, SX, scales, zeros, bias, Y, N, n);
+}
+
+constexpr int64_t kGrainRows = 64;  // rows per parallel task at least: small layers still split in two
+
+void check_common(const torch::Tensor& x, const torch::Tensor& qweight, const torch::Tensor& scales,
+                  const c10::optional<torch::Tensor>& bias, int64_t N) {
+  TORCH_CHECK(x.device().is_cpu() && qweight.device().is_cpu(), "lmlab gemv: CPU tensors only");
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32 && x.is_contiguous(),
+              "lmlab gemv: x must be a contiguous float32 [M, K]");
+  TORCH_CHECK(x.size(0) >= 1 && x.size(0) <= 4, "lmlab gemv: 1 <= M <= 4 rows, got ", x.size(0));
+  TORCH_CHECK(qweight.is_contiguous() && scales.is_contiguous() && scales.scalar_type() == torch::kFloat32,
+              "lmlab gemv: contiguous qweight and float32 scales expected");
+  TORCH_CHECK(scales.size(0) == N, "lmlab gemv: scales rows ", scales.size(0), " != ", N);
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->scalar_type() == torch::kFloat32 && bias->is_contiguous() && bias->numel() == N,
+                "lmlab gemv: bias must be a contiguous float32 [N]");
+  }
+}
+
+}  // namespace
+
+// y [M, N] = x [M, K] @ (q [N, K] * scale [N, 1])^T + bias
+torch::Tensor int8_gemv(torch::Tensor x, torch::Tensor qweight, torch::Tensor scales,
+                        c10::optional<torch::Tensor> bias) {
+  const int64_t M = x.size(0), K = x.size(1), N = qweight.size(0);
+  check_common(x, qweight, scales, bias, N);
+  TORCH_CHECK(qweight.scalar_type() == torch::kInt8 && qweight.size(1) == K, "lmlab gemv: int8 qweight [N, K]");
+  TORCH_CHECK(scales.numel() == N, "lmlab gemv: int8 scales must be [N, 1]");
+  auto y = torch::empty({M, N}, x.options());
+  const int8_t* W = qweight.data_ptr<int8_t>();
+  const float* X = x.data_ptr<float>();
+  const float* S = scales.data_ptr<float>();
+  const float* B = bias.has_value() ? bias->data_ptr<float>() : nullptr;
+  float* Y = y.data_ptr<float>();
+  at::parallel_for(0, N, kGrainRows, [&](int64_t n0, int64_t n1) {
+    switch (M) {
+      case 1: int8_rows<1, 8>(W, K, X, S, B, Y, N, n0, n1); break;
+      case 2: int8_rows<2, 4>(W, K, X, S, B, Y, N, n0, n1); break;
+      case 3: int8_rows<3, 2>(W, K, X, S, B, Y, N, n0, n1); break;
+      default: int8_rows<4, 2>(W, K, X, S, B, Y, N, n0, n1); break;
+    }
+  });
+  return y;
+}
+
+// y [M, N] = x [M, K] @ ((q - z) * s)^T + bias, groups of `group_size` (a multiple of 32) input columns
+torch::Tensor int4_gemv(torch::Tensor x, torch::Tensor qweight, torch::Tensor scales, torch::Tensor qzeros,
+                        int64_t group_size, c10::optional<torch::Tensor> bias) {
+  const int64_t M = x.size(0), K = x.size(1), N = qweight.size(0);
+  check_common(x, qweight, scales, bias, N);
+  TORCH_CHECK(group_size > 0 && group_size % 32 == 0, "lmlab gemv: int4 group_size must be a multiple of 32");
+  const int64_t G = (K + group_size - 1) / group_size, ldw = (K + 1) / 2, Kp = (K + 31) / 32 * 32;
+  TORCH_CHECK(qweight.scalar_type() == torch::kUInt8 && qweight.size(1) == ldw,
+              "lmlab gemv: int4 qweight must be uint8 [N, ceil(K/2)]");
+  TORCH_CHECK(scales.size(1) == G && qzeros.scalar_type() == torch::kUInt8 && qzeros.is_contiguous() &&
+              qzeros.size(0) == N && qzeros.size(1) == G, "lmlab gemv: int4 scales/qzeros must be [N, G]");
+  // permuted, zero-padded activations [M, Kp] and per-group sums [M, G]
+  std::vector<float> xp(M * Kp, 0.f), sx(M * G, 0.f);
+  const float* X = x.data_ptr<float>();
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t b = k / 32, j = k % 32;
+      xp[m * Kp + b * 32 + (j % 2) * 16 + j / 2] = X[m * K + k];
+      sx[m * G + k / group_size] += X[m * K + k];
+    }
+  }
+  auto y = torch::empty({M, N}, x.options());
+  const uint8_t* W = qweight.data_ptr<uint8_t>();
+  const float* S = scales.data_ptr<float>();
+  const uint8_t* Z = qzeros.data_ptr<uint8_t>();
+  const float* B = bias.has_value() ? bias->data_ptr<float>() : nullptr;
+  float* Y = y.data_ptr<float>();
+  const float* XP = xp.data();
+  const float* SX = sx.data();
+  at::parallel_for(0, N, kGrainRows, [&](int64_t n0, int64_t n1) {
+    switch (M) {
+      case 1: int4_rows<1, 4>(W, ldw, K, Kp, group_size, G, XP, SX, S, Z, B, Y, N, n0, n1); break;
+      case 2: int4_rows<2, 2>(W, ldw, K, Kp, group_size, G, XP, SX, S, Z, B, Y, N, n0, n1); break;
+      case 3: int4_rows<3, 1>(W, ldw, K, Kp, group_size, G, XP, SX, S, Z, B, Y, N, n0, n1); break;
+      default: int4_rows<4, 1>(W, ldw, K, Kp, group_size, G, XP, SX, S, Z, B, Y, N, n0, n1); break;
+    }
+  });
+  return y;
+}
