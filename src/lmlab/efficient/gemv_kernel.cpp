@@ -12,9 +12,8 @@
 //   sum_k s_g (q_k - z_g) x_k = s_g * sum_k q_k x_k  -  s_g z_g * sum_k x_k,
 // with sum_k x_k per group computed once per call. Activations and accumulation are fp32.
 //
-// int4 reads 16 bytes = 32 columns at a time; low nibbles hold the even columns, high nibbles the odd ones,
-// so the activations are permuted once per call (xp) to match: xp[32b + j] = x[32b + 2j] (j < 16), and
-// xp[32b + 16 + j] = x[32b + 2j + 1]; zero-padded to a whole block. Requires group_size % 32 == 0.
+// int4 reads 32 bytes = 64 columns at a time and permutes the activations once per call to match (below).
+// Requires group_size % 32 == 0.
 // Rows are split across threads with at::parallel_for (torch's OpenMP pool).
 
 #include <torch/extension.h>
@@ -73,73 +72,79 @@ void int8_rows(const int8_t* W, int64_t K, const float* X, const float* scale, c
 }
 
 // ---------------------------------------------------------------------------------------------------
-// int4: R rows of W against M permuted activation rows xp [M, Kp] and per-group sums sx [M, G].
+// int4: 32 bytes = 64 columns a load. Byte j of a row holds column 2j (low nibble) and 2j+1 (high), so
+// 32-bit lane i of the load holds columns 64b + 8i .. 64b + 8i + 7 as its nibbles 0..7; nibble t of every
+// lane is (v >> 4t) & 15, i.e. the columns 64b + 8i + t, i = 0..7. The activations are permuted once per
+// call to match: xp[64b + 8t + i] = x[64b + 8i + t] (zero-padded to a whole block), so each nibble index t
+// costs one shift, one and, one int->float conversion and one FMA per activation row, for 8 weights.
+// Lanes 0-3 (columns 64b .. 64b+31) and lanes 4-7 (64b+32 .. 64b+63) each lie in one group (group_size is a
+// multiple of 32); a run of blocks with the same pair of groups (a segment) is accumulated, then scaled
+// once by [s_gA x4, s_gB x4].
+struct Segment {
+  int64_t b0, b1, ga, gb;
+};
+
 template <int M, int R>
-inline void int4_block(const uint8_t* W, int64_t ldw, int64_t K, int64_t Kp, int64_t gs, int64_t G,
+inline void int4_block(const uint8_t* W, int64_t ldw, int64_t Kp, int64_t G, const std::vector<Segment>& segs,
                        const float* XP, const float* SX, const float* scales, const uint8_t* zeros,
                        const float* bias, float* Y, int64_t N, int64_t n) {
-  const __m128i mask = _mm_set1_epi8(0x0F);
-  const int64_t full_blocks = K / 32;  // blocks whose 16 bytes all lie inside the row
+  constexpr int C = M == 1 ? 2 : 1;  // independent FMA chains per (row, activation row)
+  const __m256i mask = _mm256_set1_epi32(0x0F);
+  const int64_t full_blocks = ldw / 32;  // blocks whose 32 bytes all lie inside the row
   __m256 tot[R][M];
-  float zterm[R][M];
   for (int r = 0; r < R; ++r)
-    for (int m = 0; m < M; ++m) { tot[r][m] = _mm256_setzero_ps(); zterm[r][m] = 0.f; }
-  for (int64_t g = 0; g < G; ++g) {
-    __m256 acc[R][M];
+    for (int m = 0; m < M; ++m) tot[r][m] = _mm256_setzero_ps();
+  for (const Segment& sg : segs) {
+    __m256 acc[R][M][C];
     for (int r = 0; r < R; ++r)
-      for (int m = 0; m < M; ++m) acc[r][m] = _mm256_setzero_ps();
-    const int64_t b0 = g * gs / 32;
-    const int64_t b1 = std::min((g + 1) * gs, Kp) / 32;
-    for (int64_t b = b0; b < b1; ++b) {
-      const float* xb = XP + b * 32;
+      for (int m = 0; m < M; ++m)
+        for (int c = 0; c < C; ++c) acc[r][m][c] = _mm256_setzero_ps();
+    for (int64_t b = sg.b0; b < sg.b1; ++b) {
       for (int r = 0; r < R; ++r) {
-        __m128i bytes;
+        __m256i v;
         if (b < full_blocks) {
-          bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(W + (n + r) * ldw + b * 16));
+          v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(W + (n + r) * ldw + b * 32));
         } else {  // the row's last, partial block: never read past the row (the tensor may end here)
-          alignas(16) uint8_t tmp[16] = {0};
-          std::memcpy(tmp, W + (n + r) * ldw + b * 16, ldw - b * 16);
-          bytes = _mm_load_si128(reinterpret_cast<const __m128i*>(tmp));
+          alignas(32) uint8_t tmp[32] = {0};
+          std::memcpy(tmp, W + (n + r) * ldw + b * 32, ldw - b * 32);
+          v = _mm256_load_si256(reinterpret_cast<const __m256i*>(tmp));
         }
-        const __m128i lo = _mm_and_si128(bytes, mask);                     // even columns
-        const __m128i hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), mask);  // odd columns
-        const __m256 w0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));
-        const __m256 w1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_unpackhi_epi64(lo, lo)));
-        const __m256 w2 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
-        const __m256 w3 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_unpackhi_epi64(hi, hi)));
-        for (int m = 0; m < M; ++m) {
-          const float* x = xb + m * Kp;
-          __m256 a = acc[r][m];
-          a = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x), a);
-          a = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + 8), a);
-          a = _mm256_fmadd_ps(w2, _mm256_loadu_ps(x + 16), a);
-          a = _mm256_fmadd_ps(w3, _mm256_loadu_ps(x + 24), a);
-          acc[r][m] = a;
+        for (int t = 0; t < 8; ++t) {
+          const __m256i q = t == 7 ? _mm256_srli_epi32(v, 28) : _mm256_and_si256(_mm256_srli_epi32(v, 4 * t), mask);
+          const __m256 w = _mm256_cvtepi32_ps(q);
+          for (int m = 0; m < M; ++m)
+            acc[r][m][t % C] = _mm256_fmadd_ps(w, _mm256_loadu_ps(XP + m * Kp + b * 64 + 8 * t), acc[r][m][t % C]);
         }
       }
     }
-    for (int r = 0; r < R; ++r) {  // the group's scale once, on the partial sum
-      const float s = scales[(n + r) * G + g];
-      const float zs = s * float(zeros[(n + r) * G + g]);
-      const __m256 sv = _mm256_set1_ps(s);
+    for (int r = 0; r < R; ++r) {  // the groups' scales once per segment, on the partial sums
+      const float sa = scales[(n + r) * G + sg.ga], sb = scales[(n + r) * G + sg.gb];
+      const __m256 sv = _mm256_set_m128(_mm_set1_ps(sb), _mm_set1_ps(sa));
       for (int m = 0; m < M; ++m) {
-        tot[r][m] = _mm256_fmadd_ps(acc[r][m], sv, tot[r][m]);
-        zterm[r][m] += zs * SX[m * G + g];
+        __m256 a = acc[r][m][0];
+        if (C == 2) a = _mm256_add_ps(a, acc[r][m][C - 1]);
+        tot[r][m] = _mm256_fmadd_ps(a, sv, tot[r][m]);
       }
     }
   }
-  for (int r = 0; r < R; ++r)
-    for (int m = 0; m < M; ++m)
-      Y[m * N + n + r] = hsum(tot[r][m]) - zterm[r][m] + (bias ? bias[n + r] : 0.f);
+  for (int r = 0; r < R; ++r) {
+    const float* s = scales + (n + r) * G;
+    const uint8_t* z = zeros + (n + r) * G;
+    for (int m = 0; m < M; ++m) {
+      float zterm = 0.f;  // sum_g s_g z_g sum_{k in g} x_k
+      for (int64_t g = 0; g < G; ++g) zterm += s[g] * float(z[g]) * SX[m * G + g];
+      Y[m * N + n + r] = hsum(tot[r][m]) - zterm + (bias ? bias[n + r] : 0.f);
+    }
+  }
 }
 
 template <int M, int R>
-void int4_rows(const uint8_t* W, int64_t ldw, int64_t K, int64_t Kp, int64_t gs, int64_t G, const float* XP,
-               const float* SX, const float* scales, const uint8_t* zeros, const float* bias, float* Y,
-               int64_t N, int64_t n0, int64_t n1) {
+void int4_rows(const uint8_t* W, int64_t ldw, int64_t Kp, int64_t G, const std::vector<Segment>& segs,
+               const float* XP, const float* SX, const float* scales, const uint8_t* zeros, const float* bias,
+               float* Y, int64_t N, int64_t n0, int64_t n1) {
   int64_t n = n0;
-  for (; n + R <= n1; n += R) int4_block<M, R>(W, ldw, K, Kp, gs, G, XP, SX, scales, zeros, bias, Y, N, n);
-  for (; n < n1; ++n) int4_block<M, 1>(W, ldw, K, Kp, gs, G, XP, SX, scales, zeros, bias, Y, N, n);
+  for (; n + R <= n1; n += R) int4_block<M, R>(W, ldw, Kp, G, segs, XP, SX, scales, zeros, bias, Y, N, n);
+  for (; n < n1; ++n) int4_block<M, 1>(W, ldw, Kp, G, segs, XP, SX, scales, zeros, bias, Y, N, n);
 }
 
 constexpr int64_t kGrainRows = 64;  // rows per parallel task at least: small layers still split in two
@@ -191,7 +196,7 @@ torch::Tensor int4_gemv(torch::Tensor x, torch::Tensor qweight, torch::Tensor sc
   const int64_t M = x.size(0), K = x.size(1), N = qweight.size(0);
   check_common(x, qweight, scales, bias, N);
   TORCH_CHECK(group_size > 0 && group_size % 32 == 0, "lmlab gemv: int4 group_size must be a multiple of 32");
-  const int64_t G = (K + group_size - 1) / group_size, ldw = (K + 1) / 2, Kp = (K + 31) / 32 * 32;
+  const int64_t G = (K + group_size - 1) / group_size, ldw = (K + 1) / 2, nb = (K + 63) / 64, Kp = nb * 64;
   TORCH_CHECK(qweight.scalar_type() == torch::kUInt8 && qweight.size(1) == ldw,
               "lmlab gemv: int4 qweight must be uint8 [N, ceil(K/2)]");
   TORCH_CHECK(scales.size(1) == G && qzeros.scalar_type() == torch::kUInt8 && qzeros.is_contiguous() &&
@@ -201,9 +206,19 @@ torch::Tensor int4_gemv(torch::Tensor x, torch::Tensor qweight, torch::Tensor sc
   const float* X = x.data_ptr<float>();
   for (int64_t m = 0; m < M; ++m) {
     for (int64_t k = 0; k < K; ++k) {
-      const int64_t b = k / 32, j = k % 32;
-      xp[m * Kp + b * 32 + (j % 2) * 16 + j / 2] = X[m * K + k];
+      const int64_t b = k / 64, i = (k % 64) / 8, t = k % 8;
+      xp[m * Kp + b * 64 + 8 * t + i] = X[m * K + k];
       sx[m * G + k / group_size] += X[m * K + k];
+    }
+  }
+  // segments: runs of blocks whose two halves lie in the same pair of groups (padding joins the last group)
+  std::vector<Segment> segs;
+  for (int64_t b = 0; b < nb; ++b) {
+    const int64_t ga = b * 64 / group_size, gb = std::min((b * 64 + 32) / group_size, G - 1);
+    if (!segs.empty() && segs.back().ga == ga && segs.back().gb == gb) {
+      segs.back().b1 = b + 1;
+    } else {
+      segs.push_back({b, b + 1, ga, gb});
     }
   }
   auto y = torch::empty({M, N}, x.options());
@@ -216,10 +231,10 @@ torch::Tensor int4_gemv(torch::Tensor x, torch::Tensor qweight, torch::Tensor sc
   const float* SX = sx.data();
   at::parallel_for(0, N, kGrainRows, [&](int64_t n0, int64_t n1) {
     switch (M) {
-      case 1: int4_rows<1, 4>(W, ldw, K, Kp, group_size, G, XP, SX, S, Z, B, Y, N, n0, n1); break;
-      case 2: int4_rows<2, 2>(W, ldw, K, Kp, group_size, G, XP, SX, S, Z, B, Y, N, n0, n1); break;
-      case 3: int4_rows<3, 1>(W, ldw, K, Kp, group_size, G, XP, SX, S, Z, B, Y, N, n0, n1); break;
-      default: int4_rows<4, 1>(W, ldw, K, Kp, group_size, G, XP, SX, S, Z, B, Y, N, n0, n1); break;
+      case 1: int4_rows<1, 4>(W, ldw, Kp, G, segs, XP, SX, S, Z, B, Y, N, n0, n1); break;
+      case 2: int4_rows<2, 2>(W, ldw, Kp, G, segs, XP, SX, S, Z, B, Y, N, n0, n1); break;
+      case 3: int4_rows<3, 1>(W, ldw, Kp, G, segs, XP, SX, S, Z, B, Y, N, n0, n1); break;
+      default: int4_rows<4, 1>(W, ldw, Kp, G, segs, XP, SX, S, Z, B, Y, N, n0, n1); break;
     }
   });
   return y;

@@ -20,8 +20,8 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+import sys
 import threading
-import warnings
 from pathlib import Path
 from types import ModuleType
 
@@ -59,12 +59,15 @@ def unavailable_reason() -> str | None:
     return None
 
 
+def _warn(what: str) -> None:
+    print(f"warning: lmlab's int8/int4 GEMV kernel {what}; using PyTorch's kernels", file=sys.stderr, flush=True)
+
+
 def _build() -> ModuleType | None:
     reason = unavailable_reason()
     if reason is not None:
         if os.environ.get(ENV_DISABLE, "1") != "0":
-            warnings.warn(f"lmlab: int8/int4 GEMV kernel not used ({reason}); PyTorch's kernels instead",
-                          stacklevel=3)
+            _warn(f"not used ({reason})")
         return None
     from torch.utils.cpp_extension import load_inline
 
@@ -78,8 +81,7 @@ def _build() -> ModuleType | None:
                            build_directory=build_dir or None, verbose=False)
     except Exception as err:  # noqa: BLE001 -- any build failure: fall back, say why on one line
         first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
-        warnings.warn(f"lmlab: int8/int4 GEMV kernel failed to build ({first[:160]}); PyTorch's kernels instead",
-                      stacklevel=3)
+        _warn(f"failed to build ({first[:160]})")
         return None
 
 

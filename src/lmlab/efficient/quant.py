@@ -29,6 +29,8 @@ from lmlab.errors import LmlabError
 BITS = (8, 4)
 INT4_KERNEL_GROUPS = (32, 64, 128, 256)  # what _weight_int4pack_mm_for_cpu accepts
 FAST_KERNELS = True  # module-level switch: tests compare the packed kernels against the dequantised matmul
+USE_GEMV = True  # module-level switch: lmlab's own batch-1 kernel (gemv_kernel.py) for M <= GEMV_MAX_ROWS rows
+GEMV_MAX_ROWS = 4  # crossover to PyTorch's packed kernels, measured (docs/efficient.md; linear_kernels.py --quant)
 
 
 def qrange(bits: int) -> tuple[int, int]:
@@ -102,11 +104,16 @@ class QuantizedLinear(nn.Module):
     Buffers (the state dict): ``qweight`` (int8 [N, K] for 8 bits; uint8 [N, ceil(K/2)], two codes a byte,
     for 4 bits), ``scales`` float32 [N, n_groups], ``qzeros`` uint8 [N, n_groups] (4 bits only).
 
-    Forward: on CPU, when autograd does not need the weight path and the shape suits PyTorch's kernels,
-    ``torch._weight_int8pack_mm`` / ``torch._weight_int4pack_mm_for_cpu`` with activations cast to
-    ``activation_dtype`` (bf16 by default: the int8 kernel streams ~10x faster with bf16 than with fp32
-    activations, PERF_NOTES.md). Otherwise (training LoRA on top, odd shapes, other devices) the matmul
-    runs against the dequantised weight, so gradients reach the input and the adapters.
+    Forward, on CPU when autograd does not need the weight path:
+
+    - at most ``GEMV_MAX_ROWS`` rows (decode): lmlab's own AVX2 kernel (``gemv_kernel``), fp32 activations,
+      reading the buffers in place (int4: group sizes that are multiples of 32);
+    - more rows (prefill), or where that kernel cannot run: ``torch._weight_int8pack_mm`` /
+      ``torch._weight_int4pack_mm_for_cpu`` with activations cast to ``activation_dtype`` (bf16 by default:
+      the int8 kernel streams ~10x faster with bf16 than with fp32 activations, PERF_NOTES.md).
+
+    Otherwise (training LoRA on top, odd shapes, other devices) the matmul runs against the dequantised
+    weight, so gradients reach the input and the adapters.
     """
 
     weight_only_quantized = True  # read by lmlab.peft (LoRA targets it; merging refuses it)
@@ -176,6 +183,25 @@ class QuantizedLinear(nn.Module):
         knows; rows are padded to a multiple of 16 and input columns to a whole group when packing)."""
         return self.bits == 8 or self.group_size in INT4_KERNEL_GROUPS
 
+    def gemv_supported(self) -> bool:
+        """Whether lmlab's batch-1 kernel can run this layer (int4: group sizes that are multiples of 32;
+        float32 scales and bias, i.e. the model was not cast to another dtype)."""
+        from lmlab.efficient import gemv_kernel
+
+        return (USE_GEMV and (self.bits == 8 or self.group_size % gemv_kernel.INT4_GROUP_MULTIPLE == 0)
+                and self.scales.dtype == torch.float32
+                and (self.bias is None or self.bias.dtype == torch.float32) and gemv_kernel.available())
+
+    def _gemv(self, x2: torch.Tensor) -> torch.Tensor:
+        """y [M, N] = x2 [M, K] W^T + bias through gemv_kernel (fp32 activations)."""
+        from lmlab.efficient import gemv_kernel
+
+        xf = x2.float().contiguous()  # [M, K]
+        bias = None if self.bias is None else self.bias.detach()
+        if self.bits == 8:
+            return gemv_kernel.int8_gemv(xf, self.qweight, self.scales, bias)
+        return gemv_kernel.int4_gemv(xf, self.qweight, self.scales, self.qzeros, self.group_size, bias)
+
     def _padded_k(self) -> int:
         """Input columns the int4 kernel sees: ``in_features`` rounded up to a whole group."""
         return n_groups(self.in_features, self.group_size) * self.group_size
@@ -205,10 +231,14 @@ class QuantizedLinear(nn.Module):
         return (FAST_KERNELS and x.is_cpu and self.qweight.is_cpu and x.numel() > 0
                 and x.dtype in (torch.float32, torch.bfloat16)
                 and not (torch.is_grad_enabled() and x.requires_grad)
-                and not torch.compiler.is_compiling() and self.kernel_supported())
+                and not torch.compiler.is_compiling())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._use_kernel(x):
+        fast = self._use_kernel(x)
+        if fast and x.numel() // self.in_features <= GEMV_MAX_ROWS and self.gemv_supported():
+            y = self._gemv(x.reshape(-1, self.in_features))  # [M, N], bias added
+            return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+        if fast and self.kernel_supported():
             packed, scales = self._kernel_tensors()
             x2 = x.reshape(-1, self.in_features).to(self.activation_dtype)  # [M, K]
             if self.bits == 8:
