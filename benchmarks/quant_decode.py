@@ -96,6 +96,7 @@ def lmlab_variants(path: Path, only: set[str]):
     # the head is a large share of a small model's bytes (GPT-2: 154 MB of ~500 in fp32, tied), so it is
     # quantized by default; -nohead rows keep it float for comparison
     for label, kwargs in (("lmlab-int8", dict(bits=8)), ("lmlab-int4", dict(bits=4, group_size=128)),
+                          ("lmlab-int8-torchk", dict(bits=8)), ("lmlab-int4-torchk", dict(bits=4, group_size=128)),
                           ("lmlab-int4-h4", dict(bits=4, group_size=128, head_bits=4)),
                           ("lmlab-int8-nohead", dict(bits=8, head=False)),
                           ("lmlab-int4-nohead", dict(bits=4, group_size=128, head=False))):
@@ -124,6 +125,7 @@ def hf_variants(hf, only: set[str]):
 
 def run_model(name: str, args, bandwidth: float, workdir: Path) -> list[dict]:
     import lmlab
+    from lmlab.efficient import quant
 
     hf = build_model(name)
     path = workdir / name
@@ -150,6 +152,7 @@ def run_model(name: str, args, bandwidth: float, workdir: Path) -> list[dict]:
 
         def call(label, n=args.new_tokens):
             m = runners[label]
+            quant.USE_GEMV = not label.endswith("-torchk")  # -torchk: PyTorch's packed kernels at decode too
             if label.startswith("lmlab"):
                 return lmlab.generate(m, prompt, max_new_tokens=n, stop_token_ids=[])[:, args.prompt_len:]
             out = m.generate(prompt, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False)
@@ -207,12 +210,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS")
     p.add_argument("--bandwidth", type=float, default=None, metavar="GBPS",
                    help="read bandwidth from benchmarks/bandwidth.py on a quiet machine (default: measure now)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's = cores); 1 for "
+                                                             "relative checks on a busy machine")
     p.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
     args = p.parse_args(argv)
     if args.quick:
         args.reps, args.new_tokens, args.warmup = 1, 16, 0
         if args.models == "gpt2,llama":
             args.models = "tiny-gpt2,tiny-llama"
+    if args.threads:
+        torch.set_num_threads(args.threads)
     info = machine_info()
     print(f"# {info['cpu']}, {info['cores']} cores, torch {info['torch']}, {info['threads']} threads", flush=True)
     bandwidth = args.bandwidth or (PERF_NOTES_GBPS if args.bounds_only else

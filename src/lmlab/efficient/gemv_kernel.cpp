@@ -19,6 +19,7 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -32,6 +33,21 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(lo);
 }
 
+// Software prefetch, linear: a block of R rows is R * ldw contiguous bytes, read as R interleaved streams
+// that are each too short (GPT-2: 768 bytes) for the hardware prefetcher to lock on (measured: int8 from
+// DRAM at ~3 GB/s on one core without this, ~9 GB/s with it, as fast as a plain sum over the bytes). So as
+// the kernel moves through a block, it prefetches the bytes kPrefetchAhead past its linear position.
+constexpr int64_t kPrefetchAhead = 4096;
+
+struct LinearPrefetch {
+  const char* next;  // next line to prefetch
+  const char* limit;  // end of this thread's rows
+  inline void upto(const char* pos) {  // prefetch every line before pos + kPrefetchAhead
+    const char* target = std::min(pos + kPrefetchAhead, limit);
+    for (; next < target; next += 64) _mm_prefetch(next, _MM_HINT_T0);
+  }
+};
+
 inline __m256 i8x8_to_ps(const int8_t* p) {  // 8 int8 -> 8 fp32
   return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
 }
@@ -40,12 +56,14 @@ inline __m256 i8x8_to_ps(const int8_t* p) {  // 8 int8 -> 8 fp32
 // int8: R rows of W against M activation rows.
 template <int M, int R>
 inline void int8_block(const int8_t* W, int64_t ldw, int64_t K, const float* X, const float* scale,
-                       const float* bias, float* Y, int64_t N, int64_t n) {
+                       const float* bias, float* Y, int64_t N, int64_t n, LinearPrefetch& pf) {
   __m256 acc[R][M];
   for (int r = 0; r < R; ++r)
     for (int m = 0; m < M; ++m) acc[r][m] = _mm256_setzero_ps();
   const int64_t K8 = K & ~int64_t(7);
+  const char* block = reinterpret_cast<const char*>(W + n * ldw);
   for (int64_t k = 0; k < K8; k += 8) {
+    pf.upto(block + R * k);  // linear position: R rows x k columns of this block consumed
     __m256 xv[M];
     for (int m = 0; m < M; ++m) xv[m] = _mm256_loadu_ps(X + m * K + k);
     for (int r = 0; r < R; ++r) {
@@ -66,9 +84,10 @@ inline void int8_block(const int8_t* W, int64_t ldw, int64_t K, const float* X, 
 template <int M, int R>
 void int8_rows(const int8_t* W, int64_t K, const float* X, const float* scale, const float* bias, float* Y,
                int64_t N, int64_t n0, int64_t n1) {
+  LinearPrefetch pf{reinterpret_cast<const char*>(W + n0 * K), reinterpret_cast<const char*>(W + n1 * K)};
   int64_t n = n0;
-  for (; n + R <= n1; n += R) int8_block<M, R>(W, K, K, X, scale, bias, Y, N, n);
-  for (; n < n1; ++n) int8_block<M, 1>(W, K, K, X, scale, bias, Y, N, n);
+  for (; n + R <= n1; n += R) int8_block<M, R>(W, K, K, X, scale, bias, Y, N, n, pf);
+  for (; n < n1; ++n) int8_block<M, 1>(W, K, K, X, scale, bias, Y, N, n, pf);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -87,7 +106,7 @@ struct Segment {
 template <int M, int R>
 inline void int4_block(const uint8_t* W, int64_t ldw, int64_t Kp, int64_t G, const std::vector<Segment>& segs,
                        const float* XP, const float* SX, const float* scales, const uint8_t* zeros,
-                       const float* bias, float* Y, int64_t N, int64_t n) {
+                       const float* bias, float* Y, int64_t N, int64_t n, LinearPrefetch& pf) {
   constexpr int C = M == 1 ? 2 : 1;  // independent FMA chains per (row, activation row)
   const __m256i mask = _mm256_set1_epi32(0x0F);
   const int64_t full_blocks = ldw / 32;  // blocks whose 32 bytes all lie inside the row
@@ -100,6 +119,7 @@ inline void int4_block(const uint8_t* W, int64_t ldw, int64_t Kp, int64_t G, con
       for (int m = 0; m < M; ++m)
         for (int c = 0; c < C; ++c) acc[r][m][c] = _mm256_setzero_ps();
     for (int64_t b = sg.b0; b < sg.b1; ++b) {
+      pf.upto(reinterpret_cast<const char*>(W + n * ldw + R * b * 32));  // linear position in the block
       for (int r = 0; r < R; ++r) {
         __m256i v;
         if (b < full_blocks) {
@@ -142,9 +162,10 @@ template <int M, int R>
 void int4_rows(const uint8_t* W, int64_t ldw, int64_t Kp, int64_t G, const std::vector<Segment>& segs,
                const float* XP, const float* SX, const float* scales, const uint8_t* zeros, const float* bias,
                float* Y, int64_t N, int64_t n0, int64_t n1) {
+  LinearPrefetch pf{reinterpret_cast<const char*>(W + n0 * ldw), reinterpret_cast<const char*>(W + n1 * ldw)};
   int64_t n = n0;
-  for (; n + R <= n1; n += R) int4_block<M, R>(W, ldw, Kp, G, segs, XP, SX, scales, zeros, bias, Y, N, n);
-  for (; n < n1; ++n) int4_block<M, 1>(W, ldw, Kp, G, segs, XP, SX, scales, zeros, bias, Y, N, n);
+  for (; n + R <= n1; n += R) int4_block<M, R>(W, ldw, Kp, G, segs, XP, SX, scales, zeros, bias, Y, N, n, pf);
+  for (; n < n1; ++n) int4_block<M, 1>(W, ldw, Kp, G, segs, XP, SX, scales, zeros, bias, Y, N, n, pf);
 }
 
 constexpr int64_t kGrainRows = 64;  // rows per parallel task at least: small layers still split in two
