@@ -63,6 +63,17 @@ def _warn(what: str) -> None:
     print(f"warning: lmlab's int8/int4 GEMV kernel {what}; using PyTorch's kernels", file=sys.stderr, flush=True)
 
 
+def _built_before(build_dir: str | None) -> bool:
+    """Whether a compiled copy is likely cached (torch rebuilds anyway when the source changed)."""
+    from torch.utils.cpp_extension import _get_build_directory
+
+    try:
+        where = Path(build_dir or _get_build_directory("lmlab_gemv", verbose=False))
+    except Exception:  # noqa: BLE001 -- a private helper; a wrong guess only changes a note
+        return False
+    return any(where.glob("lmlab_gemv*.so"))
+
+
 def _build() -> ModuleType | None:
     reason = unavailable_reason()
     if reason is not None:
@@ -74,6 +85,8 @@ def _build() -> ModuleType | None:
     build_dir = os.environ.get(ENV_BUILD_DIR)
     if build_dir:
         Path(build_dir).mkdir(parents=True, exist_ok=True)
+    if not _built_before(build_dir):
+        print("note: compiling lmlab's int8/int4 GEMV kernel (once per machine, ~1-2 min)", file=sys.stderr, flush=True)
     try:
         return load_inline(name="lmlab_gemv", cpp_sources=[SOURCE.read_text()],
                            functions=["int8_gemv", "int4_gemv"],
