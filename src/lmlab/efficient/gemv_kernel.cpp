@@ -106,11 +106,17 @@ void int8_rows(const int8_t* W, int64_t K, const float* X, const float* scale, c
 // int4: 32 bytes = 64 columns a load. Byte j of a row holds column 2j (low nibble) and 2j+1 (high), so
 // 32-bit lane i of the load holds columns 64b + 8i .. 64b + 8i + 7 as its nibbles 0..7; nibble t of every
 // lane is (v >> 4t) & 15, i.e. the columns 64b + 8i + t, i = 0..7. The activations are permuted once per
-// call to match: xp[64b + 8t + i] = x[64b + 8i + t] (zero-padded to a whole block), so each nibble index t
-// costs one shift, one and, one int->float conversion and one FMA per activation row, for 8 weights.
+// call to match: xp[64b + 8t + i] = x[64b + 8i + t] * 16^-t (zero-padded to a whole block), so each nibble
+// index t costs one AND, one int->float conversion and one FMA per activation row, for 8 weights.
 // Lanes 0-3 (columns 64b .. 64b+31) and lanes 4-7 (64b+32 .. 64b+63) each lie in one group (group_size is a
 // multiple of 32); a run of blocks with the same pair of groups (a segment) is accumulated, then scaled
 // once by [s_gA x4, s_gB x4].
+// The kernel masks nibble t in place (one AND, no shift) and converts q * 16^t to float, so the activations
+// it meets are pre-scaled by 16^-t (a power of two: exact). Nibble 7 is shifted down instead (q * 16^7 would
+// overflow a signed int32), so its scale is 1.
+constexpr float kNibbleScale[8] = {1.f, 1.f / 16, 1.f / 256, 1.f / 4096, 1.f / 65536, 1.f / 1048576,
+                                   1.f / 16777216, 1.f};
+
 struct Segment {
   int64_t b0, b1, ga, gb;
 };
@@ -119,8 +125,9 @@ template <int M, int R>
 inline void int4_block(const uint8_t* W, int64_t ldw, int64_t Kp, int64_t G, const std::vector<Segment>& segs,
                        const float* XP, const float* SX, const float* scales, const uint8_t* zeros,
                        const float* bias, float* Y, int64_t N, int64_t n, LinearPrefetch& pf) {
-  constexpr int C = (M == 1 && R <= 2) ? 2 : 1;  // independent FMA chains per (row, activation row)
-  const __m256i mask = _mm256_set1_epi32(0x0F);
+  // independent FMA chains per (row, activation row); more than ~4 accumulators spill registers (measured,
+  // one core: M = 1 with 2 rows x 2 chains beats 2 x 4 and 4 x 1)
+  constexpr int C = (M == 1 && R <= 2) ? 2 : 1;
   const int64_t full_blocks = ldw / 32;  // blocks whose 32 bytes all lie inside the row
   __m256 tot[R][M];
   UNROLL for (int r = 0; r < R; ++r)
@@ -142,7 +149,8 @@ inline void int4_block(const uint8_t* W, int64_t ldw, int64_t Kp, int64_t G, con
           v = _mm256_load_si256(reinterpret_cast<const __m256i*>(tmp));
         }
         UNROLL for (int t = 0; t < 8; ++t) {
-          const __m256i q = t == 7 ? _mm256_srli_epi32(v, 28) : _mm256_and_si256(_mm256_srli_epi32(v, 4 * t), mask);
+          // nibble t left in place: q * 16^t (exact in fp32: 4 significant bits), the 16^-t is in xp
+          const __m256i q = t == 7 ? _mm256_srli_epi32(v, 28) : _mm256_and_si256(v, _mm256_set1_epi32(0xF << (4 * t)));
           const __m256 w = _mm256_cvtepi32_ps(q);
           UNROLL for (int m = 0; m < M; ++m)
             acc[r][m][t % C] = _mm256_fmadd_ps(w, _mm256_loadu_ps(XP + m * Kp + b * 64 + 8 * t), acc[r][m][t % C]);
@@ -154,7 +162,7 @@ inline void int4_block(const uint8_t* W, int64_t ldw, int64_t Kp, int64_t G, con
       const __m256 sv = _mm256_set_m128(_mm_set1_ps(sb), _mm_set1_ps(sa));
       UNROLL for (int m = 0; m < M; ++m) {
         __m256 a = acc[r][m][0];
-        if (C == 2) a = _mm256_add_ps(a, acc[r][m][C - 1]);
+        UNROLL for (int c = 1; c < C; ++c) a = _mm256_add_ps(a, acc[r][m][c]);
         tot[r][m] = _mm256_fmadd_ps(a, sv, tot[r][m]);
       }
     }
@@ -248,7 +256,7 @@ torch::Tensor int4_gemv(torch::Tensor x, torch::Tensor qweight, torch::Tensor sc
   for (int64_t m = 0; m < M; ++m) {
     for (int64_t k = 0; k < K; ++k) {
       const int64_t b = k / 64, i = (k % 64) / 8, t = k % 8;
-      xp[m * Kp + b * 64 + 8 * t + i] = X[m * K + k];
+      xp[m * Kp + b * 64 + 8 * t + i] = X[m * K + k] * kNibbleScale[t];
       sx[m * G + k / group_size] += X[m * K + k];
     }
   }
@@ -273,9 +281,9 @@ torch::Tensor int4_gemv(torch::Tensor x, torch::Tensor qweight, torch::Tensor sc
   at::parallel_for(0, N, kGrainRows, [&](int64_t n0, int64_t n1) {
     switch (M) {
       case 1: int4_rows<1, 2>(W, ldw, Kp, G, segs, XP, SX, S, Z, B, Y, N, n0, n1); break;
-      case 2: int4_rows<2, 2>(W, ldw, Kp, G, segs, XP, SX, S, Z, B, Y, N, n0, n1); break;
+      case 2: int4_rows<2, 1>(W, ldw, Kp, G, segs, XP, SX, S, Z, B, Y, N, n0, n1); break;
       case 3: int4_rows<3, 1>(W, ldw, Kp, G, segs, XP, SX, S, Z, B, Y, N, n0, n1); break;
-      default: int4_rows<4, 1>(W, ldw, Kp, G, segs, XP, SX, S, Z, B, Y, N, n0, n1); break;
+      default: int4_rows<4, 2>(W, ldw, Kp, G, segs, XP, SX, S, Z, B, Y, N, n0, n1); break;
     }
   });
   return y;
