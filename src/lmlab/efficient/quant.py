@@ -189,7 +189,7 @@ class QuantizedLinear(nn.Module):
         from lmlab.efficient import gemv_kernel
 
         return (USE_GEMV and (self.bits == 8 or self.group_size % gemv_kernel.INT4_GROUP_MULTIPLE == 0)
-                and self.scales.dtype == torch.float32
+                and self.scales.dtype == torch.float32 and self.qweight.is_contiguous()
                 and (self.bias is None or self.bias.dtype == torch.float32) and gemv_kernel.available())
 
     def _gemv(self, x2: torch.Tensor) -> torch.Tensor:
