@@ -76,6 +76,30 @@ def test_int4_gemv_equals_dequantised_matmul(n, k, group, m):
     _assert_fp32_close(y, x, dequantize_codes(q, scale, zero, group), bias)
 
 
+@pytest.mark.parametrize("m", [1, 2, 3, 4])
+def test_rows_split_across_two_threads_give_the_same_result(m):
+    """The suite runs one thread; decode runs two. 301 rows split in two uneven chunks, each ending in a
+    leftover row, must give what one thread gives, bit for bit (each row is computed the same way)."""
+    g = torch.Generator().manual_seed(m)
+    n, k, group = 301, 200, 64
+    q8 = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8)
+    q4 = torch.randint(0, 16, (n, k), generator=g)
+    scale8, scale4 = torch.rand(n, 1, generator=g), torch.rand(n, 4, generator=g)
+    zero = torch.randint(0, 16, (n, 4), generator=g).to(torch.uint8)
+    x = torch.randn(m, k, generator=g)
+    before = torch.get_num_threads()
+    outs = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            outs.append((gemv_kernel.int8_gemv(x, q8, scale8, None),
+                         gemv_kernel.int4_gemv(x, pack_int4(q4), scale4, zero, group, None)))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+    _assert_fp32_close(outs[1][1], x, dequantize_codes(q4, scale4, zero, group), None)
+
+
 def test_kernel_checks_its_inputs():
     q = torch.zeros(4, 64, dtype=torch.int8)
     with pytest.raises(RuntimeError, match="1 <= M <= 4"):
