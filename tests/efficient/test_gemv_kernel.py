@@ -137,6 +137,20 @@ def test_quantized_linear_uses_the_kernel_for_decode_rows_only(bits, group, monk
     assert len(calls) == 3 and x.grad is not None
 
 
+def test_trainable_bias_keeps_its_gradient_on_the_kernel_path():
+    """A bias that trains is added outside the kernel (which has no autograd), so its gradient still flows."""
+    lin = Linear(64, 8, bias=True)
+    torch.nn.init.normal_(lin.bias)
+    ql = QuantizedLinear.from_linear(lin, 8, None)
+    assert ql.bias.requires_grad
+    x = torch.randn(1, 64)
+    y = ql(x)  # grad mode on, x needs no grad: the kernel path
+    assert ql._gemv[1] == "int8_gemv" and ql._gemv[2][-1] is None
+    _assert_fp32_close(y.detach(), x, ql.dequantize(), ql.bias.detach())
+    y.sum().backward()
+    assert torch.equal(ql.bias.grad, torch.ones(8))
+
+
 def _tiny(seed: int = 0) -> Transformer:
     cfg = ModelConfig.llama_like(vocab_size=101, d_model=96, n_layers=2, n_heads=4, n_kv_heads=2, d_mlp=160,
                                  max_seq_len=64, tie_embeddings=False)
