@@ -11,11 +11,16 @@ from what this shows.
     python benchmarks/linear_kernels.py --threads 1 --dtypes fp32,bf16
     python benchmarks/linear_kernels.py --quant --threads 1     # weight-only int8/int4 kernels at batch 1
 
-``--quant`` answers the same question for ``lmlab.efficient``'s ``QuantizedLinear``: per GPT-2 shape at
-M = 1 (decode), ms per call of fp32 / bf16 ``F.linear``, ``torch._weight_int8pack_mm`` (bf16 and fp32
-activations), ``torch._weight_int4pack_mm_for_cpu`` (bf16; the 50257-row head padded to a multiple of 16),
-dequantise-then-matmul (the fallback), and torchao's weight-only configs where they run on this CPU; each
-with the GB/s of weight bytes it streams. Quick relative checks only; final figures on a quiet machine.
+``--quant`` answers the same question for ``lmlab.efficient``'s ``QuantizedLinear`` at decode sizes
+(``--rows``, default M = 1), per GPT-2 shape (768x2304, 768x3072, 3072x768, 768x50257): ms per call, weight
+GB/s and % of PERF_NOTES.md's 17.8 GB/s for fp32 ``F.linear``, PyTorch's packed weight-only kernels
+(``torch._weight_int8pack_mm``, ``torch._weight_int4pack_mm_for_cpu``, bf16 activations) and lmlab's own
+GEMV kernel (``lmlab.efficient.gemv_kernel``, fp32 activations). Each kernel cycles through copies of the
+layer (>= 64 MB) so its weights come from memory, as at decode. ``--rows 1,2,3,4`` shows the crossover
+that ``quant.GEMV_MAX_ROWS`` encodes. Quick relative checks only; final figures on a quiet machine:
+
+    python benchmarks/linear_kernels.py --quant --rows 1,2,4          # 2 threads, quiet machine
+    python benchmarks/linear_kernels.py --quant --threads 1           # per-core rates, fine on a busy one
 """
 
 from __future__ import annotations
@@ -55,54 +60,90 @@ def stack_rates(dtype: torch.dtype, m: int, reps: int) -> dict[str, float]:
     return out
 
 
-def quant_kernels(reps: int) -> None:
-    """ms per call and weight GB/s of each weight-only kernel at M = 1 for the GPT-2 shapes."""
+GEMV_SHAPES = [(2304, 768), (3072, 768), (768, 3072), (50257, 768)]  # (out, in): GPT-2's qkv, fc, proj, head
+PERF_NOTES_GBPS = 17.8  # ../shared/PERF_NOTES.md: this machine's read bandwidth, quiet
+STREAM_BYTES = 64e6  # each format cycles through copies of a layer until it reads this many bytes: past the L3
+
+
+def _quant_calls(o: int, i: int, m: int) -> dict:
+    """label -> (list of callables, one per copy of the layer, weight bytes per call) at M = m rows."""
+    import copy
+
     from torch import nn
 
+    from lmlab.efficient import gemv_kernel, quant
     from lmlab.efficient.quant import QuantizedLinear
 
-    print("\n## weight-only kernels, M = 1: ms per call (GB/s of weight bytes streamed)")
-    cols = ["fp32 F.linear", "bf16 F.linear", "int8pack bf16", "int8pack fp32", "int4pack bf16 g128",
-            "int4 dequant+mm", "torchao int8", "torchao int4 g128"]
-    print("| out x in | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols))
-    for o, i in SHAPES:
-        lin = nn.Linear(i, o, bias=False)
-        x = torch.randn(1, i)
-        q8 = QuantizedLinear.from_linear(lin, 8, None)
-        q8f = QuantizedLinear.from_linear(lin, 8, None, activation_dtype=torch.float32)
-        q4 = QuantizedLinear.from_linear(lin, 4, 128)
-        w16 = lin.weight.detach().to(torch.bfloat16)
-        x16 = x.to(torch.bfloat16)
-        calls = {
-            "fp32 F.linear": (lambda: F.linear(x, lin.weight), 4 * o * i),
-            "bf16 F.linear": (lambda: F.linear(x16, w16), 2 * o * i),
-            "int8pack bf16": (lambda: q8(x), o * i),
-            "int8pack fp32": (lambda: q8f(x), o * i),
-            "int4pack bf16 g128": (lambda: q4(x), o * i // 2),
-            "int4 dequant+mm": (lambda: F.linear(x, q4.dequantize()), o * i // 2),
-        }
-        for label, cfg_name, kwargs in (("torchao int8", "Int8WeightOnlyConfig", {}),
-                                        ("torchao int4 g128", "Int4WeightOnlyConfig", {"group_size": 128})):
-            try:
-                import torchao.quantization as tq
+    lin = nn.Linear(i, o, bias=False)
+    x = torch.randn(m, i)
+    x16 = x.to(torch.bfloat16)
 
-                m = nn.Sequential(nn.Linear(i, o, bias=False)).to(torch.bfloat16)
-                m[0].weight.data.copy_(w16)
-                tq.quantize_(m, getattr(tq, cfg_name)(**kwargs))
-                m(x16)
-                calls[label] = (lambda m=m: m(x16), o * i // (1 if "int8" in label else 2))
-            except Exception as err:  # noqa: BLE001 -- not installed / not on this CPU: say so
-                calls[label] = (None, f"{type(err).__name__}")
-        cells = []
-        with torch.inference_mode():
-            for label in cols:
-                fn, nbytes = calls[label]
-                if fn is None:
-                    cells.append(f"n/a ({nbytes})")
-                    continue
-                ms = ms_per_call(fn, reps)
-                cells.append(f"{ms:.3f} ({nbytes / ms / 1e6:.1f})")
-        print(f"| {o} x {i} | " + " | ".join(cells) + " |", flush=True)
+    def copies(nbytes: int) -> int:
+        return max(1, -(-int(STREAM_BYTES) // nbytes))
+
+    w32 = [lin.weight.detach().clone() for _ in range(copies(4 * o * i))]
+    q8 = QuantizedLinear.from_linear(lin, 8, None)
+    q4 = QuantizedLinear.from_linear(lin, 4, 128)
+    q8s = [copy.deepcopy(q8) for _ in range(copies(o * i))]
+    q4s = [copy.deepcopy(q4) for _ in range(copies(o * i // 2))]
+
+    def torch_kernel(q):  # PyTorch's packed kernel (the path for M > GEMV_MAX_ROWS)
+        def call():
+            quant.USE_GEMV = False
+            try:
+                return q(x)
+            finally:
+                quant.USE_GEMV = True
+        return call
+
+    calls = {
+        "fp32 F.linear": ([lambda w=w: F.linear(x, w) for w in w32], 4 * o * i),
+        "torch int8pack (bf16 act.)": ([torch_kernel(q) for q in q8s], o * i),
+        "torch int4pack g128 (bf16 act.)": ([torch_kernel(q) for q in q4s], o * i // 2),
+    }
+    if gemv_kernel.available() and m <= gemv_kernel.MAX_ROWS:
+        calls["lmlab gemv int8"] = ([lambda q=q: gemv_kernel.int8_gemv(x, q.qweight, q.scales, None) for q in q8s],
+                                    o * i)
+        calls["lmlab gemv int4 g128"] = ([lambda q=q: gemv_kernel.int4_gemv(x, q.qweight, q.scales, q.qzeros, 128,
+                                                                            None) for q in q4s], o * i // 2)
+    del x16
+    return calls
+
+
+def _stream_ms(fns: list, reps: int) -> float:
+    """Best-of-reps ms per call while cycling through the copies (so the weights come from memory)."""
+    for fn in fns[:2]:
+        fn()
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        for fn in fns:
+            fn()
+        best = min(best, (time.perf_counter() - t) / len(fns))
+    return best * 1e3
+
+
+def quant_kernels(reps: int, rows: list[int]) -> None:
+    """ms per call and weight GB/s of each weight-only kernel at M rows for the GPT-2 shapes, from memory."""
+    print(f"\n## weight-only kernels from memory (each cycles through >= {STREAM_BYTES / 1e6:.0f} MB of copies): "
+          f"ms per call (GB/s of weight bytes, % of {PERF_NOTES_GBPS} GB/s)")
+    cols = ["fp32 F.linear", "torch int8pack (bf16 act.)", "torch int4pack g128 (bf16 act.)", "lmlab gemv int8",
+            "lmlab gemv int4 g128"]
+    print("| out x in | M | " + " | ".join(cols) + " |\n|---|---|" + "---|" * len(cols))
+    with torch.inference_mode():
+        for m in rows:
+            for o, i in GEMV_SHAPES:
+                calls = _quant_calls(o, i, m)
+                cells = []
+                for label in cols:
+                    if label not in calls:
+                        cells.append("-")
+                        continue
+                    fns, nbytes = calls[label]
+                    ms = _stream_ms(fns, reps)
+                    gbps = nbytes / ms / 1e6
+                    cells.append(f"{ms:.3f} ({gbps:.1f}, {100 * gbps / PERF_NOTES_GBPS:.0f}%)")
+                print(f"| {o} x {i} | {m} | " + " | ".join(cells) + " |", flush=True)
 
 
 def main() -> None:
@@ -112,11 +153,12 @@ def main() -> None:
     ap.add_argument("--batches", default="1,4,8,32,128,2048", help="M values for the per-shape table")
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--quant", action="store_true", help="only the weight-only int8/int4 kernel table")
+    ap.add_argument("--rows", default="1", help="--quant: M values (lmlab's GEMV kernel runs M <= 4)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.quant:
-        quant_kernels(args.reps)
+        quant_kernels(args.reps, [int(r) for r in args.rows.split(",")])
         return
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, "
           f"load average {os.getloadavg()[0]:.2f}")

@@ -7,9 +7,11 @@ greedy ``generate`` calls (64-token prompt, 128 new tokens) for
 - lmlab fp32 and bf16 (the baselines),
 - lmlab int8 (per channel, RTN) and int4 (group 128, RTN) with the output head quantized too (the default of
   ``lmlab.efficient.quantize``; GPT-2's tied table stays fp32 for the lookup, the head matmul reads codes),
-  (the head int8 by default; ``-h4``: an int4 head), and blocks only (``-nohead``), through ``torch._weight_int8pack_mm`` /
-  ``torch._weight_int4pack_mm_for_cpu`` with bf16 activations (the fastest correct stock kernels at batch 1:
-  ``python benchmarks/linear_kernels.py --quant``),
+  (the head int8 by default; ``-h4``: an int4 head), and blocks only (``-nohead``). Decode steps (M <= 4
+  rows) run lmlab's own AVX2 GEMV kernel (``lmlab.efficient.gemv_kernel``), the prefill PyTorch's
+  ``torch._weight_int8pack_mm`` / ``torch._weight_int4pack_mm_for_cpu`` with bf16 activations;
+  ``-torchk`` rows use PyTorch's kernels at decode too (the session-5 path), for comparison
+  (``python benchmarks/linear_kernels.py --quant`` compares the kernels layer by layer),
 - transformers fp32 on the same weights,
 - transformers + torchao ``Int8WeightOnlyConfig`` / ``Int4WeightOnlyConfig`` where torchao is installed and
   runs on this CPU (reported as skipped otherwise),
@@ -23,6 +25,9 @@ PERF_NOTES.md's 17.8 GB/s (``--bounds-only`` prints just that, no timing, fine o
 Issue 18's targets at batch 1: int8 >= 2x fp32 lmlab, int4 >= 3x. Timing needs a quiet machine:
 
     python benchmarks/quant_decode.py --wait-quiet 60       # full run
+    python benchmarks/quant_decode.py --models gpt2 --bandwidth 17.8 --split \
+        --variants lmlab-fp32,lmlab-int8,lmlab-int4,lmlab-int8-torchk,lmlab-int4-torchk   # the issue-18 rows
+    python benchmarks/quant_decode.py --models gpt2 --threads 1 --reps 1 --new-tokens 32 --split   # busy machine
     python benchmarks/quant_decode.py --quick               # smoke run on tiny models (numbers meaningless)
     python benchmarks/quant_decode.py --bounds-only --bandwidth 17.8   # bytes per token and bounds only
 """
@@ -96,6 +101,7 @@ def lmlab_variants(path: Path, only: set[str]):
     # the head is a large share of a small model's bytes (GPT-2: 154 MB of ~500 in fp32, tied), so it is
     # quantized by default; -nohead rows keep it float for comparison
     for label, kwargs in (("lmlab-int8", dict(bits=8)), ("lmlab-int4", dict(bits=4, group_size=128)),
+                          ("lmlab-int8-torchk", dict(bits=8)), ("lmlab-int4-torchk", dict(bits=4, group_size=128)),
                           ("lmlab-int4-h4", dict(bits=4, group_size=128, head_bits=4)),
                           ("lmlab-int8-nohead", dict(bits=8, head=False)),
                           ("lmlab-int4-nohead", dict(bits=4, group_size=128, head=False))):
@@ -122,8 +128,49 @@ def hf_variants(hf, only: set[str]):
             print(f"| {label}: skipped ({type(err).__name__}: {str(err).splitlines()[0][:100]})", flush=True)
 
 
+def split_step_time(model, prompt, new_tokens: int) -> tuple[float, float]:
+    """(ms per decode step in linear layers, ms per step elsewhere): norms, attention, sampling, Python.
+
+    Wraps every linear module's forward with a timer (~1 us each), times a prefill-only call and a full call,
+    and divides the difference by the number of decode steps: the per-token overhead that the bandwidth
+    bound does not see."""
+    import time
+
+    import lmlab
+    from lmlab.core.linear import Linear
+    from lmlab.efficient.quant import QuantizedLinear
+
+    spent = [0.0]
+    originals = {cls: cls.forward for cls in (Linear, QuantizedLinear)}
+
+    def timed(forward):
+        def call(self, x):
+            t = time.perf_counter()
+            y = forward(self, x)
+            spent[0] += time.perf_counter() - t
+            return y
+        return call
+
+    for cls, forward in originals.items():
+        cls.forward = timed(forward)
+    try:
+        totals = []
+        for n in (1, new_tokens + 1):
+            spent[0] = 0.0
+            t = time.perf_counter()
+            lmlab.generate(model, prompt, max_new_tokens=n, stop_token_ids=[])
+            totals.append((time.perf_counter() - t, spent[0]))
+    finally:
+        for cls, forward in originals.items():
+            cls.forward = forward
+    (t1, l1), (tn, ln) = totals
+    linear_ms = (ln - l1) / new_tokens * 1e3
+    return linear_ms, (tn - t1) / new_tokens * 1e3 - linear_ms
+
+
 def run_model(name: str, args, bandwidth: float, workdir: Path) -> list[dict]:
     import lmlab
+    from lmlab.efficient import quant
 
     hf = build_model(name)
     path = workdir / name
@@ -150,6 +197,7 @@ def run_model(name: str, args, bandwidth: float, workdir: Path) -> list[dict]:
 
         def call(label, n=args.new_tokens):
             m = runners[label]
+            quant.USE_GEMV = not label.endswith("-torchk")  # -torchk: PyTorch's packed kernels at decode too
             if label.startswith("lmlab"):
                 return lmlab.generate(m, prompt, max_new_tokens=n, stop_token_ids=[])[:, args.prompt_len:]
             out = m.generate(prompt, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False)
@@ -186,6 +234,16 @@ def run_model(name: str, args, bandwidth: float, workdir: Path) -> list[dict]:
                   f"{row['x_fp32_lmlab'] or float('nan'):>5.2f}x | {bound or float('nan'):>9.1f} | "
                   f"{row['pct_bound'] or float('nan'):>6.0f}% | {agree if agree is not None else float('nan'):>6.1%} | "
                   f"{background if background is not None else float('nan'):>5.0%} |", flush=True)
+        if args.split and batch == 1:
+            print(f"# {name}: ms per decode step in linear layers vs the rest (norms, attention, sampling, Python)",
+                  flush=True)
+            for label in runners:
+                if label.startswith("lmlab"):
+                    quant.USE_GEMV = not label.endswith("-torchk")
+                    lin, rest = split_step_time(runners[label], prompt, args.new_tokens)
+                    print(f"#   {label:<18} linears {lin:6.2f} ms  rest {rest:6.2f} ms  "
+                          f"(rest alone caps decode at {1e3 / max(rest, 1e-9):.0f} tok/s)", flush=True)
+            quant.USE_GEMV = True
     runners.clear()  # free the models before the next shape (a del would leave call() a dangling name)
     del hf
     gc.collect()
@@ -197,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="smoke run: tiny models, 1 rep, 16 new tokens")
     p.add_argument("--models", default="gpt2,llama")
     p.add_argument("--variants", default="lmlab-fp32,lmlab-bf16,lmlab-int8,lmlab-int4,lmlab-int4-h4,"
-                                         "lmlab-int8-nohead,lmlab-int4-nohead,hf-fp32,hf-torchao-int8,hf-torchao-int4")
+                                         "lmlab-int8-nohead,lmlab-int4-nohead,lmlab-int8-torchk,lmlab-int4-torchk,"
+                                         "hf-fp32,hf-torchao-int8,hf-torchao-int4")
     p.add_argument("--bounds-only", action="store_true", help="print bytes per token and bounds; no timing")
     p.add_argument("--batches", default="1")
     p.add_argument("--reps", type=int, default=3)
@@ -207,12 +266,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS")
     p.add_argument("--bandwidth", type=float, default=None, metavar="GBPS",
                    help="read bandwidth from benchmarks/bandwidth.py on a quiet machine (default: measure now)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's = cores); 1 for "
+                                                             "relative checks on a busy machine")
+    p.add_argument("--split", action="store_true",
+                   help="also print ms per decode step in linear layers vs the rest, per lmlab variant")
     p.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
     args = p.parse_args(argv)
     if args.quick:
         args.reps, args.new_tokens, args.warmup = 1, 16, 0
         if args.models == "gpt2,llama":
             args.models = "tiny-gpt2,tiny-llama"
+    if args.threads:
+        torch.set_num_threads(args.threads)
     info = machine_info()
     print(f"# {info['cpu']}, {info['cores']} cores, torch {info['torch']}, {info['threads']} threads", flush=True)
     bandwidth = args.bandwidth or (PERF_NOTES_GBPS if args.bounds_only else

@@ -136,6 +136,22 @@ def test_gptq_with_identity_hessian_is_round_to_nearest():
     assert torch.equal(q, rq) and torch.allclose(s, rs) and torch.equal(z, rz)
 
 
+def test_gptq_group_parameters_follow_the_reference_lazy_batch():
+    """The reference code finds a group's scale/zero from W as the lazy batch left it: updated by earlier
+    blocks only. So inside one block (K <= block_size) every group's parameters are RTN's on the original W;
+    with blocks as small as a group, later groups see the earlier columns' error updates and differ."""
+    w = _weight(16, 96)
+    x = torch.randn(256, 96, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    H = 2 * x.T @ x / 256  # correlated inputs: every column's error moves the others
+    _, rs, rz = rtn(w, 4, 32)
+    _, s, z = gptq_quantize(w, H, 4, 32, GPTQConfig(block_size=128))
+    torch.testing.assert_close(s, rs, rtol=1e-6, atol=0)
+    assert torch.equal(z, rz)
+    _, s_small, _ = gptq_quantize(w, H, 4, 32, GPTQConfig(block_size=32))
+    torch.testing.assert_close(s_small[:, 0], rs[:, 0], rtol=1e-6, atol=0)  # the first group sees no update
+    assert (s_small[:, 1:] - rs[:, 1:]).abs().max() > 1e-4
+
+
 @pytest.mark.parametrize("bits, method, group", [(8, "rtn", None), (4, "rtn", 32), (8, "gptq", None),
                                                  (4, "gptq", 32)])
 def test_quantized_model_saves_and_reloads_to_identical_logits(tmp_path, bits, method, group):

@@ -12,8 +12,9 @@ batch updates over blocks of 128 columns ("Step 2"). Defaults from the paper / i
 ``damp=0.01`` (1% of the mean diagonal added to H), ``block_size=128``, ``act_order=False`` (the "desc_act"
 heuristic: quantize columns in order of decreasing H_ii, added after publication for LLaMA-class models).
 
-Groups: scale/zero of a group are found when its first column comes up, from the columns as updated by
-then (the reference code's behaviour). With ``act_order`` the groups are "static" (found from the
+Groups: scale/zero of a group are found when its first column comes up, from ``W`` as the lazy batch
+updates have left it (the reference code's ``find_params(W[:, i:i + groupsize])``: a group starting inside
+a block sees the earlier blocks' updates, not this block's). With ``act_order`` the groups are "static" (found from the
 un-updated W before any column is quantized), so the stored format keeps groups of consecutive columns.
 """
 
@@ -97,9 +98,10 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int,
             col = i1 + i
             g = int(group_of[col])
             if not static and col % group_size == 0:
-                # the group's columns as updated so far: the rest of this block, then later blocks
-                cols = torch.cat((W1[:, i:], W[:, i2:]), dim=1)[:, :group_size]
-                scale[:, g:g + 1], zero[:, g:g + 1] = find_params(cols, bits)
+                # as the reference code: from W, which the lazy batch updates only between blocks (so a group
+                # that starts inside a block does not see this block's updates; measured on SmolLM2 int4
+                # g32: +8.57% perplexity this way, +9.38% from the in-block-updated columns)
+                scale[:, g:g + 1], zero[:, g:g + 1] = find_params(W[:, col:col + group_size], bits)
             w = W1[:, i:i + 1]  # [N, 1]
             q = quantize_columns(w, scale[:, g:g + 1], zero[:, g:g + 1], bits).double()
             Q[:, col:col + 1] = q

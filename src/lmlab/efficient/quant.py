@@ -29,6 +29,9 @@ from lmlab.errors import LmlabError
 BITS = (8, 4)
 INT4_KERNEL_GROUPS = (32, 64, 128, 256)  # what _weight_int4pack_mm_for_cpu accepts
 FAST_KERNELS = True  # module-level switch: tests compare the packed kernels against the dequantised matmul
+USE_GEMV = True  # module-level switch: lmlab's own batch-1 kernel (gemv_kernel.py) for M <= GEMV_MAX_ROWS rows
+_FAST_DTYPES = (torch.float32, torch.bfloat16)
+GEMV_MAX_ROWS = 4  # crossover to PyTorch's packed kernels, measured (docs/efficient.md; linear_kernels.py --quant)
 
 
 def qrange(bits: int) -> tuple[int, int]:
@@ -102,11 +105,16 @@ class QuantizedLinear(nn.Module):
     Buffers (the state dict): ``qweight`` (int8 [N, K] for 8 bits; uint8 [N, ceil(K/2)], two codes a byte,
     for 4 bits), ``scales`` float32 [N, n_groups], ``qzeros`` uint8 [N, n_groups] (4 bits only).
 
-    Forward: on CPU, when autograd does not need the weight path and the shape suits PyTorch's kernels,
-    ``torch._weight_int8pack_mm`` / ``torch._weight_int4pack_mm_for_cpu`` with activations cast to
-    ``activation_dtype`` (bf16 by default: the int8 kernel streams ~10x faster with bf16 than with fp32
-    activations, PERF_NOTES.md). Otherwise (training LoRA on top, odd shapes, other devices) the matmul
-    runs against the dequantised weight, so gradients reach the input and the adapters.
+    Forward, on CPU when autograd does not need the weight path:
+
+    - at most ``GEMV_MAX_ROWS`` rows (decode): lmlab's own AVX2 kernel (``gemv_kernel``), fp32 activations,
+      reading the buffers in place (int4: group sizes that are multiples of 32);
+    - more rows (prefill), or where that kernel cannot run: ``torch._weight_int8pack_mm`` /
+      ``torch._weight_int4pack_mm_for_cpu`` with activations cast to ``activation_dtype`` (bf16 by default:
+      the int8 kernel streams ~10x faster with bf16 than with fp32 activations, PERF_NOTES.md).
+
+    Otherwise (training LoRA on top, odd shapes, other devices) the matmul runs against the dequantised
+    weight, so gradients reach the input and the adapters.
     """
 
     weight_only_quantized = True  # read by lmlab.peft (LoRA targets it; merging refuses it)
@@ -134,6 +142,7 @@ class QuantizedLinear(nn.Module):
         self.register_buffer("scales", torch.ones(out_features, g, dtype=torch.float32, device=device))
         self.bias = nn.Parameter(torch.zeros(out_features, device=device)) if bias else None
         self._kernel: tuple | None = None  # (key, packed weight, scales) for the CPU kernel, built on first use
+        self._gemv: tuple | None = None  # (key, kernel name or None, its weight arguments): the decode plan
 
     # -- building ----------------------------------------------------------------------------------------
     def set_codes(self, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> "QuantizedLinear":
@@ -146,6 +155,7 @@ class QuantizedLinear(nn.Module):
                 self.qzeros.copy_(zero.to(torch.uint8))
             self.scales.copy_(scale.float())
         self._kernel = None
+        self._gemv = None
         return self
 
     @classmethod
@@ -176,6 +186,35 @@ class QuantizedLinear(nn.Module):
         knows; rows are padded to a multiple of 16 and input columns to a whole group when packing)."""
         return self.bits == 8 or self.group_size in INT4_KERNEL_GROUPS
 
+    def gemv_supported(self) -> bool:
+        """Whether lmlab's batch-1 kernel can run this layer (int4: group sizes that are multiples of 32;
+        float32 scales and bias, i.e. the model was not cast to another dtype; CPU; contiguous codes)."""
+        return self._gemv_plan()[1] is not None
+
+    def _gemv_plan(self) -> tuple:
+        """(key, name of the gemv_kernel function or None, its weight arguments), cached: decode calls every
+        layer once per token, so the checks run once, not per call (they cost ~15 us a call in Python)."""
+        buffers = self._buffers  # direct dict access: nn.Module attribute lookup is slow on a hot path
+        qweight, scales, bias = buffers["qweight"], buffers["scales"], self._parameters.get("bias")
+        key = (USE_GEMV, qweight.data_ptr(), scales.data_ptr(), scales.dtype,
+               None if bias is None else (bias.data_ptr(), bias.requires_grad))
+        if self._gemv is None or self._gemv[0] != key:
+            from lmlab.efficient import gemv_kernel
+
+            ok = (USE_GEMV and (self.bits == 8 or self.group_size % gemv_kernel.INT4_GROUP_MULTIPLE == 0)
+                  and qweight.is_cpu and qweight.is_contiguous() and scales.dtype == torch.float32
+                  and (bias is None or bias.dtype == torch.float32) and gemv_kernel.available())
+            # a bias that trains is added outside the kernel, so its gradient flows
+            in_kernel = None if bias is None or bias.requires_grad else bias
+            if not ok:
+                plan = (key, None, ())
+            elif self.bits == 8:
+                plan = (key, "int8_gemv", (qweight, scales, in_kernel))
+            else:
+                plan = (key, "int4_gemv", (qweight, scales, buffers["qzeros"], self.group_size, in_kernel))
+            self._gemv = plan
+        return self._gemv
+
     def _padded_k(self) -> int:
         """Input columns the int4 kernel sees: ``in_features`` rounded up to a whole group."""
         return n_groups(self.in_features, self.group_size) * self.group_size
@@ -202,13 +241,24 @@ class QuantizedLinear(nn.Module):
         return self._kernel[1], self._kernel[2]
 
     def _use_kernel(self, x: torch.Tensor) -> bool:
-        return (FAST_KERNELS and x.is_cpu and self.qweight.is_cpu and x.numel() > 0
-                and x.dtype in (torch.float32, torch.bfloat16)
-                and not (torch.is_grad_enabled() and x.requires_grad)
-                and not torch.compiler.is_compiling() and self.kernel_supported())
+        return (FAST_KERNELS and x.is_cpu and x.numel() > 0 and x.dtype in _FAST_DTYPES
+                and not (x.requires_grad and torch.is_grad_enabled())
+                and self._buffers["qweight"].is_cpu and not torch.compiler.is_compiling())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._use_kernel(x):
+        fast = self._use_kernel(x)
+        rows = x.numel() // self.in_features
+        if fast and rows <= GEMV_MAX_ROWS:
+            _, name, args = self._gemv_plan()
+            if name is not None:
+                from lmlab.efficient import gemv_kernel
+
+                xf = x.reshape(rows, self.in_features).float().contiguous()  # [M, K]
+                y = getattr(gemv_kernel, name)(xf, *args)  # [M, N], bias added unless it trains
+                if args[-1] is None and self.bias is not None:
+                    y = y + self.bias
+                return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+        if fast and self.kernel_supported():
             packed, scales = self._kernel_tensors()
             x2 = x.reshape(-1, self.in_features).to(self.activation_dtype)  # [M, K]
             if self.bits == 8:
@@ -226,7 +276,8 @@ class QuantizedLinear(nn.Module):
         return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
                 f"group_size={self.group_size}, bias={self.bias is not None}")
 
-    def __getstate__(self) -> dict:  # copies never carry the kernel's repacked tensor
+    def __getstate__(self) -> dict:  # copies never carry the kernel's repacked tensor or cached plan
         state = dict(super().__getstate__())
         state["_kernel"] = None
+        state["_gemv"] = None
         return state

@@ -48,7 +48,8 @@ class QuantizationConfig:
     - ``group_size``: None = per channel (the only choice for 8 bits); 4 bits default to 128, the group size
       of GPTQ's grouping experiments (paper Sec. 5, Table 4) and of most released int4 checkpoints.
     - ``method``: "rtn" (round to nearest) or "gptq" (``damp``, ``block_size``, ``act_order``: see gptq.py).
-    - ``activation_dtype``: activations are cast to it for the packed CPU kernels (bf16: the fast case).
+    - ``activation_dtype``: activations are cast to it for PyTorch's packed CPU kernels, i.e. the prefill
+      (bf16: the fast case); decode steps (<= 4 rows) run lmlab's GEMV kernel in fp32 (gemv_kernel.py).
     - ``modules``: regex (full match) on module names; ``quantized``: the names it matched (filled in).
     - ``head_bits``: bits of ``lm_head`` when it is quantized (``quantize`` defaults it to 8; None in a file
       means ``bits``); int8 is per channel, int4 uses ``group_size`` (128 when that is None).

@@ -1,0 +1,291 @@
+// Batch-1 (M <= 4 rows) weight-only int8 / int4 GEMV for x86 AVX2 + FMA: y = x W^T (+ bias).
+//
+// Why: at decode every weight byte is read once per token, so the product must stream at memory speed.
+// PyTorch's packed kernels are compute-bound at M = 1 on a CPU without AVX-512 VNNI; this one does only
+// what streaming needs: sign/zero-extend bytes -> int32 -> fp32 -> one FMA per weight per activation row.
+//
+// Formats (lmlab.efficient.quant, read in place, no repacking):
+//   int8: qweight int8 [N, K], scales fp32 [N, 1]          w = q * s
+//   int4: qweight uint8 [N, ceil(K/2)] (column 2j in the low nibble of byte j, 2j+1 in the high one),
+//         scales fp32 [N, G], qzeros uint8 [N, G]          w = (q - z_g) * s_g, groups of `group_size` columns
+// int4 applies the group scale once per group on the partial sum:
+//   sum_k s_g (q_k - z_g) x_k = s_g * sum_k q_k x_k  -  s_g z_g * sum_k x_k,
+// with sum_k x_k per group computed once per call. Activations and accumulation are fp32.
+//
+// int4 reads 32 bytes = 64 columns at a time and permutes the activations once per call to match (below).
+// Requires group_size % 32 == 0.
+// Rows are split across threads with at::parallel_for (torch's OpenMP pool).
+
+#ifndef LMLAB_GEMV_STANDALONE  // defined only by a C++-only micro-benchmark that includes this file
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#endif
+#include <immintrin.h>
+#include <cstdint>
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+inline float hsum(__m256 v) {
+  __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+  lo = _mm_add_ps(lo, hi);
+  lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+  lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
+  return _mm_cvtss_f32(lo);
+}
+
+// Every loop over rows (R), activation rows (M), chains (C) or nibble index is fully unrolled, so the
+// accumulator arrays live in registers (without the pragma GCC kept them on the stack: ~1.6x slower).
+#define UNROLL _Pragma("GCC unroll 16")
+
+// Software prefetch, linear: a block of R rows is R * ldw contiguous bytes, read as R interleaved streams
+// that are each too short (GPT-2: 768 bytes) for the hardware prefetcher to lock on (measured: int8 from
+// DRAM at ~3 GB/s on one core without this, ~9 GB/s with it, as fast as a plain sum over the bytes). So as
+// the kernel moves through a block, it prefetches the bytes kPrefetchAhead past its linear position.
+constexpr int64_t kPrefetchAhead = 4096;
+
+struct LinearPrefetch {
+  const char* next;  // next line to prefetch
+  const char* limit;  // end of this thread's rows
+  inline void upto(const char* pos) {  // prefetch every line before pos + kPrefetchAhead
+    const char* target = std::min(pos + kPrefetchAhead, limit);
+    for (; next < target; next += 64) _mm_prefetch(next, _MM_HINT_T0);
+  }
+};
+
+inline __m256 i8x8_to_ps(const int8_t* p) {  // 8 int8 -> 8 fp32
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
+
+// ---------------------------------------------------------------------------------------------------
+// int8: R rows of W against M activation rows.
+template <int M, int R>
+inline void int8_block(const int8_t* W, int64_t ldw, int64_t K, const float* X, const float* scale,
+                       const float* bias, float* Y, int64_t N, int64_t n, LinearPrefetch& pf) {
+  __m256 acc[R][M];
+  UNROLL for (int r = 0; r < R; ++r)
+    UNROLL for (int m = 0; m < M; ++m) acc[r][m] = _mm256_setzero_ps();
+  const int64_t K8 = K & ~int64_t(7);
+  const char* block = reinterpret_cast<const char*>(W + n * ldw);
+  for (int64_t k = 0; k < K8; k += 8) {
+    pf.upto(block + R * k);  // linear position: R rows x k columns of this block consumed
+    __m256 xv[M];
+    UNROLL for (int m = 0; m < M; ++m) xv[m] = _mm256_loadu_ps(X + m * K + k);
+    UNROLL for (int r = 0; r < R; ++r) {
+      const __m256 w = i8x8_to_ps(W + (n + r) * ldw + k);
+      UNROLL for (int m = 0; m < M; ++m) acc[r][m] = _mm256_fmadd_ps(w, xv[m], acc[r][m]);
+    }
+  }
+  // reduce with constant-bound loops only: a runtime loop touching acc[][] would make GCC keep the whole
+  // accumulator array in memory, storing it every iteration of the loop above (measured: ~2.5x slower)
+  float sums[R][M];
+  UNROLL for (int r = 0; r < R; ++r)
+    UNROLL for (int m = 0; m < M; ++m) sums[r][m] = hsum(acc[r][m]);
+  UNROLL for (int r = 0; r < R; ++r) {
+    const int8_t* row = W + (n + r) * ldw;
+    UNROLL for (int m = 0; m < M; ++m) {
+      float s = sums[r][m];
+      for (int64_t k = K8; k < K; ++k) s += float(row[k]) * X[m * K + k];
+      Y[m * N + n + r] = s * scale[n + r] + (bias ? bias[n + r] : 0.f);
+    }
+  }
+}
+
+template <int M, int R>
+void int8_rows(const int8_t* W, int64_t K, const float* X, const float* scale, const float* bias, float* Y,
+               int64_t N, int64_t n0, int64_t n1) {
+  LinearPrefetch pf{reinterpret_cast<const char*>(W + n0 * K), reinterpret_cast<const char*>(W + n1 * K)};
+  int64_t n = n0;
+  for (; n + R <= n1; n += R) int8_block<M, R>(W, K, K, X, scale, bias, Y, N, n, pf);
+  for (; n < n1; ++n) int8_block<M, 1>(W, K, K, X, scale, bias, Y, N, n, pf);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// int4: 32 bytes = 64 columns a load. Byte j of a row holds column 2j (low nibble) and 2j+1 (high), so
+// 32-bit lane i of the load holds columns 64b + 8i .. 64b + 8i + 7 as its nibbles 0..7; nibble t of every
+// lane is (v >> 4t) & 15, i.e. the columns 64b + 8i + t, i = 0..7. The activations are permuted once per
+// call to match: xp[64b + 8t + i] = x[64b + 8i + t] * 16^-t (zero-padded to a whole block), so each nibble
+// index t costs one AND, one int->float conversion and one FMA per activation row, for 8 weights.
+// Lanes 0-3 (columns 64b .. 64b+31) and lanes 4-7 (64b+32 .. 64b+63) each lie in one group (group_size is a
+// multiple of 32); a run of blocks with the same pair of groups (a segment) is accumulated, then scaled
+// once by [s_gA x4, s_gB x4].
+// The kernel masks nibble t in place (one AND, no shift) and converts q * 16^t to float, so the activations
+// it meets are pre-scaled by 16^-t (a power of two: exact). Nibble 7 is shifted down instead (q * 16^7 would
+// overflow a signed int32), so its scale is 1.
+constexpr float kNibbleScale[8] = {1.f, 1.f / 16, 1.f / 256, 1.f / 4096, 1.f / 65536, 1.f / 1048576,
+                                   1.f / 16777216, 1.f};
+
+struct Segment {
+  int64_t b0, b1, ga, gb;
+};
+
+template <int M, int R>
+inline void int4_block(const uint8_t* W, int64_t ldw, int64_t Kp, int64_t G, const std::vector<Segment>& segs,
+                       const float* XP, const float* SX, const float* scales, const uint8_t* zeros,
+                       const float* bias, float* Y, int64_t N, int64_t n, LinearPrefetch& pf) {
+  // independent FMA chains per (row, activation row); more than ~4 accumulators spill registers (measured,
+  // one core: M = 1 with 2 rows x 2 chains beats 2 x 4 and 4 x 1)
+  constexpr int C = (M == 1 && R <= 2) ? 2 : 1;
+  const int64_t full_blocks = ldw / 32;  // blocks whose 32 bytes all lie inside the row
+  __m256 tot[R][M];
+  UNROLL for (int r = 0; r < R; ++r)
+    UNROLL for (int m = 0; m < M; ++m) tot[r][m] = _mm256_setzero_ps();
+  for (const Segment& sg : segs) {
+    __m256 acc[R][M][C];
+    UNROLL for (int r = 0; r < R; ++r)
+      UNROLL for (int m = 0; m < M; ++m)
+        UNROLL for (int c = 0; c < C; ++c) acc[r][m][c] = _mm256_setzero_ps();
+    for (int64_t b = sg.b0; b < sg.b1; ++b) {
+      pf.upto(reinterpret_cast<const char*>(W + n * ldw + R * b * 32));  // linear position in the block
+      UNROLL for (int r = 0; r < R; ++r) {
+        __m256i v;
+        if (b < full_blocks) {
+          v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(W + (n + r) * ldw + b * 32));
+        } else {  // the row's last, partial block: never read past the row (the tensor may end here)
+          alignas(32) uint8_t tmp[32] = {0};
+          std::memcpy(tmp, W + (n + r) * ldw + b * 32, ldw - b * 32);
+          v = _mm256_load_si256(reinterpret_cast<const __m256i*>(tmp));
+        }
+        UNROLL for (int t = 0; t < 8; ++t) {
+          // nibble t left in place: q * 16^t (exact in fp32: 4 significant bits), the 16^-t is in xp
+          const __m256i q = t == 7 ? _mm256_srli_epi32(v, 28) : _mm256_and_si256(v, _mm256_set1_epi32(0xF << (4 * t)));
+          const __m256 w = _mm256_cvtepi32_ps(q);
+          UNROLL for (int m = 0; m < M; ++m)
+            acc[r][m][t % C] = _mm256_fmadd_ps(w, _mm256_loadu_ps(XP + m * Kp + b * 64 + 8 * t), acc[r][m][t % C]);
+        }
+      }
+    }
+    UNROLL for (int r = 0; r < R; ++r) {  // the groups' scales once per segment, on the partial sums
+      const float sa = scales[(n + r) * G + sg.ga], sb = scales[(n + r) * G + sg.gb];
+      const __m256 sv = _mm256_set_m128(_mm_set1_ps(sb), _mm_set1_ps(sa));
+      UNROLL for (int m = 0; m < M; ++m) {
+        __m256 a = acc[r][m][0];
+        UNROLL for (int c = 1; c < C; ++c) a = _mm256_add_ps(a, acc[r][m][c]);
+        tot[r][m] = _mm256_fmadd_ps(a, sv, tot[r][m]);
+      }
+    }
+  }
+  float sums[R][M];  // constant-bound loops only (see int8_block)
+  UNROLL for (int r = 0; r < R; ++r)
+    UNROLL for (int m = 0; m < M; ++m) sums[r][m] = hsum(tot[r][m]);
+  UNROLL for (int r = 0; r < R; ++r) {
+    const float* s = scales + (n + r) * G;
+    const uint8_t* z = zeros + (n + r) * G;
+    UNROLL for (int m = 0; m < M; ++m) {
+      float zterm = 0.f;  // sum_g s_g z_g sum_{k in g} x_k
+      for (int64_t g = 0; g < G; ++g) zterm += s[g] * float(z[g]) * SX[m * G + g];
+      Y[m * N + n + r] = sums[r][m] - zterm + (bias ? bias[n + r] : 0.f);
+    }
+  }
+}
+
+template <int M, int R>
+void int4_rows(const uint8_t* W, int64_t ldw, int64_t Kp, int64_t G, const std::vector<Segment>& segs,
+               const float* XP, const float* SX, const float* scales, const uint8_t* zeros, const float* bias,
+               float* Y, int64_t N, int64_t n0, int64_t n1) {
+  LinearPrefetch pf{reinterpret_cast<const char*>(W + n0 * ldw), reinterpret_cast<const char*>(W + n1 * ldw)};
+  int64_t n = n0;
+  for (; n + R <= n1; n += R) int4_block<M, R>(W, ldw, Kp, G, segs, XP, SX, scales, zeros, bias, Y, N, n, pf);
+  for (; n < n1; ++n) int4_block<M, 1>(W, ldw, Kp, G, segs, XP, SX, scales, zeros, bias, Y, N, n, pf);
+}
+
+}  // namespace
+
+#ifndef LMLAB_GEMV_STANDALONE
+namespace {
+
+constexpr int64_t kGrainRows = 64;  // rows per parallel task at least: small layers still split in two
+
+void check_common(const torch::Tensor& x, const torch::Tensor& qweight, const torch::Tensor& scales,
+                  const c10::optional<torch::Tensor>& bias, int64_t N) {
+  TORCH_CHECK(x.device().is_cpu() && qweight.device().is_cpu(), "lmlab gemv: CPU tensors only");
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32 && x.is_contiguous(),
+              "lmlab gemv: x must be a contiguous float32 [M, K]");
+  TORCH_CHECK(x.size(0) >= 1 && x.size(0) <= 4, "lmlab gemv: 1 <= M <= 4 rows, got ", x.size(0));
+  TORCH_CHECK(qweight.is_contiguous() && scales.is_contiguous() && scales.scalar_type() == torch::kFloat32,
+              "lmlab gemv: contiguous qweight and float32 scales expected");
+  TORCH_CHECK(scales.size(0) == N, "lmlab gemv: scales rows ", scales.size(0), " != ", N);
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->scalar_type() == torch::kFloat32 && bias->is_contiguous() && bias->numel() == N,
+                "lmlab gemv: bias must be a contiguous float32 [N]");
+  }
+}
+
+}  // namespace
+
+// y [M, N] = x [M, K] @ (q [N, K] * scale [N, 1])^T + bias
+torch::Tensor int8_gemv(torch::Tensor x, torch::Tensor qweight, torch::Tensor scales,
+                        c10::optional<torch::Tensor> bias) {
+  const int64_t M = x.size(0), K = x.size(1), N = qweight.size(0);
+  check_common(x, qweight, scales, bias, N);
+  TORCH_CHECK(qweight.scalar_type() == torch::kInt8 && qweight.size(1) == K, "lmlab gemv: int8 qweight [N, K]");
+  TORCH_CHECK(scales.numel() == N, "lmlab gemv: int8 scales must be [N, 1]");
+  auto y = torch::empty({M, N}, x.options());
+  const int8_t* W = qweight.data_ptr<int8_t>();
+  const float* X = x.data_ptr<float>();
+  const float* S = scales.data_ptr<float>();
+  const float* B = bias.has_value() ? bias->data_ptr<float>() : nullptr;
+  float* Y = y.data_ptr<float>();
+  at::parallel_for(0, N, kGrainRows, [&](int64_t n0, int64_t n1) {
+    switch (M) {
+      case 1: int8_rows<1, 8>(W, K, X, S, B, Y, N, n0, n1); break;
+      case 2: int8_rows<2, 4>(W, K, X, S, B, Y, N, n0, n1); break;
+      case 3: int8_rows<3, 2>(W, K, X, S, B, Y, N, n0, n1); break;
+      default: int8_rows<4, 2>(W, K, X, S, B, Y, N, n0, n1); break;
+    }
+  });
+  return y;
+}
+
+// y [M, N] = x [M, K] @ ((q - z) * s)^T + bias, groups of `group_size` (a multiple of 32) input columns
+torch::Tensor int4_gemv(torch::Tensor x, torch::Tensor qweight, torch::Tensor scales, torch::Tensor qzeros,
+                        int64_t group_size, c10::optional<torch::Tensor> bias) {
+  const int64_t M = x.size(0), K = x.size(1), N = qweight.size(0);
+  check_common(x, qweight, scales, bias, N);
+  TORCH_CHECK(group_size > 0 && group_size % 32 == 0, "lmlab gemv: int4 group_size must be a multiple of 32");
+  const int64_t G = (K + group_size - 1) / group_size, ldw = (K + 1) / 2, nb = (K + 63) / 64, Kp = nb * 64;
+  TORCH_CHECK(qweight.scalar_type() == torch::kUInt8 && qweight.size(1) == ldw,
+              "lmlab gemv: int4 qweight must be uint8 [N, ceil(K/2)]");
+  TORCH_CHECK(scales.size(1) == G && qzeros.scalar_type() == torch::kUInt8 && qzeros.is_contiguous() &&
+              qzeros.size(0) == N && qzeros.size(1) == G, "lmlab gemv: int4 scales/qzeros must be [N, G]");
+  // permuted, zero-padded activations [M, Kp] and per-group sums [M, G]
+  std::vector<float> xp(M * Kp, 0.f), sx(M * G, 0.f);
+  const float* X = x.data_ptr<float>();
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t b = k / 64, i = (k % 64) / 8, t = k % 8;
+      xp[m * Kp + b * 64 + 8 * t + i] = X[m * K + k] * kNibbleScale[t];
+      sx[m * G + k / group_size] += X[m * K + k];
+    }
+  }
+  // segments: runs of blocks whose two halves lie in the same pair of groups (padding joins the last group)
+  std::vector<Segment> segs;
+  for (int64_t b = 0; b < nb; ++b) {
+    const int64_t ga = b * 64 / group_size, gb = std::min((b * 64 + 32) / group_size, G - 1);
+    if (!segs.empty() && segs.back().ga == ga && segs.back().gb == gb) {
+      segs.back().b1 = b + 1;
+    } else {
+      segs.push_back({b, b + 1, ga, gb});
+    }
+  }
+  auto y = torch::empty({M, N}, x.options());
+  const uint8_t* W = qweight.data_ptr<uint8_t>();
+  const float* S = scales.data_ptr<float>();
+  const uint8_t* Z = qzeros.data_ptr<uint8_t>();
+  const float* B = bias.has_value() ? bias->data_ptr<float>() : nullptr;
+  float* Y = y.data_ptr<float>();
+  const float* XP = xp.data();
+  const float* SX = sx.data();
+  at::parallel_for(0, N, kGrainRows, [&](int64_t n0, int64_t n1) {
+    switch (M) {
+      case 1: int4_rows<1, 2>(W, ldw, Kp, G, segs, XP, SX, S, Z, B, Y, N, n0, n1); break;
+      case 2: int4_rows<2, 1>(W, ldw, Kp, G, segs, XP, SX, S, Z, B, Y, N, n0, n1); break;
+      case 3: int4_rows<3, 1>(W, ldw, Kp, G, segs, XP, SX, S, Z, B, Y, N, n0, n1); break;
+      default: int4_rows<4, 2>(W, ldw, Kp, G, segs, XP, SX, S, Z, B, Y, N, n0, n1); break;
+    }
+  });
+  return y;
+}
+#endif  // LMLAB_GEMV_STANDALONE
