@@ -16,7 +16,10 @@ greedy ``generate`` calls (64-token prompt, 128 new tokens) for
 - transformers + torchao ``Int8WeightOnlyConfig`` / ``Int4WeightOnlyConfig`` where torchao is installed and
   runs on this CPU (reported as skipped otherwise),
 
-alternating the sides rep by rep so background load hits them alike, and print tokens/s next to the
+alternating the sides rep by rep so background load hits them alike, and print end-to-end tokens/s (prefill
+included) and decode tokens/s (llama-bench's "tg": the time of the n - 1 tokens after the first, i.e. a call's
+time minus that of a prompt + 1-token call; int4's prefill runs PyTorch's packed kernel, which is slow at 64
+rows, so the two differ most there) next to the
 memory-bandwidth bound  B * read_bandwidth / bytes read per step  (every weight and buffer once, embedding
 tables only when a float head reads them, plus the mean KV cache), and the share of greedy tokens that agree
 with lmlab fp32. Before timing, the bound of each format is printed at the measured bandwidth and at
@@ -210,28 +213,35 @@ def run_model(name: str, args, bandwidth: float, workdir: Path) -> list[dict]:
             wait_for_quiet(args.wait_quiet)
         load = BackgroundLoad()
         times = {label: [] for label in runners}
+        first = {label: [] for label in runners}  # prompt + 1 token: the prefill's share of a call
         tokens = {}
         for _ in range(args.reps):
             for label in runners:
                 t, tokens[label] = time_call(lambda: call(label))
                 times[label].append(t)
+                first[label].append(time_call(lambda: call(label, 1))[0])
         background = load.fraction()
         ref_tokens = tokens.get("lmlab-fp32")
-        base_tps = None
+        base_tps = base_tg = None
         for label in runners:
             tps = batch * args.new_tokens / statistics.median(times[label])
+            # decode only (llama-bench's "tg"): the n - 1 tokens after the first, prefill excluded
+            tg = batch * (args.new_tokens - 1) / max(statistics.median(times[label]) - statistics.median(first[label]), 1e-9)
             base_tps = tps if label == "lmlab-fp32" else base_tps
+            base_tg = tg if label == "lmlab-fp32" else base_tg
             model = runners[label]
             bound = (batch * bandwidth * 1e9 / read_bytes_per_step(model, batch, args.prompt_len, args.new_tokens)
                      if label.startswith("lmlab") else None)
             agree = (tokens[label] == ref_tokens).float().mean().item() if ref_tokens is not None else None
             row = {"model": name, "variant": label, "batch": batch, "tok_s": tps,
-                   "x_fp32_lmlab": tps / base_tps if base_tps else None, "bound_tok_s": bound,
-                   "pct_bound": 100 * tps / bound if bound else None, "agree_with_fp32": agree,
-                   "background_cpu": background, "times_s": times[label]}
+                   "x_fp32_lmlab": tps / base_tps if base_tps else None, "decode_tok_s": tg,
+                   "decode_x_fp32_lmlab": tg / base_tg if base_tg else None, "bound_tok_s": bound,
+                   "pct_bound": 100 * tg / bound if bound else None, "agree_with_fp32": agree,
+                   "background_cpu": background, "times_s": times[label], "first_token_times_s": first[label]}
             rows.append(row)
             print(f"| {name} | {label:<16} | {batch:>5} | {tps:>8.1f} | "
-                  f"{row['x_fp32_lmlab'] or float('nan'):>5.2f}x | {bound or float('nan'):>9.1f} | "
+                  f"{row['x_fp32_lmlab'] or float('nan'):>5.2f}x | {tg:>8.1f} | "
+                  f"{row['decode_x_fp32_lmlab'] or float('nan'):>5.2f}x | {bound or float('nan'):>9.1f} | "
                   f"{row['pct_bound'] or float('nan'):>6.0f}% | {agree if agree is not None else float('nan'):>6.1%} | "
                   f"{background if background is not None else float('nan'):>5.0%} |", flush=True)
         if args.split and batch == 1:
@@ -283,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     bandwidth = args.bandwidth or (PERF_NOTES_GBPS if args.bounds_only else
                                    measure_bandwidth(size_mb=256 if args.quick else 1024)["read_gbps"])
     print(f"# read bandwidth {bandwidth:.1f} GB/s", flush=True)
-    print("| model | variant | batch | tok/s | vs lmlab fp32 | bound tok/s | % bound | tokens = fp32 | other CPU |")
+    print("| model | variant | batch | end-to-end tok/s | vs lmlab fp32 | decode tok/s | vs lmlab fp32 | bound tok/s "
+          "| decode % bound | tokens = fp32 | other CPU |")
     print("|---|---|---|---|---|---|---|---|---|")
     rows = []
     with tempfile.TemporaryDirectory(prefix="lmlab-quant-decode-") as tmp:
