@@ -172,3 +172,15 @@ def test_revert_is_exact_and_errors_are_one_line_and_apply_nothing(model, tok, r
         assert "\n" not in str(err.value)
         for n, p in model.state_dict().items():
             assert torch.equal(p, original[n]), (kw, n)
+
+
+def test_head_projection_attack_on_chosen_layers(model, tok, requests):
+    from lmlab.edit.attacks import head_projection_candidates
+
+    prompts = [r.text for r in requests]
+    lens = layer_logprobs(model, tok, prompts)  # [L, N, vocab]
+    last = head_projection_candidates(model, tok, prompts, 3, layers=[2])
+    assert last == [set(lens[2, i].topk(3).indices.tolist()) for i in range(len(prompts))]
+    every = head_projection_candidates(model, tok, prompts, 3)
+    assert all(a <= b for a, b in zip(last, every)) and every == [
+        set(lens[:, i].topk(3, -1).indices.reshape(-1).tolist()) for i in range(len(prompts))]
