@@ -89,6 +89,9 @@ def main() -> None:
             delta.revert(model)
             print(f"| {method} (layers {delta.metadata['layers']}) | {n} | "
                   + " | ".join(f"{scores[c]:.3f}" for c in cols) + f" | {seconds:.0f} |", flush=True)
+            logs = delta.metadata["log"]
+            print(f"  v*/z search: mean steps {sum(lg['steps'] for lg in logs) / len(logs):.1f}, mean target prob "
+                  f"{sum(lg['target_prob'] for lg in logs) / len(logs):.3f}", flush=True)
     shown = {k: v for k, v in settings.items()}
     print("settings:", json.dumps(shown, default=list))
 

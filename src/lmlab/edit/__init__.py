@@ -9,8 +9,9 @@ projection's input) and ``mlp.out`` -- the same names on every architecture, so 
 Statistics of the keys come from a local corpus and are cached as artefacts (:mod:`lmlab.edit.stats`).
 IKE (``method="ike"``, :mod:`lmlab.edit.ike`) edits by prompting and returns an :class:`InContextEdit`.
 Unlearning (:mod:`lmlab.edit.unlearn`: Who's Harry Potter, gradient ascent) and the extraction attacks
-(:mod:`lmlab.edit.attacks`) work on a slice of knowledge (:mod:`lmlab.edit.world_slice`); real facts in
-CounterFact format and their scores are in :mod:`lmlab.edit.counterfact`.
+(:mod:`lmlab.edit.attacks`) work on a slice of knowledge (:mod:`lmlab.edit.world_slice`); deleting facts with ROME
+under the sensitive-information paper's defence objectives is ``method="rome_delete"`` (:mod:`lmlab.edit.deletion`);
+real facts in CounterFact format and their scores are in :mod:`lmlab.edit.counterfact`.
 """
 
 from lmlab.edit.alphaedit import AlphaEditState

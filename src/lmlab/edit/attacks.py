@@ -46,9 +46,12 @@ def layer_logprobs(model: nn.Module, tok, prompts: Sequence[str]) -> torch.Tenso
     return F.log_softmax(model.lm_head(model.ln_final(states)).float(), -1)
 
 
-def head_projection_candidates(model: nn.Module, tok, prompts: Sequence[str], k: int) -> list[set[int]]:
-    """Per prompt, the union over layers of the logit lens's top-``k`` tokens (budget ``k * n_layers``)."""
-    top = layer_logprobs(model, tok, prompts).topk(k, -1).indices  # [L, N, k]
+def head_projection_candidates(model: nn.Module, tok, prompts: Sequence[str], k: int,
+                               layers: Sequence[int] | None = None) -> list[set[int]]:
+    """Per prompt, the union over layers of the logit lens's top-``k`` tokens (budget ``k * n_layers``);
+    ``layers``: read only these layers (default all; budget ``k * len(layers)``)."""
+    lp = layer_logprobs(model, tok, prompts)
+    top = (lp if layers is None else lp[list(layers)]).topk(k, -1).indices  # [L, N, k]
     return [set(top[:, i].reshape(-1).tolist()) for i in range(len(prompts))]
 
 

@@ -1,3 +1,3 @@
 """Import every built-in editor so that it registers itself (see :mod:`lmlab.edit.registry`)."""
 
-from lmlab.edit import alphaedit, ike, memit, rome  # noqa: F401
+from lmlab.edit import alphaedit, deletion, ike, memit, rome  # noqa: F401
