@@ -16,7 +16,8 @@ from lmlab.errors import LmlabError
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="checkpoint directory (config.json + model.safetensors [+ tokenizer.json])")
-    p.add_argument("--method", default="memit", help="rome, memit or alphaedit (default: memit)")
+    p.add_argument("--method", default="memit",
+                   help="rome, memit, alphaedit, ike or rome_delete (default: memit; the registry in lmlab.edit.registry)")
     p.add_argument("--edits", required=True,
                    help="JSONL/JSON edit records: CounterFact requested_rewrite, EasyEdit prompt/subject/target_new, "
                         "or prompt/subject/target")
