@@ -13,30 +13,18 @@ model's); GPTQ calibrates on 128 random segments of that length of the same text
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import torch
 
 from lmlab.efficient.calibration import perplexity, random_segments, token_stream, windows
-from lmlab.efficient.quantization import quantize
+from lmlab.efficient.quantization import parse_quant_case, quantize
+from lmlab.errors import LmlabError
 from lmlab.reference import NAME, load_reference
 
 CASES = ("8-rtn-nohead,8-rtn,8-gptq-nohead,8-gptq,4-rtn-nohead,4-rtn-h4,4-rtn,4-gptq-nohead,4-gptq-h4,4-gptq,"
          "4-rtn-32-h4,4-gptq-32-h4")
-
-
-def parse_case(case: str) -> tuple[int, str, int | None, dict]:
-    """'4-gptq-h8' -> (4, 'gptq', 128, {'head_bits': 8}); '4-rtn-32' -> group 32; '-nohead': head float."""
-    parts = case.split("-")
-    bits, method, group, extra = int(parts[0]), parts[1], 128 if parts[0] == "4" else None, {}
-    for p in parts[2:]:
-        if p == "nohead":
-            extra["head"] = False
-        elif p.startswith("h"):
-            extra["head_bits"] = int(p[1:])
-        else:
-            group = int(p)
-    return bits, method, group, extra
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,6 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-windows", type=int, default=None, help="evaluate on the first N windows only")
     p.add_argument("--cases", default=CASES, help="rows: BITS-METHOD[-GROUP][-h8|-h4|-nohead]")
     args = p.parse_args(argv)
+    try:
+        cases = [parse_quant_case(c) for c in args.cases.split(",")]
+    except LmlabError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     torch.manual_seed(0)
     ref = load_reference(args.model)
     stream = token_stream(ref.tokenizer, ref.world.training_documents())
@@ -61,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| weights | method | group | output head | perplexity | change vs fp32 | seconds |")
     print("|---|---|---|---|---|---|---|")
     print(f"| fp32 | - | - | fp32 | {base:.4f} | - | - |")
-    for bits, method, group, extra in [parse_case(c) for c in args.cases.split(",")]:
+    for bits, method, group, extra in cases:
         model = load_reference(args.model).model
         t0 = time.perf_counter()
         quantize(model, bits=bits, method=method, group_size=group, calibration=calibration,

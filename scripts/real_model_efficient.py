@@ -27,28 +27,11 @@ import torch
 import lmlab
 from lmlab.efficient import kv_policy
 from lmlab.efficient.calibration import random_segments, windows
-from lmlab.efficient.quantization import quantize
+from lmlab.efficient.quantization import parse_quant_case, quantize
 from lmlab.errors import LmlabError
 
 MODEL = "smollm2-135m-instruct"
 CASES = "8-rtn,8-gptq,4-rtn,4-gptq"
-
-
-def parse_case(case: str) -> tuple[int, str, int | None, dict]:
-    """'4-gptq-h8' -> (4, 'gptq', 128, {'head_bits': 8}); '4-rtn-32' -> group 32; '-nohead': head float."""
-    parts = case.split("-")
-    if len(parts) < 2 or parts[0] not in ("8", "4") or parts[1] not in ("rtn", "gptq") or not all(
-            p in ("h8", "h4", "nohead") or p.isdigit() for p in parts[2:]):
-        raise LmlabError(f"--cases: {case!r} is not BITS-METHOD[-GROUP][-h8|-h4|-nohead] (e.g. 4-gptq-h4)")
-    bits, group, extra = int(parts[0]), 128 if parts[0] == "4" else None, {}
-    for p in parts[2:]:
-        if p == "nohead":
-            extra["head"] = False
-        elif p.startswith("h"):
-            extra["head_bits"] = int(p[1:])
-        else:
-            group = int(p)
-    return bits, parts[1], group, extra
 
 
 def head_label(model) -> str:
@@ -87,7 +70,7 @@ def perplexity_table(args) -> None:
     print("|---|---|---|---|---|---|---|")
     base = perplexity(lmlab.load(MODEL).eval(), evaluation, batch_size=2)
     print(f"| fp32 | - | - | fp32 | {base:.3f} | - | - |", flush=True)
-    for bits, method, group, extra in [parse_case(c) for c in args.cases.split(",")]:
+    for bits, method, group, extra in [parse_quant_case(c) for c in args.cases.split(",")]:
         model = lmlab.load(MODEL).eval()
         t0 = time.perf_counter()
         quantize(model, bits=bits, method=method, group_size=group, calibration=calibration,

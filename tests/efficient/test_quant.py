@@ -348,3 +348,14 @@ def test_public_quantize_is_the_function_even_after_its_module_is_imported():
 
     assert callable(public) and public.__name__ == "quantize"
     assert lmlab.efficient.quantize is public
+
+
+def test_quant_case_strings_parse_to_quantize_settings_and_bad_ones_name_the_flag():
+    from lmlab.efficient.quantization import parse_quant_case
+
+    assert parse_quant_case("4-gptq-h8") == (4, "gptq", 128, {"head_bits": 8})
+    assert parse_quant_case("4-rtn-32-nohead") == (4, "rtn", 32, {"head": False})
+    assert parse_quant_case("8-rtn") == (8, "rtn", None, {})
+    for bad in ("5-rtn", "4-awq", "4-rtn-h3", "4"):
+        with pytest.raises(LmlabError, match="--cases"):
+            parse_quant_case(bad)

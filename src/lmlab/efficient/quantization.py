@@ -120,6 +120,25 @@ class QuantizationConfig:
         return cfg
 
 
+def parse_quant_case(case: str) -> tuple[int, str, int | None, dict]:
+    """A quantization setting written as one token, as the benchmarks and scripts take them on the command
+    line: ``BITS-METHOD[-GROUP][-h8|-h4|-nohead]`` -> ``(bits, method, group_size, extra quantize() kwargs)``;
+    '4-gptq-h8' -> (4, 'gptq', 128, {'head_bits': 8}), '4-rtn-32' -> group 32, '-nohead' -> head left float."""
+    parts = case.split("-")
+    if len(parts) < 2 or parts[0] not in ("8", "4") or parts[1] not in ("rtn", "gptq") or not all(
+            p in ("h8", "h4", "nohead") or p.isdigit() for p in parts[2:]):
+        raise LmlabError(f"--cases: {case!r} is not BITS-METHOD[-GROUP][-h8|-h4|-nohead] (e.g. 4-gptq-h4)")
+    bits, group, extra = int(parts[0]), 128 if parts[0] == "4" else None, {}
+    for p in parts[2:]:
+        if p == "nohead":
+            extra["head"] = False
+        elif p.startswith("h"):
+            extra["head_bits"] = int(p[1:])
+        else:
+            group = int(p)
+    return bits, parts[1], group, extra
+
+
 def swap_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
     """Put ``new`` where ``name`` is, moving the old module's hooks and child modules (adapter slots) over."""
     parent_name, _, child = name.rpartition(".")
