@@ -17,10 +17,7 @@ Usage: ``PYTHONPATH=src python scripts/adapt_cendol.py --model world-llama-2m-1k
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import random
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -31,6 +28,7 @@ from lmlab.adapt import extend_vocabulary, swap_tokenizer
 from lmlab.adapt.wechsel import split_words
 from lmlab.core.logprobs import sequence_logprobs
 from lmlab.core.tokenizer import train_bpe
+from lmlab.io.atomic import atomic_write_json
 from lmlab.peft import LoraConfig, add_adapter
 from lmlab.reference import load_reference
 from lmlab.reference_names import WORLD_NAME
@@ -131,10 +129,7 @@ def main() -> None:
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(results, f, indent=1)
-        os.replace(tmp, out)
+        atomic_write_json(out, results)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,6 @@ Usage: ``PYTHONPATH=src python scripts/adapt_dynamic_tokenization.py --model wor
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,6 +25,7 @@ from lmlab.adapt.dynamic_tokenization import (
     new_hypernet,
     train_hypernet,
 )
+from lmlab.io.atomic import atomic_write_json
 from lmlab.reference import load_reference
 from lmlab.reference_names import WORLD_NAME
 
@@ -95,10 +93,7 @@ def main() -> None:
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(results, f, indent=1)
-        os.replace(tmp, out)
+        atomic_write_json(out, results)
 
 
 if __name__ == "__main__":
