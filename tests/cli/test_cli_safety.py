@@ -280,13 +280,15 @@ def test_outputs_get_the_umask_permissions(tmp_path):
     old = os.umask(0o022)
     try:
         assert run("world", tmp_path / "w", "--preset", "tiny").returncode == 0
-        from lmlab.eval.report import _atomic_write
+        from lmlab.io.atomic import atomic_save_safetensors, atomic_write_json
 
-        _atomic_write(tmp_path / "r.json", b"{}")
+        atomic_write_json(tmp_path / "r.json", {})
+        atomic_save_safetensors(tmp_path / "w.safetensors", {"x": torch.zeros(2)})
     finally:
         os.umask(old)
     assert (tmp_path / "w").stat().st_mode & 0o777 == 0o755
-    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644  # mkstemp's 0600 would fail here
+    assert (tmp_path / "w.safetensors").stat().st_mode & 0o777 == 0o644
 
 
 def test_shipped_reference_stops_at_eos_in_lmlab_and_transformers():

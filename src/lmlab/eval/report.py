@@ -13,22 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from lmlab.io.atomic import atomic_write_bytes
 from lmlab.io.output_paths import umask_mode
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, umask_mode())  # mkstemp makes 0600; a report is as readable as any file the user writes
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _fmt(x: Any) -> str:
@@ -114,8 +100,8 @@ def write_report(results: dict, out_dir: str | os.PathLike, *, samples: bool = T
     if not samples:
         data.pop("samples", None)
     paths = {"json": d / "results.json", "markdown": d / "results.md"}
-    _atomic_write(paths["json"], (json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode())
-    _atomic_write(paths["markdown"], to_markdown(results).encode())
+    atomic_write_bytes(paths["json"], (json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode())
+    atomic_write_bytes(paths["markdown"], to_markdown(results).encode())
     if png:
         paths["png"] = d / "results.png"
         plot(results, paths["png"])
