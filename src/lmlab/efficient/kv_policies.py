@@ -402,9 +402,9 @@ class Keyformer(AccumulatedScorePolicy):
         tau = (self.tau_init + self._steps(B, probs.device) * self.tau_delta).to(probs.dtype)  # [B]
         key_pos = cache.positions_per_head()[int(layers[0]):int(layers[-1]) + 1, :, :, :S]  # [L', B, n_kv, S]
         gumbel = layers_gumbel_noise(self.seed, layers, cache.token_index, key_pos, H // key_pos.shape[2])
-        logits = probs.log()  # = attention logits - logsumexp per query; masked keys stay -inf
-        scores = (logits + gumbel) / tau[None, :, None, None, None]
-        return scores.softmax(dim=-1).nan_to_num(0.0)  # [L', B, H, T, S]
+        scores = probs.log()  # = attention logits - logsumexp per query; masked keys stay -inf
+        scores = scores.add_(gumbel).div_(tau[None, :, None, None, None])  # in place: the same values, no copies
+        return scores.softmax(dim=-1).nan_to_num_(0.0)  # [L', B, H, T, S]
 
     def step_done(self, cache: KVCache) -> None:
         index = cache.token_index  # [B, T] of the forward just done
