@@ -112,3 +112,32 @@ def test_budget_above_the_sequence_still_equals_the_plain_cache_with_batched_sco
     assert [t for t, _ in trace_pol] == [t for t, _ in trace_plain]
     for a, b in zip(logits_pol, logits_plain):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_decode_steps_are_scored_in_one_batched_update_and_large_chunks_per_layer(model, monkeypatch):
+    """The speed path is really taken: every decode forward scores all layers at once after the last layer
+    (nothing left held), and a prompt chunk whose probabilities exceed ``batch_limit`` is scored layer by
+    layer as it comes (memory stays one layer's probabilities)."""
+    from lmlab.efficient.kv_policies import AccumulatedScorePolicy
+
+    calls = []
+    original = AccumulatedScorePolicy._accumulate
+
+    def spy(self, cache, first, probs):
+        calls.append((first, probs.shape[0], probs.shape[3]))  # (first layer, layers, queries T)
+        return original(self, cache, first, probs)
+
+    monkeypatch.setattr(AccumulatedScorePolicy, "_accumulate", spy)
+    L = model.config.n_layers
+    policy = kv_policy("keyformer", budget=12)
+    policy.batch_limit = L * 4 * 40  # [L, B=1, H=4, T, S <= 40]: decode (T = 1) fits, an 8-token chunk (S >= 8) does not
+    dec = Decoder(model, max_len=80, cache_policy=policy, prefill_chunk_size=8)
+    dec.add([_prompt(30, 1)], max_new_tokens=6, stop_token_ids=[])
+    for _ in range(5):
+        dec.step()
+    prefill = [c for c in calls if c[2] > 1]
+    decode = [c for c in calls if c[2] == 1]
+    assert prefill and all(n == 1 for _, n, _ in prefill)  # per layer
+    assert [f for f, _, _ in prefill[:L]] == list(range(L))
+    assert len(decode) >= 4 and all(c[:2] == (0, L) for c in decode)  # one call per step, all layers
+    assert dec.cache.policy._held == {}

@@ -18,10 +18,11 @@
   "key tokens" with the largest accumulated Gumbel-softmax score, softmax((logits + Gumbel noise) / tau),
   tau = 1 + 0.01 * step (the reference code's ``tau_init=1.0, tau_delta=0.01``; the paper raises tau from 1
   to 2 over the generation), per layer and head like H2O, on which its code builds. The noise is i.i.d.
-  Gumbel(0, 1) per (layer, head, query, key) as in the paper, drawn from a hash of (seed, layer, head, query
-  index, key position) so that a row's selection does not depend on the rest of its batch. Logits are recovered from
-  the probabilities the core hands to ``observe``: log p differs from the logits by a per-query constant,
-  which the softmax cancels.
+  Gumbel(0, 1) per (layer, head, query, key) and fresh at every step, as in the paper (its reference code
+  calls ``gumbel_softmax`` on the raw attention logits at every forward), drawn from a hash of (seed, layer,
+  head, query index, key position) so that a row's selection does not depend on the rest of its batch.
+  Logits are recovered from the probabilities the core hands to ``observe``: log p differs from the logits
+  by a per-query constant, which the softmax cancels.
 
 ``per_head=False`` on h2o / keyformer sums the scores over layers and heads and keeps one set per row (the
 session-3 behaviour; needed on models with sliding-window layers, whose mask is per row).
@@ -39,7 +40,9 @@ budget; ``slack=0`` is the papers' per-step eviction.
 Scores (h2o, keyformer) are needed on every forward (they accumulate), so those policies take the model's
 explicit attention path; for grouped-query models it computes each KV head's query group in one matmul,
 without copying keys and values per query head, and a decode step computes only the new query row's
-probabilities, q Kᵀ, which attention computes anyway.
+probabilities, q Kᵀ, which attention computes anyway. A decode step's probabilities are small, so they are scored for all layers
+in one batched update after the last layer (``AccumulatedScorePolicy.batch_limit``), not layer by layer:
+the same element-wise operations, the same evictions, a fraction of the per-op dispatch.
 
 Budgets: an int is tokens kept per row; a float in (0, 1] is a fraction of the prompt's length (the longest
 row's, as the Decoder declares it), fixed on the first forward (as the H2O and Keyformer reference code size
