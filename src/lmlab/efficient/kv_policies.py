@@ -18,10 +18,11 @@
   "key tokens" with the largest accumulated Gumbel-softmax score, softmax((logits + Gumbel noise) / tau),
   tau = 1 + 0.01 * step (the reference code's ``tau_init=1.0, tau_delta=0.01``; the paper raises tau from 1
   to 2 over the generation), per layer and head like H2O, on which its code builds. The noise is i.i.d.
-  Gumbel(0, 1) per (layer, head, query, key) as in the paper, drawn from a hash of (seed, layer, head, query
-  index, key position) so that a row's selection does not depend on the rest of its batch. Logits are recovered from
-  the probabilities the core hands to ``observe``: log p differs from the logits by a per-query constant,
-  which the softmax cancels.
+  Gumbel(0, 1) per (layer, head, query, key) and fresh at every step, as in the paper (its reference code
+  calls ``gumbel_softmax`` on the raw attention logits at every forward), drawn from a hash of (seed, layer,
+  head, query index, key position) so that a row's selection does not depend on the rest of its batch.
+  Logits are recovered from the probabilities the core hands to ``observe``: log p differs from the logits
+  by a per-query constant, which the softmax cancels.
 
 ``per_head=False`` on h2o / keyformer sums the scores over layers and heads and keeps one set per row (the
 session-3 behaviour; needed on models with sliding-window layers, whose mask is per row).
@@ -39,7 +40,9 @@ budget; ``slack=0`` is the papers' per-step eviction.
 Scores (h2o, keyformer) are needed on every forward (they accumulate), so those policies take the model's
 explicit attention path; for grouped-query models it computes each KV head's query group in one matmul,
 without copying keys and values per query head, and a decode step computes only the new query row's
-probabilities, q Kᵀ, which attention computes anyway.
+probabilities, q Kᵀ, which attention computes anyway. A decode step's probabilities are small, so they are scored for all layers
+in one batched update after the last layer (``AccumulatedScorePolicy.batch_limit``), not layer by layer:
+the same element-wise operations, the same evictions, a fraction of the per-op dispatch.
 
 Budgets: an int is tokens kept per row; a float in (0, 1] is a fraction of the prompt's length (the longest
 row's, as the Decoder declares it), fixed on the first forward (as the H2O and Keyformer reference code size
@@ -71,29 +74,40 @@ _MASK32 = 0xFFFFFFFF
 
 def _mix32(x: torch.Tensor) -> torch.Tensor:
     """A 32-bit integer hash (multiply-xorshift, full avalanche) of int64 values in [0, 2**32); every product
-    stays below 2**63, so nothing overflows."""
-    x = ((x >> 16) ^ x) * 0x45D9F3B & _MASK32
-    x = ((x >> 16) ^ x) * 0x45D9F3B & _MASK32
-    return (x >> 16) ^ x
+    stays below 2**63, so nothing overflows. Works in place on ``x`` (a fresh tensor) and returns it."""
+    x.bitwise_xor_(x >> 16).mul_(0x45D9F3B).bitwise_and_(_MASK32)
+    x.bitwise_xor_(x >> 16).mul_(0x45D9F3B).bitwise_and_(_MASK32)
+    return x.bitwise_xor_(x >> 16)
+
+
+def layers_gumbel_noise(seed: int, layers: torch.Tensor, query_index: torch.Tensor, key_pos: torch.Tensor,
+                        group: int) -> torch.Tensor:
+    """Standard Gumbel(0, 1) noise [L', B, n_kv * group, T, S] for the layers ``layers`` [L'] at once (one
+    decode step draws every layer's noise in one pass: ~20 integer ops over all layers instead of per layer),
+    a pure function of (seed, layer, query head, the query's index in its row, the key's position): a row
+    draws the same noise whatever shares its batch, however its cache slots are laid out and however its
+    prompt is chunked (a generator drawing [B, H, T, S] would make a row's selection depend on its batch mates).
+
+    ``query_index`` [B, T]: true token indices of the queries; ``key_pos`` [L', B, n_kv, S]: the position of
+    the token in each slot of each layer and KV head (-1 for empty slots, whose probability is 0 anyway);
+    ``group``: query heads per KV head.
+    """
+    Lp, B, n_kv, S = key_pos.shape
+    T = query_index.shape[1]
+    heads = torch.arange(n_kv * group, device=key_pos.device).view(1, 1, n_kv, group, 1)
+    layer = layers.to(key_pos.device).view(Lp, 1, 1, 1, 1)
+    base = _mix32((heads * 0x9E3779B + layer * 0x7F4A7C1 + (seed & _MASK32)) & _MASK32)  # [L', 1, n_kv, group, 1]
+    base = _mix32(base ^ (query_index[None, :, None, None, :] & _MASK32))  # [L', B, n_kv, group, T]
+    bits = _mix32(base[..., None] ^ (key_pos[:, :, :, None, None, :] & _MASK32))  # [L', B, n_kv, group, T, S]
+    u = (bits >> 8).float().add_(0.5).mul_(2.0 ** -24)  # uniform in (0, 1), 24 bits
+    return u.log_().neg_().log_().neg_().view(Lp, B, n_kv * group, T, S)
 
 
 def row_gumbel_noise(seed: int, layer: int, query_index: torch.Tensor, key_pos: torch.Tensor,
                      group: int) -> torch.Tensor:
-    """Standard Gumbel(0, 1) noise [B, n_kv * group, T, S], a pure function of (seed, layer, query head, the
-    query's index in its row, the key's position): a row draws the same noise whatever shares its batch,
-    however its cache slots are laid out and however its prompt is chunked (a generator drawing [B, H, T, S]
-    would make a row's selection depend on its batch mates).
-
-    ``query_index`` [B, T]: true token indices of the queries; ``key_pos`` [B, n_kv, S]: the position of the
-    token in each slot (-1 for empty slots, whose probability is 0 anyway); ``group``: query heads per KV head.
-    """
-    B, n_kv, S = key_pos.shape
-    heads = torch.arange(n_kv * group, device=key_pos.device).view(1, n_kv, group, 1)
-    base = _mix32((heads * 0x9E3779B + layer * 0x7F4A7C1 + (seed & _MASK32)) & _MASK32)  # [1, n_kv, group, 1]
-    base = _mix32(base ^ (query_index[:, None, None, :] & _MASK32))  # [B, n_kv, group, T]
-    bits = _mix32(base[..., None] ^ (key_pos[:, :, None, None, :] & _MASK32))  # [B, n_kv, group, T, S]
-    u = ((bits >> 8).float() + 0.5) * 2.0 ** -24  # uniform in (0, 1), 24 bits
-    return -torch.log(-torch.log(u)).view(B, n_kv * group, query_index.shape[1], S)
+    """``layers_gumbel_noise`` of one layer: [B, n_kv * group, T, S] for ``key_pos`` [B, n_kv, S]."""
+    layers = torch.tensor([layer], dtype=torch.long)
+    return layers_gumbel_noise(seed, layers, query_index, key_pos[None], group)[0]
 
 
 class BudgetPolicy(CachePolicy):
@@ -229,10 +243,19 @@ class SinksAndRecent(BudgetPolicy):
 
 class AccumulatedScorePolicy(BudgetPolicy):
     """Keeps ``recent_share`` of the budget for the most recent tokens and the rest for the highest
-    accumulated score. ``observe`` adds each layer's contribution per KV head ([L, B, n_kv, slots] state);
-    ``per_head`` selects per layer and head (the papers), else on the sum over layers and heads per row."""
+    accumulated score. ``observe`` receives each layer's probabilities and the contributions are added per
+    KV head ([L, B, n_kv, slots] state); ``per_head`` selects per layer and head (the papers), else on the sum
+    over layers and heads per row.
+
+    Batched scoring: a decode step's probabilities are small ([B, H, 1, S] per layer), and scoring them layer
+    by layer costs more in per-op dispatch than in arithmetic. While one forward's probabilities over all
+    layers stay under ``batch_limit`` elements, ``observe`` only holds them and ``evict`` (called once after
+    the last layer) scores every layer in one pass over [L, B, H, T, S]: the same element-wise operations, so
+    the same scores and the same evictions (tests/efficient/test_kv_equivalence.py). Larger forwards (prompt
+    chunks) are scored per layer as they come, so memory stays one layer's probabilities."""
 
     recent_share = 0.5
+    batch_limit = 1 << 21  # elements of [L, B, H, T, S] held for one batched update (8 MB in fp32)
 
     def __init__(self, budget: int | float, per_head: bool = True, slack: int | None = None) -> None:
         super().__init__(budget, slack=slack)
@@ -240,14 +263,15 @@ class AccumulatedScorePolicy(BudgetPolicy):
             raise LmlabError(f"KV policy {self.name!r}: per_head must be True or False, got {per_head!r}")
         self.per_head = per_head
         self.score: torch.Tensor | None = None  # [L, B, n_kv, capacity] accumulated per slot
+        self._held: dict[int, torch.Tensor] = {}  # layer -> this forward's probabilities [B, H, T, S], not yet scored
 
     @property
     def needs_attention(self) -> bool:  # read by the model for every layer of every forward
         return self.active
 
-    def contribution(self, probs: torch.Tensor, cache: KVCache, layer: int) -> torch.Tensor:
-        """[B, H, T, S] per query from one layer's attention probabilities [B, H, T, S] (summed over the
-        real queries by ``observe``)."""
+    def contribution(self, probs: torch.Tensor, cache: KVCache, layers: torch.Tensor) -> torch.Tensor:
+        """[L', B, H, T, S] per query from the attention probabilities [L', B, H, T, S] of the layers
+        ``layers`` [L'] (summed over the real queries by ``_accumulate``)."""
         raise NotImplementedError
 
     def _score_for(self, cache: KVCache) -> torch.Tensor:
@@ -260,15 +284,35 @@ class AccumulatedScorePolicy(BudgetPolicy):
         return self.score
 
     def observe(self, cache: KVCache, layer: int, probs: torch.Tensor) -> None:
+        if cache.k.shape[0] * probs.numel() <= self.batch_limit:
+            self._held[layer] = probs  # scored with the other layers' after the forward (``_flush``)
+            return
+        self._accumulate(cache, layer, probs[None])
+
+    def _accumulate(self, cache: KVCache, first: int, probs: torch.Tensor) -> None:
+        """Add the contributions of ``probs`` [L', B, H, T, S], the layers first .. first + L' - 1."""
         score = self._score_for(cache)
-        B, H, _, S = probs.shape
+        Lp, B, H, _, S = probs.shape
         n_kv = score.shape[2]
-        per_query = self.contribution(probs.float(), cache, layer)  # [B, H, T, S]
+        layers = torch.arange(first, first + Lp)
+        per_query = self.contribution(probs.float(), cache, layers)  # [L', B, H, T, S]
         real = cache.new_token_mask()  # [B, T] or None: right-padded queries attend to nothing real
         if real is not None:
-            per_query = per_query * real[:, None, :, None]
-        per_query_head = per_query.sum(dim=2)  # [B, H, S]
-        score[layer, :, :, :S] += per_query_head.view(B, n_kv, H // n_kv, S).sum(dim=2)  # [B, n_kv, S]
+            per_query = per_query * real[None, :, None, :, None]
+        per_query_head = per_query.sum(dim=3)  # [L', B, H, S]
+        score[first:first + Lp, :, :, :S] += per_query_head.view(Lp, B, n_kv, H // n_kv, S).sum(dim=3)
+
+    def _flush(self, cache: KVCache) -> None:
+        """Score the held probabilities: every layer at once when all of them are held (the usual case),
+        else each held layer alone (a forward that stopped part-way)."""
+        held, self._held = self._held, {}
+        if not held:
+            return
+        if sorted(held) == list(range(cache.k.shape[0])):
+            self._accumulate(cache, 0, torch.stack([held[i] for i in range(len(held))]))
+            return
+        for layer in sorted(held):
+            self._accumulate(cache, layer, held[layer][None])
 
     def slot_scores(self, cache: KVCache, n: int) -> torch.Tensor:
         budget = self.resolve(cache)
@@ -311,6 +355,7 @@ class AccumulatedScorePolicy(BudgetPolicy):
         return None
 
     def evict(self, cache: KVCache) -> None:
+        self._flush(cache)
         super().evict(cache)
         self.step_done(cache)
 
@@ -326,8 +371,8 @@ class HeavyHitters(AccumulatedScorePolicy):
             raise LmlabError(f"KV policy 'h2o': recent_share must lie in [0, 1], got {recent_share}")
         self.recent_share = recent_share
 
-    def contribution(self, probs: torch.Tensor, cache: KVCache, layer: int) -> torch.Tensor:
-        return probs  # [B, H, T, S]
+    def contribution(self, probs: torch.Tensor, cache: KVCache, layers: torch.Tensor) -> torch.Tensor:
+        return probs  # [L', B, H, T, S]
 
 
 @register_policy("keyformer")
@@ -355,13 +400,14 @@ class Keyformer(AccumulatedScorePolicy):
             self.row_step = torch.zeros(B, dtype=torch.long, device=device)
         return self.row_step
 
-    def contribution(self, probs: torch.Tensor, cache: KVCache, layer: int) -> torch.Tensor:
-        B, H, T, S = probs.shape
-        tau = (self.tau_init + self._steps(B, probs.device) * self.tau_delta).to(probs.dtype)[:, None, None, None]
-        key_pos = cache.positions_per_head()[layer, :, :, :S]  # [B, n_kv, S]
-        gumbel = row_gumbel_noise(self.seed, layer, cache.token_index, key_pos, H // key_pos.shape[1])
-        logits = probs.log()  # = attention logits - logsumexp per query; masked keys stay -inf
-        return ((logits + gumbel) / tau).softmax(dim=-1).nan_to_num(0.0)  # [B, H, T, S]
+    def contribution(self, probs: torch.Tensor, cache: KVCache, layers: torch.Tensor) -> torch.Tensor:
+        Lp, B, H, T, S = probs.shape
+        tau = (self.tau_init + self._steps(B, probs.device) * self.tau_delta).to(probs.dtype)  # [B]
+        key_pos = cache.positions_per_head()[int(layers[0]):int(layers[-1]) + 1, :, :, :S]  # [L', B, n_kv, S]
+        gumbel = layers_gumbel_noise(self.seed, layers, cache.token_index, key_pos, H // key_pos.shape[2])
+        scores = probs.log()  # = attention logits - logsumexp per query; masked keys stay -inf
+        scores = scores.add_(gumbel).div_(tau[None, :, None, None, None])  # in place: the same values, no copies
+        return scores.softmax(dim=-1).nan_to_num_(0.0)  # [L', B, H, T, S]
 
     def step_done(self, cache: KVCache) -> None:
         index = cache.token_index  # [B, T] of the forward just done

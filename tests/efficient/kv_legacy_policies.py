@@ -1,0 +1,333 @@
+"""A frozen copy of lmlab.efficient.kv_policies as of main c875f88 (session 6), before the session-7 speed work.
+
+tests/efficient/test_kv_equivalence.py runs it side by side with the live policies: every optimisation must
+keep exactly the tokens this version keeps (per row, layer and head) and its logits within fp32 rounding.
+Not registered (the live registry keeps its names); do not edit except to follow core API changes.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from lmlab.core.cache import CachePolicy, KVCache
+from lmlab.core.hooks import current_context
+from lmlab.errors import LmlabError
+
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (multiply-xorshift, full avalanche) of int64 values in [0, 2**32); every product
+    stays below 2**63, so nothing overflows."""
+    x = ((x >> 16) ^ x) * 0x45D9F3B & _MASK32
+    x = ((x >> 16) ^ x) * 0x45D9F3B & _MASK32
+    return (x >> 16) ^ x
+
+
+def row_gumbel_noise(seed: int, layer: int, query_index: torch.Tensor, key_pos: torch.Tensor,
+                     group: int) -> torch.Tensor:
+    """Standard Gumbel(0, 1) noise [B, n_kv * group, T, S], a pure function of (seed, layer, query head, the
+    query's index in its row, the key's position): a row draws the same noise whatever shares its batch,
+    however its cache slots are laid out and however its prompt is chunked (a generator drawing [B, H, T, S]
+    would make a row's selection depend on its batch mates).
+
+    ``query_index`` [B, T]: true token indices of the queries; ``key_pos`` [B, n_kv, S]: the position of the
+    token in each slot (-1 for empty slots, whose probability is 0 anyway); ``group``: query heads per KV head.
+    """
+    B, n_kv, S = key_pos.shape
+    heads = torch.arange(n_kv * group, device=key_pos.device).view(1, n_kv, group, 1)
+    base = _mix32((heads * 0x9E3779B + layer * 0x7F4A7C1 + (seed & _MASK32)) & _MASK32)  # [1, n_kv, group, 1]
+    base = _mix32(base ^ (query_index[:, None, None, :] & _MASK32))  # [B, n_kv, group, T]
+    bits = _mix32(base[..., None] ^ (key_pos[:, :, None, None, :] & _MASK32))  # [B, n_kv, group, T, S]
+    u = ((bits >> 8).float() + 0.5) * 2.0 ** -24  # uniform in (0, 1), 24 bits
+    return -torch.log(-torch.log(u)).view(B, n_kv * group, query_index.shape[1], S)
+
+
+class BudgetPolicy(CachePolicy):
+    """Keeps at most ``budget`` slots per row: after every forward that overflows it, the highest-scored
+    slots survive (``slot_scores``: one score per row and slot [B, n], or per layer, row, KV head and slot
+    [L, B, n_kv, n] for a per-head selection), in their original order."""
+
+    name = "budget"
+
+    def __init__(self, budget: int | float, slack: int | None = None) -> None:
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)):
+            raise LmlabError(f"KV policy {self.name!r}: budget must be a number of tokens or a fraction, got {budget!r}")
+        if isinstance(budget, float) and not 0 < budget <= 1:
+            raise LmlabError(f"KV policy {self.name!r}: a fractional budget must lie in (0, 1], got {budget}")
+        if isinstance(budget, int) and budget < 1:
+            raise LmlabError(f"KV policy {self.name!r}: budget must be at least 1 token, got {budget}")
+        if slack is not None and (isinstance(slack, bool) or not isinstance(slack, int) or slack < 0):
+            raise LmlabError(f"KV policy {self.name!r}: slack must be a non-negative number of tokens or None, "
+                             f"got {slack!r}")
+        self.budget, self.slack = budget, slack
+        self.tokens: int | None = budget if isinstance(budget, int) else None  # resolved budget
+        self.max_len: int | None = None
+
+    def slack_tokens(self) -> int:
+        """Tokens the cache may hold past the budget before a block eviction (needs the resolved budget)."""
+        if self.slack is not None:
+            return self.slack
+        return max(1, (self.tokens or 0) // 8)
+
+    def capacity(self, max_len: int) -> int:
+        """Inactive: the whole ``max_len`` (the plain cache's allocation). Active: start at the budget and
+        grow on demand (``grow``), so prompt chunks and generation alike stay within budget + slack + one
+        forward."""
+        self.max_len = max_len
+        if not self.active:
+            return max_len
+        if self.tokens is None:
+            return min(max_len, 17)
+        return min(max_len, self.tokens + self.slack_tokens() + 1)
+
+    def grow(self, cache: KVCache, needed: int) -> int:
+        limit = None if self.tokens is None else self.tokens + self.slack_tokens() + 1
+        target = needed if limit is None else min(2 * cache.capacity, limit)
+        return max(needed, target)  # never past budget + slack + the widest forward once the budget is known
+
+    @property
+    def active(self) -> bool:
+        """Whether this policy can ever evict (if not, it needs no scores and changes nothing)."""
+        if isinstance(self.budget, float):
+            return self.budget < 1.0
+        return self.max_len is None or self.budget < self.max_len
+
+    def resolve(self, cache: KVCache) -> int:
+        """The budget in tokens; a fraction is taken of the longest prompt (declared by the Decoder, else the
+        tokens seen so far, i.e. the prompt of a one-shot prefill) on the first forward, then fixed."""
+        if self.tokens is None:
+            ctx = current_context()
+            declared = ctx.prompt_lengths if ctx is not None else None
+            prompt = int(declared.max()) if declared is not None else int(cache.next_pos.max())
+            self.tokens = max(1, math.floor(self.budget * prompt))
+        return self.tokens
+
+    def slot_scores(self, cache: KVCache, n: int) -> torch.Tensor:
+        """[B, n] or [L, B, n_kv, n] float: higher = keep (empty slots are masked by the caller)."""
+        raise NotImplementedError
+
+    def evict(self, cache: KVCache) -> None:
+        if not self.active:
+            return
+        budget = self.resolve(cache)
+        uniform = cache.uniform_slots  # every row's slot count when they agree (no tensor read)
+        n = uniform if uniform is not None else int(cache.n_slots.max())
+        if n <= budget + self.slack_tokens():
+            return  # block eviction: let the cache grow by up to `slack` tokens, then compact in one gather
+        scores = self.slot_scores(cache, n)  # [B, n] or [L, B, n_kv, n]
+        pos = cache.slot_pos[:, :n] if scores.dim() == 2 else cache.positions_per_head()[..., :n]
+        scores = scores.masked_fill(pos < 0, float("-inf"))
+        keep = scores.topk(budget, dim=-1).indices  # [..., budget]
+        empty = pos.gather(-1, keep) < 0
+        keep = keep.gather(-1, (keep + n * empty).argsort(dim=-1))  # real tokens first, in slot order
+        self.compacted(keep)
+        cache.compact(keep)
+        self.after_compact(cache)
+
+    def compacted(self, keep: torch.Tensor) -> None:
+        """Called with the kept slots just before the cache compacts (policies with per-slot state)."""
+        return None
+
+    def after_compact(self, cache: KVCache) -> None:
+        return None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(budget={self.budget!r})"
+
+
+class SlidingWindow(BudgetPolicy):
+    def slot_scores(self, cache: KVCache, n: int) -> torch.Tensor:
+        return cache.slot_pos[:, :n].float()
+
+
+class SinksAndRecent(BudgetPolicy):
+    """StreamingLLM: ``n_sinks`` first tokens + the most recent; ``reindex`` "auto" (rotary models: positions
+    by place in the cache, the paper's scheme), True (require it) or False (keep original positions)."""
+
+    def __init__(self, budget: int | float, n_sinks: int = 4, reindex: bool | str = "auto",
+                 slack: int | None = None) -> None:
+        super().__init__(budget, slack=slack)
+        if not isinstance(n_sinks, int) or n_sinks < 0:
+            raise LmlabError(f"KV policy 'sinks': n_sinks must be a non-negative integer, got {n_sinks!r}")
+        if isinstance(budget, int) and n_sinks >= budget:
+            raise LmlabError(f"KV policy 'sinks': budget {budget} leaves no room for recent tokens after "
+                             f"{n_sinks} sinks")
+        if reindex not in (True, False, "auto"):
+            raise LmlabError(f"KV policy 'sinks': reindex must be True, False or 'auto', got {reindex!r}")
+        self.n_sinks, self.reindex = n_sinks, reindex
+
+    def slot_scores(self, cache: KVCache, n: int) -> torch.Tensor:
+        pos = cache.slot_pos[:, :n].float()
+        return torch.where((pos >= 0) & (pos < self.n_sinks), torch.full_like(pos, float("inf")), pos)
+
+    def after_compact(self, cache: KVCache) -> None:
+        rotary = cache.config.pos_type == "rotary"
+        if self.reindex is True and not rotary:
+            raise LmlabError(f"KV policy 'sinks': reindex=True needs rotary positions; this model has "
+                             f"{cache.config.pos_type!r} positions (use reindex='auto' or False)")
+        if self.reindex is False or not rotary:
+            return
+        slots = torch.arange(cache.capacity, device=cache.slot_pos.device).expand_as(cache.slot_pos)
+        cache.reposition(torch.where(cache.slot_pos >= 0, slots, -1))  # kept tokens at 0..K-1, next at K
+
+
+class AccumulatedScorePolicy(BudgetPolicy):
+    """Keeps ``recent_share`` of the budget for the most recent tokens and the rest for the highest
+    accumulated score. ``observe`` adds each layer's contribution per KV head ([L, B, n_kv, slots] state);
+    ``per_head`` selects per layer and head (the papers), else on the sum over layers and heads per row."""
+
+    recent_share = 0.5
+
+    def __init__(self, budget: int | float, per_head: bool = True, slack: int | None = None) -> None:
+        super().__init__(budget, slack=slack)
+        if not isinstance(per_head, bool):
+            raise LmlabError(f"KV policy {self.name!r}: per_head must be True or False, got {per_head!r}")
+        self.per_head = per_head
+        self.score: torch.Tensor | None = None  # [L, B, n_kv, capacity] accumulated per slot
+
+    @property
+    def needs_attention(self) -> bool:  # read by the model for every layer of every forward
+        return self.active
+
+    def contribution(self, probs: torch.Tensor, cache: KVCache, layer: int) -> torch.Tensor:
+        """[B, H, T, S] per query from one layer's attention probabilities [B, H, T, S] (summed over the
+        real queries by ``observe``)."""
+        raise NotImplementedError
+
+    def _score_for(self, cache: KVCache) -> torch.Tensor:
+        L, B, n_kv, cap = cache.k.shape[:4]
+        if self.score is None or self.score.shape[1] != B:
+            self.score = torch.zeros(L, B, n_kv, cap, dtype=torch.float32, device=cache.k.device)
+        elif self.score.shape[-1] < cap:  # the cache grew
+            pad = self.score.new_zeros(L, B, n_kv, cap - self.score.shape[-1])
+            self.score = torch.cat([self.score, pad], dim=-1)
+        return self.score
+
+    def observe(self, cache: KVCache, layer: int, probs: torch.Tensor) -> None:
+        score = self._score_for(cache)
+        B, H, _, S = probs.shape
+        n_kv = score.shape[2]
+        per_query = self.contribution(probs.float(), cache, layer)  # [B, H, T, S]
+        real = cache.new_token_mask()  # [B, T] or None: right-padded queries attend to nothing real
+        if real is not None:
+            per_query = per_query * real[:, None, :, None]
+        per_query_head = per_query.sum(dim=2)  # [B, H, S]
+        score[layer, :, :, :S] += per_query_head.view(B, n_kv, H // n_kv, S).sum(dim=2)  # [B, n_kv, S]
+
+    def slot_scores(self, cache: KVCache, n: int) -> torch.Tensor:
+        budget = self.resolve(cache)
+        recent = int(budget * self.recent_share)
+        score = self._score_for(cache)[..., :n]  # [L, B, n_kv, n]
+        if self.per_head:
+            pos = cache.positions_per_head()[..., :n]  # [L, B, n_kv, n]
+        else:
+            pos, score = cache.slot_pos[:, :n], score.sum(dim=(0, 2))  # [B, n]
+        newest = pos.max(dim=-1, keepdim=True).values
+        is_recent = pos > newest - recent  # the `recent` newest positions of each row (and head)
+        return torch.where(is_recent, torch.full_like(score, float("inf")), score)
+
+    def compacted(self, keep: torch.Tensor) -> None:
+        if self.score is None:
+            return
+        L, B, n_kv, _ = self.score.shape
+        full = keep if keep.dim() == 4 else keep[None, :, None, :].expand(L, B, n_kv, keep.shape[-1])
+        kept = self.score.gather(3, full)
+        self.score.zero_()
+        self.score[..., :full.shape[-1]] = kept
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        if self.score is not None:
+            self.score = self.score[:, rows.to(self.score.device)].contiguous()
+
+    def append_rows(self, other: "CachePolicy") -> None:
+        self.score = self._merged(getattr(other, "score", None))
+
+    def _merged(self, theirs: torch.Tensor | None) -> torch.Tensor | None:
+        """Row-concatenated scores (a missing side counts as zeros; slot dims padded to the larger)."""
+        mine = self.score
+        if mine is None or theirs is None:
+            return None  # rebuilt on the next observe: a side that never observed has no scores to keep
+        cap = max(mine.shape[-1], theirs.shape[-1])
+        pad = lambda t: torch.cat([t, t.new_zeros(*t.shape[:3], cap - t.shape[-1])], -1)  # noqa: E731
+        return torch.cat([pad(mine), pad(theirs)], dim=1)
+
+    def step_done(self, cache: KVCache) -> None:
+        return None
+
+    def evict(self, cache: KVCache) -> None:
+        super().evict(cache)
+        self.step_done(cache)
+
+
+class HeavyHitters(AccumulatedScorePolicy):
+    """H2O: accumulated attention probability each key received; heavy / recent = 50 / 50."""
+
+    def __init__(self, budget: int | float, recent_share: float = 0.5, per_head: bool = True,
+                 slack: int | None = None) -> None:
+        super().__init__(budget, per_head=per_head, slack=slack)
+        if not 0 <= recent_share <= 1:
+            raise LmlabError(f"KV policy 'h2o': recent_share must lie in [0, 1], got {recent_share}")
+        self.recent_share = recent_share
+
+    def contribution(self, probs: torch.Tensor, cache: KVCache, layer: int) -> torch.Tensor:
+        return probs  # [B, H, T, S]
+
+
+class Keyformer(AccumulatedScorePolicy):
+    """Keyformer: accumulated Gumbel-softmax scores with a rising temperature; recent window = 30% of budget."""
+
+    def __init__(self, budget: int | float, recent_share: float = 0.3, tau_init: float = 1.0,
+                 tau_delta: float = 0.01, seed: int = 0, per_head: bool = True, slack: int | None = None) -> None:
+        super().__init__(budget, per_head=per_head, slack=slack)
+        if not 0 <= recent_share <= 1:
+            raise LmlabError(f"KV policy 'keyformer': recent_share must lie in [0, 1], got {recent_share}")
+        if tau_init <= 0 or tau_delta < 0:
+            raise LmlabError("KV policy 'keyformer': tau_init must be positive and tau_delta non-negative")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise LmlabError(f"KV policy 'keyformer': seed must be an integer, got {seed!r}")
+        self.recent_share, self.tau_init, self.tau_delta = recent_share, tau_init, tau_delta
+        self.seed = seed
+        # [B] decode forwards (one new token each) per row: the paper's generation step t in
+        # tau_t = tau_init + t * tau_delta. Prompt chunks do not count (the prompt is step 0 however it is
+        # chunked), and a row keeps its own count when rows leave or join a running batch.
+        self.row_step: torch.Tensor | None = None
+
+    def _steps(self, B: int, device) -> torch.Tensor:
+        if self.row_step is None or self.row_step.shape[0] != B:
+            self.row_step = torch.zeros(B, dtype=torch.long, device=device)
+        return self.row_step
+
+    def contribution(self, probs: torch.Tensor, cache: KVCache, layer: int) -> torch.Tensor:
+        B, H, T, S = probs.shape
+        tau = (self.tau_init + self._steps(B, probs.device) * self.tau_delta).to(probs.dtype)[:, None, None, None]
+        key_pos = cache.positions_per_head()[layer, :, :, :S]  # [B, n_kv, S]
+        gumbel = row_gumbel_noise(self.seed, layer, cache.token_index, key_pos, H // key_pos.shape[1])
+        logits = probs.log()  # = attention logits - logsumexp per query; masked keys stay -inf
+        return ((logits + gumbel) / tau).softmax(dim=-1).nan_to_num(0.0)  # [B, H, T, S]
+
+    def step_done(self, cache: KVCache) -> None:
+        index = cache.token_index  # [B, T] of the forward just done
+        if index is None:
+            return
+        ctx = current_context()  # the decoder declares its phase; a bare cached forward of one token decodes
+        if (ctx.phase == "decode") if ctx is not None else index.shape[1] == 1:
+            self._steps(index.shape[0], index.device).add_(1)
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        super().select_rows(rows)
+        if self.row_step is not None:
+            self.row_step = self.row_step[rows.to(self.row_step.device)]
+
+    def append_rows(self, other: "CachePolicy") -> None:
+        super().append_rows(other)
+        theirs = getattr(other, "row_step", None)
+        # a side that never scored has no counts: restart at 0 on the next forward, as its scores do
+        self.row_step = None if self.row_step is None or theirs is None else torch.cat([self.row_step, theirs])
+
+
+LEGACY = {"window": SlidingWindow, "sinks": SinksAndRecent, "h2o": HeavyHitters, "keyformer": Keyformer}
+for _name, _cls in LEGACY.items():
+    _cls.name = _name
