@@ -184,7 +184,6 @@ def split_step_time(model, prompt, new_tokens: int) -> tuple[float, float]:
 
 def run_model(name: str, args, bandwidth: float, workdir: Path) -> list[dict]:
     import lmlab
-    from lmlab.efficient import quant
 
     hf = build_model(name)
     path = workdir / name
