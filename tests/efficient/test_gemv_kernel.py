@@ -28,6 +28,12 @@ def _kernel_built():
     assert gemv_kernel.available(), "the GEMV kernel failed to build (see the warning above)"
 
 
+@pytest.fixture(autouse=True)
+def _fp32_activations_unless_a_test_says_otherwise(monkeypatch):
+    """The default mode is int8 activations; the fp32-kernel tests pin fp32, the int8 ones set it themselves."""
+    monkeypatch.setattr(quant, "GEMV_ACTIVATIONS", "fp32")
+
+
 def _reference(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """x @ w.T + bias in float64: the exact value the fp32 kernel approximates."""
     y = x.double() @ w.double().T
@@ -345,18 +351,24 @@ def test_activation_mode_from_setting_and_environment(monkeypatch):
             ql(x)
 
 
-def _q8_inputs_on_decode_rows(model: torch.nn.Module) -> None:
-    """Make a float model compute what the int8-activation kernel does: inputs of every linear layer called
-    with at most GEMV_MAX_ROWS rows (decode steps) go through q8_0_activations; prefill stays fp32."""
-    def hook(_module, args):
-        x = args[0]
-        if x.numel() // x.shape[-1] <= quant.GEMV_MAX_ROWS:
-            return (quant.q8_0_activations(x).to(x.dtype),)
-        return None
+def _q8_inputs_where_the_kernel_runs(reference: torch.nn.Module, quantized: torch.nn.Module) -> None:
+    """Make the dequantised float copy of ``quantized`` compute what the int8-activation kernel does: the
+    inputs of a layer go through q8_0_activations on the calls the kernel serves (at most GEMV_MAX_ROWS rows;
+    int4 up to GEMV_PREFILL_MAX_ROWS), and stay fp32 on PyTorch's path (longer prefills)."""
+    bits = {name: m.bits for name, m in quantized.named_modules() if isinstance(m, QuantizedLinear)}
 
-    for module in model.modules():
-        if isinstance(module, torch.nn.Linear):
-            module.register_forward_pre_hook(hook)
+    def hook_for(limit):
+        def hook(_module, args):
+            x = args[0]
+            if x.numel() // x.shape[-1] <= limit:
+                return (quant.q8_0_activations(x).to(x.dtype),)
+            return None
+        return hook
+
+    for name, module in reference.named_modules():
+        if name in bits:
+            limit = quant.GEMV_PREFILL_MAX_ROWS if bits[name] == 4 else quant.GEMV_MAX_ROWS
+            module.register_forward_pre_hook(hook_for(limit))
 
 
 @pytest.mark.parametrize("bits, group, head_bits", [(8, None, 8), (4, 32, 4), (4, 64, 8)])
@@ -364,7 +376,7 @@ def test_greedy_decode_with_int8_activations_equals_reference_arithmetic(bits, g
     monkeypatch.setattr(quant, "GEMV_ACTIVATIONS", "int8")
     model = quantize(_tiny(1), bits=bits, group_size=group, head_bits=head_bits, activation_dtype="float32")
     reference = dequantize_model(copy.deepcopy(model))
-    _q8_inputs_on_decode_rows(reference)
+    _q8_inputs_where_the_kernel_runs(reference, model)
     fp32_reference = dequantize_model(copy.deepcopy(model))
     calls = []
     real8, real4 = gemv_kernel.int8_gemv_a8, gemv_kernel.int4_gemv_a8
@@ -388,3 +400,30 @@ def test_greedy_decode_with_int8_activations_equals_reference_arithmetic(bits, g
     assert per_step.max() <= 0.05 * vs_fp32.max(), (per_step.max(), vs_fp32.max())
     assert out["kernel"][1].std() > 0.1
     assert vs_fp32[1:].max() > 1e-2  # the int8 rounding is visible (the first step's logits come from prefill)
+
+
+@pytest.mark.parametrize("bits, group", [(4, 32), (4, 96), (8, None)])
+def test_int4_prefill_runs_the_a8_kernel_over_row_blocks(bits, group, monkeypatch):
+    """int8 activations: int4 layers send up to GEMV_PREFILL_MAX_ROWS rows to the kernel in blocks of 4 (the
+    last one short) and equal the Q8_0 reference; int8 layers and longer inputs keep PyTorch's kernels."""
+    monkeypatch.setattr(quant, "GEMV_ACTIVATIONS", "int8")
+    lin = Linear(200, 51, bias=True)
+    torch.nn.init.normal_(lin.bias)
+    ql = QuantizedLinear.from_linear(lin, bits, group, activation_dtype=torch.float32)
+    calls = []
+    name = "int8_gemv_a8" if bits == 8 else "int4_gemv_a8"
+    real = getattr(gemv_kernel, name)
+    monkeypatch.setattr(gemv_kernel, name, lambda *a: calls.append(a[0].shape[0]) or real(*a))
+    w = ql.dequantize()
+    with torch.no_grad():
+        x = torch.randn(3, 6, 200, generator=torch.Generator().manual_seed(0))  # 18 rows
+        y = ql(x).reshape(18, 51)
+        if bits == 4:
+            assert calls == [4, 4, 4, 4, 2]
+            _assert_q8_close(y, x.reshape(18, 200), w, ql.bias.detach())
+        else:
+            assert calls == []
+            _assert_fp32_close(y, x.reshape(18, 200), w, ql.bias.detach())
+        calls.clear()
+        ql(torch.randn(quant.GEMV_PREFILL_MAX_ROWS + 1, 200))
+        assert calls == []

@@ -36,13 +36,17 @@ _FAST_DTYPES = (torch.float32, torch.bfloat16)
 GEMV_MAX_ROWS = 4  # crossover to PyTorch's packed kernels, measured (docs/efficient.md; linear_kernels.py --quant)
 # Activations of the batch-1 kernel: "fp32" (exact up to fp32 rounding) or "int8" (llama.cpp's Q8_0: each row
 # quantized per 32 columns, integer dot products; see ``q8_0_activations``). None: $LMLAB_GEMV_ACT, else
-# DEFAULT_GEMV_ACTIVATIONS. fp32 stays the default until the rounding's perplexity cost is measured below
-# 0.5% on both the world reference and SmolLM2 (docs/efficient.md).
+# DEFAULT_GEMV_ACTIVATIONS. int8 is the default because its perplexity cost measured < 0.5% on the world
+# reference and on SmolLM2 (-0.26% .. +0.01%, docs/claims.md, session 7) and it decodes faster.
 GEMV_ACTIVATIONS: str | None = None
 GEMV_ACTIVATION_MODES = ("fp32", "int8")
-DEFAULT_GEMV_ACTIVATIONS = "fp32"
+DEFAULT_GEMV_ACTIVATIONS = "int8"
 ENV_GEMV_ACTIVATIONS = "LMLAB_GEMV_ACT"
 Q8_BLOCK = 32  # columns per activation scale in the int8-activation mode (Q8_0)
+# int4 prefill in the int8-activation mode: up to this many rows run lmlab's kernel over blocks of 4 rows instead
+# of _weight_int4pack_mm_for_cpu (measured at 64 rows, one busy core, GPT-2 shapes: 1.0-2.0x faster; fp32
+# activations over row blocks only tied PyTorch's kernel, so that mode keeps it; session 7, docs/efficient.md)
+GEMV_PREFILL_MAX_ROWS = 64
 
 
 def gemv_activations() -> str:
@@ -148,6 +152,8 @@ class QuantizedLinear(nn.Module):
       ``q8_0_activations(x) @ dequantize().T`` (llama.cpp's Q8_0: x rounded to int8 per 32 columns with
       scale ``d = max|x_block| / 127``, exact integer dot products, fp32 scaling), so each output moves from
       the fp32 mode's by at most ``sum_k |w_k| max|x_block(k)| / 254`` (plus fp32 rounding);
+    - int4 with int8 activations, up to ``GEMV_PREFILL_MAX_ROWS`` rows (short prefills): the same kernel over
+      blocks of 4 rows (faster than PyTorch's int4 kernel there, measured);
     - more rows (prefill), or where that kernel cannot run: ``torch._weight_int8pack_mm`` /
       ``torch._weight_int4pack_mm_for_cpu`` with activations cast to ``activation_dtype`` (bf16 by default:
       the int8 kernel streams ~10x faster with bf16 than with fp32 activations, PERF_NOTES.md).
@@ -288,13 +294,17 @@ class QuantizedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fast = self._use_kernel(x)
         rows = x.numel() // self.in_features
-        if fast and rows <= GEMV_MAX_ROWS:
+        if fast and (rows <= GEMV_MAX_ROWS or (self.bits == 4 and rows <= GEMV_PREFILL_MAX_ROWS)):
             _, name, args = self._gemv_plan()
-            if name is not None:
+            if name is not None and (rows <= GEMV_MAX_ROWS or name == "int4_gemv_a8"):
                 from lmlab.efficient import gemv_kernel
 
+                kernel = getattr(gemv_kernel, name)
                 xf = x.reshape(rows, self.in_features).float().contiguous()  # [M, K]
-                y = getattr(gemv_kernel, name)(xf, *args)  # [M, N], bias added unless it trains
+                if rows <= GEMV_MAX_ROWS:
+                    y = kernel(xf, *args)  # [M, N], bias added unless it trains
+                else:  # int4 prefill, int8 activations: the kernel over blocks of GEMV_MAX_ROWS rows
+                    y = torch.cat([kernel(xf[i:i + GEMV_MAX_ROWS], *args) for i in range(0, rows, GEMV_MAX_ROWS)])
                 if args[-1] is None and self.bias is not None:
                     y = y + self.bias
                 return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
