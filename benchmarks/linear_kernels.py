@@ -18,7 +18,8 @@ GB/s and % of PERF_NOTES.md's 17.8 GB/s for fp32 ``F.linear``, PyTorch's packed 
 GEMV kernel (``lmlab.efficient.gemv_kernel``) with fp32 activations and with int8 ones (``a8``: llama.cpp's
 Q8_0, integer dot products; ``LMLAB_GEMV_ACT=int8``). Each kernel cycles through copies of the
 layer (>= 64 MB) so its weights come from memory, as at decode. ``--rows 1,2,3,4`` shows the crossover
-that ``quant.GEMV_MAX_ROWS`` encodes. Quick relative checks only; final figures on a quiet machine:
+that ``quant.GEMV_MAX_ROWS`` encodes; more than 4 rows (e.g. ``--rows 64``) time the int4 kernels over blocks of 4
+rows, the int4 prefill route of ``quant.GEMV_PREFILL_MAX_ROWS``. Quick relative checks only; final figures on a quiet machine:
 
     python benchmarks/linear_kernels.py --quant --rows 1,2,4          # 2 threads, quiet machine
     python benchmarks/linear_kernels.py --quant --threads 1           # per-core rates, fine on a busy one
@@ -102,6 +103,11 @@ def _quant_calls(o: int, i: int, m: int) -> dict:
         "torch int8pack (bf16 act.)": ([torch_kernel(q) for q in q8s], o * i),
         "torch int4pack g128 (bf16 act.)": ([torch_kernel(q) for q in q4s], o * i // 2),
     }
+    if gemv_kernel.available() and m > gemv_kernel.MAX_ROWS:  # prefill sizes: the kernel over 4-row blocks
+        def blocks(fn, q):
+            return lambda: torch.cat([fn(x[r:r + 4], q.qweight, q.scales, q.qzeros, 128, None) for r in range(0, m, 4)])
+        calls["lmlab gemv int4 g128"] = ([blocks(gemv_kernel.int4_gemv, q) for q in q4s], o * i // 2)
+        calls["lmlab gemv int4 g128 a8"] = ([blocks(gemv_kernel.int4_gemv_a8, q) for q in q4s], o * i // 2)
     if gemv_kernel.available() and m <= gemv_kernel.MAX_ROWS:
         calls["lmlab gemv int8"] = ([lambda q=q: gemv_kernel.int8_gemv(x, q.qweight, q.scales, None) for q in q8s],
                                     o * i)
