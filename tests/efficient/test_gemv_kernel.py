@@ -155,6 +155,10 @@ def test_trainable_bias_keeps_its_gradient_on_the_kernel_path():
     _assert_fp32_close(y.detach(), x, ql.dequantize(), ql.bias.detach())
     y.sum().backward()
     assert torch.equal(ql.bias.grad, torch.ones(8))
+    with torch.no_grad():  # no gradient can flow: the kernel adds the bias itself (one aten::add less a layer)
+        y2 = ql(x)
+    assert ql._gemv[2][-1] is ql.bias
+    torch.testing.assert_close(y2, y.detach(), atol=1e-6, rtol=1e-6)
 
 
 def _tiny(seed: int = 0) -> Transformer:

@@ -241,16 +241,18 @@ class QuantizedLinear(nn.Module):
         layer once per token, so the checks run once, not per call (they cost ~15 us a call in Python)."""
         buffers = self._buffers  # direct dict access: nn.Module attribute lookup is slow on a hot path
         qweight, scales, bias = buffers["qweight"], buffers["scales"], self._parameters.get("bias")
+        # a bias that trains is added outside the kernel (which has no autograd), so its gradient flows; with
+        # grad mode off (generate) no gradient can flow, so the kernel adds it: one aten::add less per layer
+        trains = bias is not None and bias.requires_grad and torch.is_grad_enabled()
         key = (USE_GEMV, gemv_activations(), qweight.data_ptr(), scales.data_ptr(), scales.dtype,
-               None if bias is None else (bias.data_ptr(), bias.requires_grad))
+               None if bias is None else (bias.data_ptr(), trains))
         if self._gemv is None or self._gemv[0] != key:
             from lmlab.efficient import gemv_kernel
 
             ok = (USE_GEMV and (self.bits == 8 or self.group_size % gemv_kernel.INT4_GROUP_MULTIPLE == 0)
                   and qweight.is_cpu and qweight.is_contiguous() and scales.dtype == torch.float32
                   and (bias is None or bias.dtype == torch.float32) and gemv_kernel.available())
-            # a bias that trains is added outside the kernel, so its gradient flows
-            in_kernel = None if bias is None or bias.requires_grad else bias
+            in_kernel = None if bias is None or trains or not bias.is_contiguous() else bias
             suffix = "_a8" if gemv_activations() == "int8" else ""
             if not ok:
                 plan = (key, None, ())
