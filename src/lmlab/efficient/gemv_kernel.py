@@ -8,6 +8,11 @@ per group on the partial sum), reads ``QuantizedLinear``'s buffers in place (no 
 rows across torch's threads. ``QuantizedLinear`` sends M <= ``MAX_ROWS`` rows here and larger M (prefill)
 to PyTorch's kernels.
 
+``int8_gemv_a8`` / ``int4_gemv_a8`` are the same products with the activations first quantized to int8 per 32
+columns (llama.cpp's Q8_0, ``quant.q8_0_activations``) and integer dot products (AVX2 maddubs/madd, no VNNI
+needed): faster, and within ``sum_k |w_k| max|x_block(k)| / 254`` of the fp32-activation result.
+``quant.gemv_activations()`` picks between them (``LMLAB_GEMV_ACT``).
+
 Build: ``torch.utils.cpp_extension.load_inline`` with ``-O3 -mavx2 -mfma -fopenmp``, once per machine (the
 build is cached; the first build takes ~1 min on 2 busy cores). The directory is ``$LMLAB_KERNEL_DIR`` when
 set, else torch's default (``$TORCH_EXTENSIONS_DIR`` or ~/.cache/torch_extensions). ``LMLAB_GEMV=0``
