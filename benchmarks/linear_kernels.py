@@ -15,9 +15,11 @@ from what this shows.
 (``--rows``, default M = 1), per GPT-2 shape (768x2304, 768x3072, 3072x768, 768x50257): ms per call, weight
 GB/s and % of PERF_NOTES.md's 17.8 GB/s for fp32 ``F.linear``, PyTorch's packed weight-only kernels
 (``torch._weight_int8pack_mm``, ``torch._weight_int4pack_mm_for_cpu``, bf16 activations) and lmlab's own
-GEMV kernel (``lmlab.efficient.gemv_kernel``, fp32 activations). Each kernel cycles through copies of the
+GEMV kernel (``lmlab.efficient.gemv_kernel``) with fp32 activations and with int8 ones (``a8``: llama.cpp's
+Q8_0, integer dot products; ``LMLAB_GEMV_ACT=int8``). Each kernel cycles through copies of the
 layer (>= 64 MB) so its weights come from memory, as at decode. ``--rows 1,2,3,4`` shows the crossover
-that ``quant.GEMV_MAX_ROWS`` encodes. Quick relative checks only; final figures on a quiet machine:
+that ``quant.GEMV_MAX_ROWS`` encodes; more than 4 rows (e.g. ``--rows 64``) time the int4 kernels over blocks of 4
+rows, the int4 prefill route of ``quant.GEMV_PREFILL_MAX_ROWS``. Quick relative checks only; final figures on a quiet machine:
 
     python benchmarks/linear_kernels.py --quant --rows 1,2,4          # 2 threads, quiet machine
     python benchmarks/linear_kernels.py --quant --threads 1           # per-core rates, fine on a busy one
@@ -101,11 +103,20 @@ def _quant_calls(o: int, i: int, m: int) -> dict:
         "torch int8pack (bf16 act.)": ([torch_kernel(q) for q in q8s], o * i),
         "torch int4pack g128 (bf16 act.)": ([torch_kernel(q) for q in q4s], o * i // 2),
     }
+    if gemv_kernel.available() and m > gemv_kernel.MAX_ROWS:  # prefill sizes: the kernel over 4-row blocks
+        def blocks(fn, q):
+            return lambda: torch.cat([fn(x[r:r + 4], q.qweight, q.scales, q.qzeros, 128, None) for r in range(0, m, 4)])
+        calls["lmlab gemv int4 g128"] = ([blocks(gemv_kernel.int4_gemv, q) for q in q4s], o * i // 2)
+        calls["lmlab gemv int4 g128 a8"] = ([blocks(gemv_kernel.int4_gemv_a8, q) for q in q4s], o * i // 2)
     if gemv_kernel.available() and m <= gemv_kernel.MAX_ROWS:
         calls["lmlab gemv int8"] = ([lambda q=q: gemv_kernel.int8_gemv(x, q.qweight, q.scales, None) for q in q8s],
                                     o * i)
         calls["lmlab gemv int4 g128"] = ([lambda q=q: gemv_kernel.int4_gemv(x, q.qweight, q.scales, q.qzeros, 128,
                                                                             None) for q in q4s], o * i // 2)
+        calls["lmlab gemv int8 a8"] = ([lambda q=q: gemv_kernel.int8_gemv_a8(x, q.qweight, q.scales, None)
+                                        for q in q8s], o * i)
+        calls["lmlab gemv int4 g128 a8"] = ([lambda q=q: gemv_kernel.int4_gemv_a8(x, q.qweight, q.scales, q.qzeros,
+                                                                                  128, None) for q in q4s], o * i // 2)
     del x16
     return calls
 
@@ -128,7 +139,7 @@ def quant_kernels(reps: int, rows: list[int]) -> None:
     print(f"\n## weight-only kernels from memory (each cycles through >= {STREAM_BYTES / 1e6:.0f} MB of copies): "
           f"ms per call (GB/s of weight bytes, % of {PERF_NOTES_GBPS} GB/s)")
     cols = ["fp32 F.linear", "torch int8pack (bf16 act.)", "torch int4pack g128 (bf16 act.)", "lmlab gemv int8",
-            "lmlab gemv int4 g128"]
+            "lmlab gemv int4 g128", "lmlab gemv int8 a8", "lmlab gemv int4 g128 a8"]
     print("| out x in | M | " + " | ".join(cols) + " |\n|---|---|" + "---|" * len(cols))
     with torch.inference_mode():
         for m in rows:

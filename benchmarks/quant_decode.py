@@ -11,7 +11,8 @@ greedy ``generate`` calls (64-token prompt, 128 new tokens) for
   rows) run lmlab's own AVX2 GEMV kernel (``lmlab.efficient.gemv_kernel``), the prefill PyTorch's
   ``torch._weight_int8pack_mm`` / ``torch._weight_int4pack_mm_for_cpu`` with bf16 activations;
   ``-torchk`` rows use PyTorch's kernels at decode too (the session-5 path), for comparison
-  (``python benchmarks/linear_kernels.py --quant`` compares the kernels layer by layer),
+  (``python benchmarks/linear_kernels.py --quant`` compares the kernels layer by layer); ``-a8`` rows run
+  lmlab's kernel with int8 activations (llama.cpp's Q8_0, ``LMLAB_GEMV_ACT=int8``) at decode,
 - transformers fp32 on the same weights,
 - transformers + torchao ``Int8WeightOnlyConfig`` / ``Int4WeightOnlyConfig`` where torchao is installed and
   runs on this CPU (reported as skipped otherwise),
@@ -29,7 +30,7 @@ Issue 18's targets at batch 1: int8 >= 2x fp32 lmlab, int4 >= 3x. Timing needs a
 
     python benchmarks/quant_decode.py --wait-quiet 60       # full run
     python benchmarks/quant_decode.py --models gpt2 --bandwidth 17.8 --split \
-        --variants lmlab-fp32,lmlab-int8,lmlab-int4,lmlab-int8-torchk,lmlab-int4-torchk   # the issue-18 rows
+        --variants lmlab-fp32,lmlab-int8,lmlab-int4,lmlab-int8-a8,lmlab-int4-a8,lmlab-int8-torchk,lmlab-int4-torchk
     python benchmarks/quant_decode.py --models gpt2 --threads 1 --reps 1 --new-tokens 32 --split   # busy machine
     python benchmarks/quant_decode.py --quick               # smoke run on tiny models (numbers meaningless)
     python benchmarks/quant_decode.py --bounds-only --bandwidth 17.8   # bytes per token and bounds only
@@ -104,6 +105,7 @@ def lmlab_variants(path: Path, only: set[str]):
     # the head is a large share of a small model's bytes (GPT-2: 154 MB of ~500 in fp32, tied), so it is
     # quantized by default; -nohead rows keep it float for comparison
     for label, kwargs in (("lmlab-int8", dict(bits=8)), ("lmlab-int4", dict(bits=4, group_size=128)),
+                          ("lmlab-int8-a8", dict(bits=8)), ("lmlab-int4-a8", dict(bits=4, group_size=128)),
                           ("lmlab-int8-torchk", dict(bits=8)), ("lmlab-int4-torchk", dict(bits=4, group_size=128)),
                           ("lmlab-int4-h4", dict(bits=4, group_size=128, head_bits=4)),
                           ("lmlab-int8-nohead", dict(bits=8, head=False)),
@@ -129,6 +131,15 @@ def hf_variants(hf, only: set[str]):
             yield label, model
         except Exception as err:  # noqa: BLE001 -- torchao missing or unsupported on this CPU: say so, go on
             print(f"| {label}: skipped ({type(err).__name__}: {str(err).splitlines()[0][:100]})", flush=True)
+
+
+def set_decode_kernel(label: str) -> None:
+    """-torchk: PyTorch's packed kernels at decode too; -a8: lmlab's kernel with int8 (Q8_0) activations;
+    otherwise lmlab's kernel with fp32 activations."""
+    from lmlab.efficient import quant
+
+    quant.USE_GEMV = not label.endswith("-torchk")
+    quant.GEMV_ACTIVATIONS = "int8" if label.endswith("-a8") else "fp32"
 
 
 def split_step_time(model, prompt, new_tokens: int) -> tuple[float, float]:
@@ -173,7 +184,6 @@ def split_step_time(model, prompt, new_tokens: int) -> tuple[float, float]:
 
 def run_model(name: str, args, bandwidth: float, workdir: Path) -> list[dict]:
     import lmlab
-    from lmlab.efficient import quant
 
     hf = build_model(name)
     path = workdir / name
@@ -200,7 +210,7 @@ def run_model(name: str, args, bandwidth: float, workdir: Path) -> list[dict]:
 
         def call(label, n=args.new_tokens):
             m = runners[label]
-            quant.USE_GEMV = not label.endswith("-torchk")  # -torchk: PyTorch's packed kernels at decode too
+            set_decode_kernel(label)
             if label.startswith("lmlab"):
                 return lmlab.generate(m, prompt, max_new_tokens=n, stop_token_ids=[])[:, args.prompt_len:]
             out = m.generate(prompt, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False)
@@ -249,11 +259,11 @@ def run_model(name: str, args, bandwidth: float, workdir: Path) -> list[dict]:
                   flush=True)
             for label in runners:
                 if label.startswith("lmlab"):
-                    quant.USE_GEMV = not label.endswith("-torchk")
+                    set_decode_kernel(label)
                     lin, rest = split_step_time(runners[label], prompt, args.new_tokens)
                     print(f"#   {label:<18} linears {lin:6.2f} ms  rest {rest:6.2f} ms  "
                           f"(rest alone caps decode at {1e3 / max(rest, 1e-9):.0f} tok/s)", flush=True)
-            quant.USE_GEMV = True
+            set_decode_kernel("lmlab-fp32")
     runners.clear()  # free the models before the next shape (a del would leave call() a dangling name)
     del hf
     gc.collect()
@@ -264,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="smoke run: tiny models, 1 rep, 16 new tokens")
     p.add_argument("--models", default="gpt2,llama")
-    p.add_argument("--variants", default="lmlab-fp32,lmlab-bf16,lmlab-int8,lmlab-int4,lmlab-int4-h4,"
+    p.add_argument("--variants", default="lmlab-fp32,lmlab-bf16,lmlab-int8,lmlab-int4,lmlab-int8-a8,lmlab-int4-a8,"
+                                         "lmlab-int4-h4,"
                                          "lmlab-int8-nohead,lmlab-int4-nohead,lmlab-int8-torchk,lmlab-int4-torchk,"
                                          "hf-fp32,hf-torchao-int8,hf-torchao-int4")
     p.add_argument("--bounds-only", action="store_true", help="print bytes per token and bounds; no timing")

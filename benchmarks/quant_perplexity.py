@@ -19,7 +19,7 @@ import time
 import torch
 
 from lmlab.efficient.calibration import perplexity, random_segments, token_stream, windows
-from lmlab.efficient.quantization import parse_quant_case, quantize
+from lmlab.efficient.quantization import parse_quant_case, quantize, simulate_int8_activations
 from lmlab.errors import LmlabError
 from lmlab.reference import NAME, load_reference
 
@@ -36,7 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seq", type=int, default=None, help="window / segment length (default: the model's context)")
     p.add_argument("--max-windows", type=int, default=None, help="evaluate on the first N windows only")
     p.add_argument("--cases", default=CASES, help="rows: BITS-METHOD[-GROUP][-h8|-h4|-nohead]")
+    p.add_argument("--int8-activations", action="store_true",
+                   help="also score each row with its quantized layers' inputs rounded as the int8-activation GEMV "
+                        "mode does (Q8_0, LMLAB_GEMV_ACT=int8): two more columns")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         cases = [parse_quant_case(c) for c in args.cases.split(",")]
     except LmlabError as e:
@@ -51,9 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     base = perplexity(ref.model, evaluation)
     print(f"reference model {ref.record['name']}, {len(evaluation)} windows x {seq} tokens, "
           f"activations {args.activation_dtype}, act_order={args.act_order}")
-    print("| weights | method | group | output head | perplexity | change vs fp32 | seconds |")
-    print("|---|---|---|---|---|---|---|")
-    print(f"| fp32 | - | - | fp32 | {base:.4f} | - | - |")
+    a8_head = " Q8_0 activations | change vs float activations |" if args.int8_activations else ""
+    print("| weights | method | group | output head | perplexity | change vs fp32 | seconds |" + a8_head)
+    print("|---|---|---|---|---|---|---|" + "---|---|" * args.int8_activations)
+    print(f"| fp32 | - | - | fp32 | {base:.4f} | - | - |" + " - | - |" * args.int8_activations)
     for bits, method, group, extra in cases:
         model = load_reference(args.model).model
         t0 = time.perf_counter()
@@ -63,8 +70,15 @@ def main(argv: list[str] | None = None) -> int:
         ppl = perplexity(model, evaluation)
         head = model.lm_head
         head = f"int{head.bits}" if getattr(head, "weight_only_quantized", False) else "fp32"
+        a8 = ""
+        if args.int8_activations:
+            handles = simulate_int8_activations(model)
+            ppl8 = perplexity(model, evaluation)
+            for h in handles:
+                h.remove()
+            a8 = f" {ppl8:.4f} | {100 * (ppl8 / ppl - 1):+.3f}% |"
         print(f"| int{bits} | {method} | {group or 'channel'} | {head} | {ppl:.4f} | {100 * (ppl / base - 1):+.2f}% | "
-              f"{seconds:.1f} |", flush=True)
+              f"{seconds:.1f} |{a8}", flush=True)
     return 0
 
 

@@ -27,7 +27,7 @@ import torch
 import lmlab
 from lmlab.efficient import kv_policy
 from lmlab.efficient.calibration import random_segments, windows
-from lmlab.efficient.quantization import parse_quant_case, quantize
+from lmlab.efficient.quantization import parse_quant_case, quantize, simulate_int8_activations
 from lmlab.errors import LmlabError
 
 MODEL = "smollm2-135m-instruct"
@@ -59,6 +59,12 @@ def perplexity_table(args) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.activation_dtype == "float32":
+        from lmlab.efficient import quant
+
+        # the same numbers as PyTorch's packed kernels with fp32 activations (the dequantised weight times fp32
+        # inputs), several times faster on this CPU: _weight_int8pack_mm is slow with fp32 activations
+        quant.FAST_KERNELS = False
     tok = lmlab.load_tokenizer(MODEL)
     stream = torch.tensor(tok.encode(english_text()), dtype=torch.long)
     n_eval = args.windows * args.seq
@@ -66,10 +72,11 @@ def perplexity_table(args) -> None:
     calibration = random_segments(stream[n_eval:], args.calibration, args.seq, seed=0)
     print(f"{MODEL}, text: pydoc_data/topics.py ({len(stream)} tokens); eval {args.windows} x {args.seq} tokens "
           f"(the first {n_eval}); GPTQ calibration {args.calibration} x {args.seq} from the rest, seed 0")
-    print("| weights | method | group | output head | perplexity | change vs fp32 | quantize s |")
-    print("|---|---|---|---|---|---|---|")
+    a8_head = " Q8_0 activations | change vs float activations |" if args.int8_activations else ""
+    print("| weights | method | group | output head | perplexity | change vs fp32 | quantize s |" + a8_head)
+    print("|---|---|---|---|---|---|---|" + "---|---|" * args.int8_activations)
     base = perplexity(lmlab.load(MODEL).eval(), evaluation, batch_size=2)
-    print(f"| fp32 | - | - | fp32 | {base:.3f} | - | - |", flush=True)
+    print(f"| fp32 | - | - | fp32 | {base:.3f} | - | - |" + " - | - |" * args.int8_activations, flush=True)
     for bits, method, group, extra in [parse_quant_case(c) for c in args.cases.split(",")]:
         model = lmlab.load(MODEL).eval()
         t0 = time.perf_counter()
@@ -77,8 +84,15 @@ def perplexity_table(args) -> None:
                  activation_dtype=args.activation_dtype, batch_size=4, **extra)
         seconds = time.perf_counter() - t0
         ppl = perplexity(model, evaluation, batch_size=2)
+        a8 = ""
+        if args.int8_activations:  # the int8-activation GEMV mode's rounding (Q8_0) on every row
+            handles = simulate_int8_activations(model)
+            ppl8 = perplexity(model, evaluation, batch_size=2)
+            for h in handles:
+                h.remove()
+            a8 = f" {ppl8:.3f} | {100 * (ppl8 / ppl - 1):+.3f}% |"
         print(f"| int{bits} | {method} | {group or 'channel'} | {head_label(model)} | {ppl:.3f} | "
-              f"{100 * (ppl / base - 1):+.2f}% | {seconds:.0f} |", flush=True)
+              f"{100 * (ppl / base - 1):+.2f}% | {seconds:.0f} |{a8}", flush=True)
 
 
 def recall_prompts(tok, n_tokens: int) -> list[tuple[list[int], str, int]]:
@@ -134,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--activation-dtype", choices=["bfloat16", "float32"], default="bfloat16")
     q.add_argument("--cases", default=CASES, help=f"rows to measure (default {CASES})")
     q.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    q.add_argument("--int8-activations", action="store_true",
+                   help="also score each row with Q8_0-rounded inputs to its quantized layers (LMLAB_GEMV_ACT=int8)")
     k = sub.add_parser("kv")
     k.add_argument("--tokens", type=int, default=2000)
     k.add_argument("--budget", type=float, default=0.25)

@@ -20,6 +20,13 @@ from lmlab.efficient.quantization import dequantize_model, quantize
 from lmlab.errors import LmlabError
 
 
+@pytest.fixture(autouse=True)
+def _fp32_gemv_activations(monkeypatch):
+    """These tests check PyTorch's packed kernels and the exact (fp32-activation) path against the dequantised
+    matmul; the int8-activation default (and its int4 prefill over row blocks) is tested in test_gemv_kernel.py."""
+    monkeypatch.setattr(quant, "GEMV_ACTIVATIONS", "fp32")
+
+
 def _tiny(seed: int = 0, **over) -> Transformer:
     cfg = ModelConfig.llama_like(vocab_size=101, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_mlp=96,
                                  max_seq_len=64, tie_embeddings=False, **over)

@@ -15,6 +15,9 @@
 // int4 reads 32 bytes = 64 columns at a time and permutes the activations once per call to match (below).
 // Requires group_size % 32 == 0.
 // Rows are split across threads with at::parallel_for (torch's OpenMP pool).
+//
+// int8_gemv_a8 / int4_gemv_a8: the same products with the activations quantized to int8 per 32 columns
+// (llama.cpp's Q8_0) and integer dot products (maddubs/madd); see "int8 activations" below.
 
 #ifndef LMLAB_GEMV_STANDALONE  // defined only by a C++-only micro-benchmark that includes this file
 #include <torch/extension.h>
@@ -23,6 +26,7 @@
 #include <immintrin.h>
 #include <cstdint>
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -191,6 +195,181 @@ void int4_rows(const uint8_t* W, int64_t ldw, int64_t Kp, int64_t G, const std::
   for (; n < n1; ++n) int4_block<M, 1>(W, ldw, Kp, G, segs, XP, SX, scales, zeros, bias, Y, N, n, pf);
 }
 
+
+// ---------------------------------------------------------------------------------------------------
+// int8 activations (llama.cpp's Q8_0): each activation row is quantized once per call in blocks of 32
+// columns, d_b = max|x_b| / 127, xq = round-to-nearest-even(x / d_b) in [-127, 127] (0 where d_b = 0); the
+// dot product over a block is exact integer arithmetic (_mm256_maddubs_epi16: u8 x s8 -> s16 pairs, then
+// _mm256_madd_epi16 with ones -> s32), converted to fp32 and scaled by d_b with one FMA per 32 weights.
+//
+// int4: 32 bytes = 64 columns per load, as above; the low nibbles are columns 64b + 2j (j = 0..31), the high
+// ones 64b + 2j + 1, so the quantized activations are stored per 64-column block as [32 even columns, 32 odd
+// columns]: byte j of each half then lies in 128-bit lane j / 16, i.e. Q8 block 2b (lane 0) or 2b + 1
+// (lane 1), and s32 lanes 0-3 / 4-7 of the result belong to those two blocks: they are scaled by
+// [d_2b x4, d_2b+1 x4] (precomputed per call). Codes are unsigned 0..15: exactly maddubs' unsigned operand;
+// pair sums reach at most 2 * 15 * 127 = 3810 and the sum of the even and odd halves 7620: no saturation.
+// Zero points: sum_k s_g (q_k - z_g) xd_k = s_g sum_k q_k xd_k - s_g z_g sum_{k in g} xd_k, with
+// xd = d_b * xq the dequantized activation and sum_{k in g} xd_k precomputed per activation row.
+//
+// int8 (signed codes): the sign trick, maddubs(|w|, sign(xq, w)) = w * xq pairwise (|w|, |xq| <= 127:
+// pair sums at most 2 * 127 * 127 = 32258 < 32767), per 32 columns one madd, one convert and one FMA with d_b.
+struct ActQ8 {
+  std::vector<int8_t> q;  // [M, Kq] quantized activations (int4: permuted per 64-column block)
+  std::vector<float> d;   // int8: [M, Kq / 32] block scales; int4: [M, Kq / 64 * 8] lane scales
+  int64_t Kq;
+};
+
+// Quantize one row x [K] into blocks of 32 (zero-padded to Kq); writes xq [Kq] (natural order) and d [Kq/32].
+inline void quantize_row_q8(const float* x, int64_t K, int64_t Kq, int8_t* xq, float* d) {
+  for (int64_t b = 0; b < Kq / 32; ++b) {
+    float amax = 0.f;
+    for (int64_t k = b * 32; k < std::min(K, b * 32 + 32); ++k) amax = std::max(amax, std::fabs(x[k]));
+    const float db = amax / 127.f;
+    d[b] = db;
+    for (int64_t k = b * 32; k < b * 32 + 32; ++k) {
+      float v = (k < K && db > 0.f) ? std::nearbyint(x[k] / db) : 0.f;  // nearest, ties to even (like torch.round)
+      v = std::min(127.f, std::max(-127.f, v));
+      xq[k] = static_cast<int8_t>(v);
+    }
+  }
+}
+
+template <int M, int R>
+inline void int8a8_block(const int8_t* W, int64_t K, const ActQ8& A, const float* scale, const float* bias,
+                         float* Y, int64_t N, int64_t n, LinearPrefetch& pf) {
+  const int64_t nb = A.Kq / 32, full = K / 32;
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc[R][M];
+  UNROLL for (int r = 0; r < R; ++r)
+    UNROLL for (int m = 0; m < M; ++m) acc[r][m] = _mm256_setzero_ps();
+  const char* block = reinterpret_cast<const char*>(W + n * K);
+  for (int64_t b = 0; b < nb; ++b) {
+    pf.upto(block + R * b * 32);
+    __m256i xv[M];
+    __m256 dv[M];
+    UNROLL for (int m = 0; m < M; ++m) {
+      xv[m] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(A.q.data() + m * A.Kq + b * 32));
+      dv[m] = _mm256_set1_ps(A.d[m * nb + b]);
+    }
+    UNROLL for (int r = 0; r < R; ++r) {
+      __m256i w;
+      if (b < full) {
+        w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(W + (n + r) * K + b * 32));
+      } else {  // the row's last, partial block: never read past the row
+        alignas(32) int8_t tmp[32] = {0};
+        std::memcpy(tmp, W + (n + r) * K + b * 32, K - b * 32);
+        w = _mm256_load_si256(reinterpret_cast<const __m256i*>(tmp));
+      }
+      const __m256i wabs = _mm256_sign_epi8(w, w);
+      UNROLL for (int m = 0; m < M; ++m) {
+        const __m256i p16 = _mm256_maddubs_epi16(wabs, _mm256_sign_epi8(xv[m], w));
+        const __m256 p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
+        acc[r][m] = _mm256_fmadd_ps(p, dv[m], acc[r][m]);
+      }
+    }
+  }
+  float sums[R][M];  // constant-bound loops only (see int8_block)
+  UNROLL for (int r = 0; r < R; ++r)
+    UNROLL for (int m = 0; m < M; ++m) sums[r][m] = hsum(acc[r][m]);
+  UNROLL for (int r = 0; r < R; ++r)
+    UNROLL for (int m = 0; m < M; ++m)
+      Y[m * N + n + r] = sums[r][m] * scale[n + r] + (bias ? bias[n + r] : 0.f);
+}
+
+template <int M, int R>
+void int8a8_rows(const int8_t* W, int64_t K, const ActQ8& A, const float* scale, const float* bias, float* Y,
+                 int64_t N, int64_t n0, int64_t n1) {
+  LinearPrefetch pf{reinterpret_cast<const char*>(W + n0 * K), reinterpret_cast<const char*>(W + n1 * K)};
+  int64_t n = n0;
+  for (; n + R <= n1; n += R) int8a8_block<M, R>(W, K, A, scale, bias, Y, N, n, pf);
+  for (; n < n1; ++n) int8a8_block<M, 1>(W, K, A, scale, bias, Y, N, n, pf);
+}
+
+template <int M, int R>
+inline void int4a8_block(const uint8_t* W, int64_t ldw, int64_t G, const std::vector<Segment>& segs,
+                         const ActQ8& A, const float* SX, const float* scales, const uint8_t* zeros,
+                         const float* bias, float* Y, int64_t N, int64_t n, LinearPrefetch& pf) {
+  const int64_t full_blocks = ldw / 32, nb = A.Kq / 64;
+  const __m256i ones = _mm256_set1_epi16(1), low4 = _mm256_set1_epi8(0x0F);
+  __m256 tot[R][M];
+  UNROLL for (int r = 0; r < R; ++r)
+    UNROLL for (int m = 0; m < M; ++m) tot[r][m] = _mm256_setzero_ps();
+  for (const Segment& sg : segs) {
+    __m256 acc[R][M];
+    UNROLL for (int r = 0; r < R; ++r)
+      UNROLL for (int m = 0; m < M; ++m) acc[r][m] = _mm256_setzero_ps();
+    for (int64_t b = sg.b0; b < sg.b1; ++b) {
+      pf.upto(reinterpret_cast<const char*>(W + n * ldw + R * b * 32));
+      __m256i xe[M], xo[M];
+      __m256 dv[M];
+      UNROLL for (int m = 0; m < M; ++m) {
+        const int8_t* xq = A.q.data() + m * A.Kq + b * 64;
+        xe[m] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq));
+        xo[m] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 32));
+        dv[m] = _mm256_loadu_ps(A.d.data() + (m * nb + b) * 8);
+      }
+      UNROLL for (int r = 0; r < R; ++r) {
+        __m256i v;
+        if (b < full_blocks) {
+          v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(W + (n + r) * ldw + b * 32));
+        } else {  // the row's last, partial block: never read past the row
+          alignas(32) uint8_t tmp[32] = {0};
+          std::memcpy(tmp, W + (n + r) * ldw + b * 32, ldw - b * 32);
+          v = _mm256_load_si256(reinterpret_cast<const __m256i*>(tmp));
+        }
+        const __m256i lo = _mm256_and_si256(v, low4);                         // even columns
+        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);   // odd columns
+        UNROLL for (int m = 0; m < M; ++m) {
+          const __m256i p16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xe[m]), _mm256_maddubs_epi16(hi, xo[m]));
+          const __m256 p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));  // lanes 0-3: block 2b, 4-7: 2b+1
+          acc[r][m] = _mm256_fmadd_ps(p, dv[m], acc[r][m]);
+        }
+      }
+    }
+    UNROLL for (int r = 0; r < R; ++r) {  // the groups' scales once per segment, on the partial sums
+      const float sa = scales[(n + r) * G + sg.ga], sb = scales[(n + r) * G + sg.gb];
+      const __m256 sv = _mm256_set_m128(_mm_set1_ps(sb), _mm_set1_ps(sa));
+      UNROLL for (int m = 0; m < M; ++m) tot[r][m] = _mm256_fmadd_ps(acc[r][m], sv, tot[r][m]);
+    }
+  }
+  float sums[R][M];
+  UNROLL for (int r = 0; r < R; ++r)
+    UNROLL for (int m = 0; m < M; ++m) sums[r][m] = hsum(tot[r][m]);
+  UNROLL for (int r = 0; r < R; ++r) {
+    const float* s = scales + (n + r) * G;
+    const uint8_t* z = zeros + (n + r) * G;
+    UNROLL for (int m = 0; m < M; ++m) {
+      float zterm = 0.f;  // sum_g s_g z_g sum_{k in g} xd_k
+      for (int64_t g = 0; g < G; ++g) zterm += s[g] * float(z[g]) * SX[m * G + g];
+      Y[m * N + n + r] = sums[r][m] - zterm + (bias ? bias[n + r] : 0.f);
+    }
+  }
+}
+
+template <int M, int R>
+void int4a8_rows(const uint8_t* W, int64_t ldw, int64_t G, const std::vector<Segment>& segs, const ActQ8& A,
+                 const float* SX, const float* scales, const uint8_t* zeros, const float* bias, float* Y,
+                 int64_t N, int64_t n0, int64_t n1) {
+  LinearPrefetch pf{reinterpret_cast<const char*>(W + n0 * ldw), reinterpret_cast<const char*>(W + n1 * ldw)};
+  int64_t n = n0;
+  for (; n + R <= n1; n += R) int4a8_block<M, R>(W, ldw, G, segs, A, SX, scales, zeros, bias, Y, N, n, pf);
+  for (; n < n1; ++n) int4a8_block<M, 1>(W, ldw, G, segs, A, SX, scales, zeros, bias, Y, N, n, pf);
+}
+
+// Segments of 64-column blocks sharing the same pair of groups (padding joins the last group).
+inline std::vector<Segment> int4_segments(int64_t nb, int64_t group_size, int64_t G) {
+  std::vector<Segment> segs;
+  for (int64_t b = 0; b < nb; ++b) {
+    const int64_t ga = b * 64 / group_size, gb = std::min((b * 64 + 32) / group_size, G - 1);
+    if (!segs.empty() && segs.back().ga == ga && segs.back().gb == gb) {
+      segs.back().b1 = b + 1;
+    } else {
+      segs.push_back({b, b + 1, ga, gb});
+    }
+  }
+  return segs;
+}
+
 }  // namespace
 
 #ifndef LMLAB_GEMV_STANDALONE
@@ -260,16 +439,8 @@ torch::Tensor int4_gemv(torch::Tensor x, torch::Tensor qweight, torch::Tensor sc
       sx[m * G + k / group_size] += X[m * K + k];
     }
   }
-  // segments: runs of blocks whose two halves lie in the same pair of groups (padding joins the last group)
-  std::vector<Segment> segs;
-  for (int64_t b = 0; b < nb; ++b) {
-    const int64_t ga = b * 64 / group_size, gb = std::min((b * 64 + 32) / group_size, G - 1);
-    if (!segs.empty() && segs.back().ga == ga && segs.back().gb == gb) {
-      segs.back().b1 = b + 1;
-    } else {
-      segs.push_back({b, b + 1, ga, gb});
-    }
-  }
+  // segments: runs of blocks whose two halves lie in the same pair of groups
+  const std::vector<Segment> segs = int4_segments(nb, group_size, G);
   auto y = torch::empty({M, N}, x.options());
   const uint8_t* W = qweight.data_ptr<uint8_t>();
   const float* S = scales.data_ptr<float>();
@@ -288,4 +459,82 @@ torch::Tensor int4_gemv(torch::Tensor x, torch::Tensor qweight, torch::Tensor sc
   });
   return y;
 }
+// y [M, N] = Q8_0(x) [M, K] @ (q [N, K] * scale [N, 1])^T + bias: int8 activations in blocks of 32 columns
+torch::Tensor int8_gemv_a8(torch::Tensor x, torch::Tensor qweight, torch::Tensor scales,
+                           c10::optional<torch::Tensor> bias) {
+  const int64_t M = x.size(0), K = x.size(1), N = qweight.size(0);
+  check_common(x, qweight, scales, bias, N);
+  TORCH_CHECK(qweight.scalar_type() == torch::kInt8 && qweight.size(1) == K, "lmlab gemv: int8 qweight [N, K]");
+  TORCH_CHECK(scales.numel() == N, "lmlab gemv: int8 scales must be [N, 1]");
+  ActQ8 A;
+  A.Kq = (K + 31) / 32 * 32;
+  A.q.assign(M * A.Kq, 0);
+  A.d.assign(M * (A.Kq / 32), 0.f);
+  const float* X = x.data_ptr<float>();
+  for (int64_t m = 0; m < M; ++m) quantize_row_q8(X + m * K, K, A.Kq, A.q.data() + m * A.Kq, A.d.data() + m * (A.Kq / 32));
+  auto y = torch::empty({M, N}, x.options());
+  const int8_t* W = qweight.data_ptr<int8_t>();
+  const float* S = scales.data_ptr<float>();
+  const float* B = bias.has_value() ? bias->data_ptr<float>() : nullptr;
+  float* Y = y.data_ptr<float>();
+  at::parallel_for(0, N, kGrainRows, [&](int64_t n0, int64_t n1) {
+    switch (M) {
+      case 1: int8a8_rows<1, 4>(W, K, A, S, B, Y, N, n0, n1); break;
+      case 2: int8a8_rows<2, 4>(W, K, A, S, B, Y, N, n0, n1); break;
+      case 3: int8a8_rows<3, 2>(W, K, A, S, B, Y, N, n0, n1); break;
+      default: int8a8_rows<4, 2>(W, K, A, S, B, Y, N, n0, n1); break;
+    }
+  });
+  return y;
+}
+
+// y [M, N] = Q8_0(x) [M, K] @ ((q - z) * s)^T + bias: int8 activations, groups a multiple of 32 columns
+torch::Tensor int4_gemv_a8(torch::Tensor x, torch::Tensor qweight, torch::Tensor scales, torch::Tensor qzeros,
+                           int64_t group_size, c10::optional<torch::Tensor> bias) {
+  const int64_t M = x.size(0), K = x.size(1), N = qweight.size(0);
+  check_common(x, qweight, scales, bias, N);
+  TORCH_CHECK(group_size > 0 && group_size % 32 == 0, "lmlab gemv: int4 group_size must be a multiple of 32");
+  const int64_t G = (K + group_size - 1) / group_size, ldw = (K + 1) / 2, nb = (K + 63) / 64, Kp = nb * 64;
+  TORCH_CHECK(qweight.scalar_type() == torch::kUInt8 && qweight.size(1) == ldw,
+              "lmlab gemv: int4 qweight must be uint8 [N, ceil(K/2)]");
+  TORCH_CHECK(scales.size(1) == G && qzeros.scalar_type() == torch::kUInt8 && qzeros.is_contiguous() &&
+              qzeros.size(0) == N && qzeros.size(1) == G, "lmlab gemv: int4 scales/qzeros must be [N, G]");
+  // quantized activations permuted per 64-column block to [even columns, odd columns], lane scales
+  // [M, nb, 8] and per-group sums of the dequantized activations [M, G]
+  ActQ8 A;
+  A.Kq = Kp;
+  A.q.assign(M * Kp, 0);
+  A.d.assign(M * nb * 8, 0.f);
+  std::vector<int8_t> row(Kp);
+  std::vector<float> d(Kp / 32), sx(M * G, 0.f);
+  const float* X = x.data_ptr<float>();
+  for (int64_t m = 0; m < M; ++m) {
+    quantize_row_q8(X + m * K, K, Kp, row.data(), d.data());
+    for (int64_t k = 0; k < Kp; ++k) {
+      const int64_t b = k / 64, j = (k % 64) / 2, odd = k % 2;
+      A.q[m * Kp + b * 64 + 32 * odd + j] = row[k];
+      if (k < K) sx[m * G + k / group_size] += d[k / 32] * float(row[k]);
+    }
+    for (int64_t b = 0; b < nb; ++b)
+      for (int i = 0; i < 8; ++i) A.d[(m * nb + b) * 8 + i] = d[2 * b + i / 4];
+  }
+  const std::vector<Segment> segs = int4_segments(nb, group_size, G);
+  auto y = torch::empty({M, N}, x.options());
+  const uint8_t* W = qweight.data_ptr<uint8_t>();
+  const float* S = scales.data_ptr<float>();
+  const uint8_t* Z = qzeros.data_ptr<uint8_t>();
+  const float* B = bias.has_value() ? bias->data_ptr<float>() : nullptr;
+  float* Y = y.data_ptr<float>();
+  const float* SX = sx.data();
+  at::parallel_for(0, N, kGrainRows, [&](int64_t n0, int64_t n1) {
+    switch (M) {
+      case 1: int4a8_rows<1, 4>(W, ldw, G, segs, A, SX, S, Z, B, Y, N, n0, n1); break;
+      case 2: int4a8_rows<2, 2>(W, ldw, G, segs, A, SX, S, Z, B, Y, N, n0, n1); break;
+      case 3: int4a8_rows<3, 2>(W, ldw, G, segs, A, SX, S, Z, B, Y, N, n0, n1); break;
+      default: int4a8_rows<4, 2>(W, ldw, G, segs, A, SX, S, Z, B, Y, N, n0, n1); break;
+    }
+  });
+  return y;
+}
+
 #endif  // LMLAB_GEMV_STANDALONE

@@ -8,6 +8,11 @@ per group on the partial sum), reads ``QuantizedLinear``'s buffers in place (no 
 rows across torch's threads. ``QuantizedLinear`` sends M <= ``MAX_ROWS`` rows here and larger M (prefill)
 to PyTorch's kernels.
 
+``int8_gemv_a8`` / ``int4_gemv_a8`` are the same products with the activations first quantized to int8 per 32
+columns (llama.cpp's Q8_0, ``quant.q8_0_activations``) and integer dot products (AVX2 maddubs/madd, no VNNI
+needed): faster, and within ``sum_k |w_k| max|x_block(k)| / 254`` of the fp32-activation result.
+``quant.gemv_activations()`` picks between them (``LMLAB_GEMV_ACT``).
+
 Build: ``torch.utils.cpp_extension.load_inline`` with ``-O3 -mavx2 -mfma -fopenmp``, once per machine (the
 build is cached; the first build takes ~1 min on 2 busy cores). The directory is ``$LMLAB_KERNEL_DIR`` when
 set, else torch's default (``$TORCH_EXTENSIONS_DIR`` or ~/.cache/torch_extensions). ``LMLAB_GEMV=0``
@@ -89,7 +94,7 @@ def _build() -> ModuleType | None:
         print("note: compiling lmlab's int8/int4 GEMV kernel (once per machine, ~1-2 min)", file=sys.stderr, flush=True)
     try:
         return load_inline(name="lmlab_gemv", cpp_sources=[SOURCE.read_text()],
-                           functions=["int8_gemv", "int4_gemv"],
+                           functions=["int8_gemv", "int4_gemv", "int8_gemv_a8", "int4_gemv_a8"],
                            extra_cflags=["-O3", "-mavx2", "-mfma", "-fopenmp"], extra_ldflags=["-fopenmp"],
                            build_directory=build_dir or None, verbose=False)
     except Exception as err:  # noqa: BLE001 -- any build failure: fall back, say why on one line
@@ -122,3 +127,17 @@ def int4_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, qzer
     """y [M, N] = x [M, K] @ ((q - qzeros) * scales)^T + bias for ``pack_int4`` codes qweight uint8
     [N, ceil(K/2)], scales float32 / qzeros uint8 [N, G]; group_size a multiple of 32; M <= 4."""
     return kernel().int4_gemv(x, qweight, scales, qzeros, group_size, bias)  # type: ignore[union-attr]
+
+
+def int8_gemv_a8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
+                 bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``int8_gemv`` with x quantized to int8 per 32 columns first (Q8_0, ``quant.q8_0_activations``) and
+    integer dot products: y [M, N] = q8_0(x) @ (qweight * scales)^T + bias."""
+    return kernel().int8_gemv_a8(x, qweight, scales, bias)  # type: ignore[union-attr]
+
+
+def int4_gemv_a8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, qzeros: torch.Tensor,
+                 group_size: int, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``int4_gemv`` with x quantized to int8 per 32 columns first (Q8_0) and integer dot products:
+    y [M, N] = q8_0(x) @ ((q - qzeros) * scales)^T + bias."""
+    return kernel().int4_gemv_a8(x, qweight, scales, qzeros, group_size, bias)  # type: ignore[union-attr]

@@ -20,6 +20,8 @@ rather than silently edit codes: ``dequantize_model`` turns it back into a ``Lin
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,6 +34,43 @@ FAST_KERNELS = True  # module-level switch: tests compare the packed kernels aga
 USE_GEMV = True  # module-level switch: lmlab's own batch-1 kernel (gemv_kernel.py) for M <= GEMV_MAX_ROWS rows
 _FAST_DTYPES = (torch.float32, torch.bfloat16)
 GEMV_MAX_ROWS = 4  # crossover to PyTorch's packed kernels, measured (docs/efficient.md; linear_kernels.py --quant)
+# Activations of the batch-1 kernel: "fp32" (exact up to fp32 rounding) or "int8" (llama.cpp's Q8_0: each row
+# quantized per 32 columns, integer dot products; see ``q8_0_activations``). None: $LMLAB_GEMV_ACT, else
+# DEFAULT_GEMV_ACTIVATIONS. int8 is the default because its perplexity cost measured < 0.5% on the world
+# reference and on SmolLM2 (-0.26% .. +0.01%, docs/claims.md, session 7) and it decodes faster.
+GEMV_ACTIVATIONS: str | None = None
+GEMV_ACTIVATION_MODES = ("fp32", "int8")
+DEFAULT_GEMV_ACTIVATIONS = "int8"
+ENV_GEMV_ACTIVATIONS = "LMLAB_GEMV_ACT"
+Q8_BLOCK = 32  # columns per activation scale in the int8-activation mode (Q8_0)
+# int4 prefill in the int8-activation mode: up to this many rows run lmlab's kernel over blocks of 4 rows instead
+# of _weight_int4pack_mm_for_cpu (measured at 64 rows, one busy core, GPT-2 shapes: 1.0-2.0x faster; fp32
+# activations over row blocks only tied PyTorch's kernel, so that mode keeps it; session 7, docs/efficient.md)
+GEMV_PREFILL_MAX_ROWS = 64
+
+
+def gemv_activations() -> str:
+    """The batch-1 kernel's activation mode: ``GEMV_ACTIVATIONS`` if set, else $LMLAB_GEMV_ACT, else the default."""
+    mode = GEMV_ACTIVATIONS if GEMV_ACTIVATIONS is not None else (
+        os.environ.get(ENV_GEMV_ACTIVATIONS) or DEFAULT_GEMV_ACTIVATIONS)
+    if mode not in GEMV_ACTIVATION_MODES:
+        source = "quant.GEMV_ACTIVATIONS" if GEMV_ACTIVATIONS is not None else f"${ENV_GEMV_ACTIVATIONS}"
+        raise LmlabError(f"{source} must be one of {'|'.join(GEMV_ACTIVATION_MODES)}, got {mode!r}")
+    return mode
+
+
+def q8_0_activations(x: torch.Tensor) -> torch.Tensor:
+    """What the int8-activation kernel multiplies by: ``x`` [..., K] float32 quantized per block of 32 columns
+    as llama.cpp's Q8_0 does (``d = max|x_block| / 127``, ``xq = round(x / d)`` with ties to even, clamped to
+    [-127, 127], 0 where the block is all zero) and dequantized back, ``d * xq``, in float32. The rounding
+    moves each element by at most ``d / 2 = max|x_block| / 254``. The torch reference of the kernel's
+    arithmetic (tests; perplexity of the mode over whole sequences)."""
+    K = x.shape[-1]
+    pad = -K % Q8_BLOCK
+    xb = F.pad(x.float(), (0, pad)).reshape(*x.shape[:-1], -1, Q8_BLOCK)  # [..., K/32, 32]
+    d = xb.abs().amax(dim=-1, keepdim=True) / 127  # [..., K/32, 1]
+    xq = torch.where(d > 0, torch.round(xb / torch.where(d > 0, d, 1)), 0).clamp(-127, 127)
+    return (xq * d).flatten(-2)[..., :K]
 
 
 def qrange(bits: int) -> tuple[int, int]:
@@ -107,8 +146,14 @@ class QuantizedLinear(nn.Module):
 
     Forward, on CPU when autograd does not need the weight path:
 
-    - at most ``GEMV_MAX_ROWS`` rows (decode): lmlab's own AVX2 kernel (``gemv_kernel``), fp32 activations,
-      reading the buffers in place (int4: group sizes that are multiples of 32);
+    - at most ``GEMV_MAX_ROWS`` rows (decode): lmlab's own AVX2 kernel (``gemv_kernel``), reading the
+      buffers in place (int4: group sizes that are multiples of 32). Activations per ``gemv_activations()``:
+      "fp32" computes ``x @ dequantize().T`` up to fp32 rounding; "int8" computes
+      ``q8_0_activations(x) @ dequantize().T`` (llama.cpp's Q8_0: x rounded to int8 per 32 columns with
+      scale ``d = max|x_block| / 127``, exact integer dot products, fp32 scaling), so each output moves from
+      the fp32 mode's by at most ``sum_k |w_k| max|x_block(k)| / 254`` (plus fp32 rounding);
+    - int4 with int8 activations, up to ``GEMV_PREFILL_MAX_ROWS`` rows (short prefills): the same kernel over
+      blocks of 4 rows (faster than PyTorch's int4 kernel there, measured);
     - more rows (prefill), or where that kernel cannot run: ``torch._weight_int8pack_mm`` /
       ``torch._weight_int4pack_mm_for_cpu`` with activations cast to ``activation_dtype`` (bf16 by default:
       the int8 kernel streams ~10x faster with bf16 than with fp32 activations, PERF_NOTES.md).
@@ -196,22 +241,25 @@ class QuantizedLinear(nn.Module):
         layer once per token, so the checks run once, not per call (they cost ~15 us a call in Python)."""
         buffers = self._buffers  # direct dict access: nn.Module attribute lookup is slow on a hot path
         qweight, scales, bias = buffers["qweight"], buffers["scales"], self._parameters.get("bias")
-        key = (USE_GEMV, qweight.data_ptr(), scales.data_ptr(), scales.dtype,
-               None if bias is None else (bias.data_ptr(), bias.requires_grad))
+        # a bias that trains is added outside the kernel (which has no autograd), so its gradient flows; with
+        # grad mode off (generate) no gradient can flow, so the kernel adds it: one aten::add less per layer
+        trains = bias is not None and bias.requires_grad and torch.is_grad_enabled()
+        key = (USE_GEMV, gemv_activations(), qweight.data_ptr(), scales.data_ptr(), scales.dtype,
+               None if bias is None else (bias.data_ptr(), trains))
         if self._gemv is None or self._gemv[0] != key:
             from lmlab.efficient import gemv_kernel
 
             ok = (USE_GEMV and (self.bits == 8 or self.group_size % gemv_kernel.INT4_GROUP_MULTIPLE == 0)
                   and qweight.is_cpu and qweight.is_contiguous() and scales.dtype == torch.float32
                   and (bias is None or bias.dtype == torch.float32) and gemv_kernel.available())
-            # a bias that trains is added outside the kernel, so its gradient flows
-            in_kernel = None if bias is None or bias.requires_grad else bias
+            in_kernel = None if bias is None or trains or not bias.is_contiguous() else bias
+            suffix = "_a8" if gemv_activations() == "int8" else ""
             if not ok:
                 plan = (key, None, ())
             elif self.bits == 8:
-                plan = (key, "int8_gemv", (qweight, scales, in_kernel))
+                plan = (key, "int8_gemv" + suffix, (qweight, scales, in_kernel))
             else:
-                plan = (key, "int4_gemv", (qweight, scales, buffers["qzeros"], self.group_size, in_kernel))
+                plan = (key, "int4_gemv" + suffix, (qweight, scales, buffers["qzeros"], self.group_size, in_kernel))
             self._gemv = plan
         return self._gemv
 
@@ -248,13 +296,17 @@ class QuantizedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fast = self._use_kernel(x)
         rows = x.numel() // self.in_features
-        if fast and rows <= GEMV_MAX_ROWS:
+        if fast and (rows <= GEMV_MAX_ROWS or (self.bits == 4 and rows <= GEMV_PREFILL_MAX_ROWS)):
             _, name, args = self._gemv_plan()
-            if name is not None:
+            if name is not None and (rows <= GEMV_MAX_ROWS or name == "int4_gemv_a8"):
                 from lmlab.efficient import gemv_kernel
 
+                kernel = getattr(gemv_kernel, name)
                 xf = x.reshape(rows, self.in_features).float().contiguous()  # [M, K]
-                y = getattr(gemv_kernel, name)(xf, *args)  # [M, N], bias added unless it trains
+                if rows <= GEMV_MAX_ROWS:
+                    y = kernel(xf, *args)  # [M, N], bias added unless it trains
+                else:  # int4 prefill, int8 activations: the kernel over blocks of GEMV_MAX_ROWS rows
+                    y = torch.cat([kernel(xf[i:i + GEMV_MAX_ROWS], *args) for i in range(0, rows, GEMV_MAX_ROWS)])
                 if args[-1] is None and self.bias is not None:
                     y = y + self.bias
                 return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)

@@ -285,3 +285,16 @@ def dequantize_model(model: nn.Module, dtype: torch.dtype | None = None) -> nn.M
             swap_module(model, name, new)
     model.quantization_config = None
     return model
+
+
+def simulate_int8_activations(model: nn.Module) -> list[torch.utils.hooks.RemovableHandle]:
+    """Make every ``QuantizedLinear`` of ``model`` see its input as the int8-activation GEMV mode does
+    (``quant.q8_0_activations``: llama.cpp's Q8_0, per 32 columns) on every row, prefill included: the
+    perplexity of a sequence scored this way is what the mode costs when each token is decoded with it.
+    Returns the hook handles (``handle.remove()`` undoes it)."""
+    from lmlab.efficient.quant import q8_0_activations
+
+    def hook(_module: nn.Module, args: tuple) -> tuple:
+        return (q8_0_activations(args[0]).to(args[0].dtype), *args[1:])
+
+    return [m.register_forward_pre_hook(hook) for m in model.modules() if isinstance(m, QuantizedLinear)]
