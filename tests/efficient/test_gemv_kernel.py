@@ -86,24 +86,30 @@ def test_int4_gemv_equals_dequantised_matmul(n, k, group, m):
 def test_rows_split_across_two_threads_give_the_same_result(m):
     """The suite runs one thread; decode runs two. 301 rows split in two uneven chunks, each ending in a
     leftover row, must give what one thread gives, bit for bit (each row is computed the same way)."""
+    x, q4, scale4, zero, group, outs = _one_and_two_threads(m, 200, 64, gemv_kernel.int8_gemv, gemv_kernel.int4_gemv)
+    _assert_fp32_close(outs[1][1], x, dequantize_codes(q4, scale4, zero, group), None)
+
+
+def _one_and_two_threads(m: int, k: int, group: int, int8_fn, int4_fn):
+    """(x, int4 codes, scales, zeros, group, [(int8 out, int4 out) with 1 thread, ... with 2]) for 301 rows
+    split in two uneven chunks; asserts the two thread counts agree bit for bit."""
     g = torch.Generator().manual_seed(m)
-    n, k, group = 301, 200, 64
+    n, groups = 301, -(-k // group)
     q8 = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8)
     q4 = torch.randint(0, 16, (n, k), generator=g)
-    scale8, scale4 = torch.rand(n, 1, generator=g), torch.rand(n, 4, generator=g)
-    zero = torch.randint(0, 16, (n, 4), generator=g).to(torch.uint8)
+    scale8, scale4 = torch.rand(n, 1, generator=g), torch.rand(n, groups, generator=g)
+    zero = torch.randint(0, 16, (n, groups), generator=g).to(torch.uint8)
     x = torch.randn(m, k, generator=g)
     before = torch.get_num_threads()
     outs = []
     try:
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            outs.append((gemv_kernel.int8_gemv(x, q8, scale8, None),
-                         gemv_kernel.int4_gemv(x, pack_int4(q4), scale4, zero, group, None)))
+            outs.append((int8_fn(x, q8, scale8, None), int4_fn(x, pack_int4(q4), scale4, zero, group, None)))
     finally:
         torch.set_num_threads(before)
     assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
-    _assert_fp32_close(outs[1][1], x, dequantize_codes(q4, scale4, zero, group), None)
+    return x, q4, scale4, zero, group, outs
 
 
 def test_kernel_checks_its_inputs():
@@ -313,23 +319,8 @@ def test_q8_0_activations_rounds_per_block_within_half_a_step():
 
 @pytest.mark.parametrize("m", [1, 3, 4])
 def test_a8_rows_split_across_two_threads_give_the_same_result(m):
-    g = torch.Generator().manual_seed(m)
-    n, k, group = 301, 224, 32
-    q8 = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8)
-    q4 = torch.randint(0, 16, (n, k), generator=g)
-    scale8, scale4 = torch.rand(n, 1, generator=g), torch.rand(n, 7, generator=g)
-    zero = torch.randint(0, 16, (n, 7), generator=g).to(torch.uint8)
-    x = torch.randn(m, k, generator=g)
-    before = torch.get_num_threads()
-    outs = []
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            outs.append((gemv_kernel.int8_gemv_a8(x, q8, scale8, None),
-                         gemv_kernel.int4_gemv_a8(x, pack_int4(q4), scale4, zero, group, None)))
-    finally:
-        torch.set_num_threads(before)
-    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+    x, q4, scale4, zero, group, outs = _one_and_two_threads(m, 224, 32, gemv_kernel.int8_gemv_a8,
+                                                            gemv_kernel.int4_gemv_a8)
     _assert_q8_close(outs[1][1], x, dequantize_codes(q4, scale4, zero, group), None)
 
 

@@ -392,15 +392,39 @@ void check_common(const torch::Tensor& x, const torch::Tensor& qweight, const to
   }
 }
 
+// Shape checks shared by the fp32- and int8-activation entry points.
+void check_int8(const torch::Tensor& x, const torch::Tensor& qweight, const torch::Tensor& scales,
+                const c10::optional<torch::Tensor>& bias) {
+  const int64_t K = x.size(1), N = qweight.size(0);
+  check_common(x, qweight, scales, bias, N);
+  TORCH_CHECK(qweight.scalar_type() == torch::kInt8 && qweight.size(1) == K, "lmlab gemv: int8 qweight [N, K]");
+  TORCH_CHECK(scales.numel() == N, "lmlab gemv: int8 scales must be [N, 1]");
+}
+
+struct Int4Shape {
+  int64_t G, ldw, nb, Kp;  // groups per row, bytes per row, 64-column blocks, K padded to whole blocks
+};
+
+Int4Shape check_int4(const torch::Tensor& x, const torch::Tensor& qweight, const torch::Tensor& scales,
+                     const torch::Tensor& qzeros, int64_t group_size, const c10::optional<torch::Tensor>& bias) {
+  const int64_t K = x.size(1), N = qweight.size(0);
+  check_common(x, qweight, scales, bias, N);
+  TORCH_CHECK(group_size > 0 && group_size % 32 == 0, "lmlab gemv: int4 group_size must be a multiple of 32");
+  const int64_t G = (K + group_size - 1) / group_size, ldw = (K + 1) / 2, nb = (K + 63) / 64;
+  TORCH_CHECK(qweight.scalar_type() == torch::kUInt8 && qweight.size(1) == ldw,
+              "lmlab gemv: int4 qweight must be uint8 [N, ceil(K/2)]");
+  TORCH_CHECK(scales.size(1) == G && qzeros.scalar_type() == torch::kUInt8 && qzeros.is_contiguous() &&
+              qzeros.size(0) == N && qzeros.size(1) == G, "lmlab gemv: int4 scales/qzeros must be [N, G]");
+  return {G, ldw, nb, nb * 64};
+}
+
 }  // namespace
 
 // y [M, N] = x [M, K] @ (q [N, K] * scale [N, 1])^T + bias
 torch::Tensor int8_gemv(torch::Tensor x, torch::Tensor qweight, torch::Tensor scales,
                         c10::optional<torch::Tensor> bias) {
   const int64_t M = x.size(0), K = x.size(1), N = qweight.size(0);
-  check_common(x, qweight, scales, bias, N);
-  TORCH_CHECK(qweight.scalar_type() == torch::kInt8 && qweight.size(1) == K, "lmlab gemv: int8 qweight [N, K]");
-  TORCH_CHECK(scales.numel() == N, "lmlab gemv: int8 scales must be [N, 1]");
+  check_int8(x, qweight, scales, bias);
   auto y = torch::empty({M, N}, x.options());
   const int8_t* W = qweight.data_ptr<int8_t>();
   const float* X = x.data_ptr<float>();
@@ -422,13 +446,8 @@ torch::Tensor int8_gemv(torch::Tensor x, torch::Tensor qweight, torch::Tensor sc
 torch::Tensor int4_gemv(torch::Tensor x, torch::Tensor qweight, torch::Tensor scales, torch::Tensor qzeros,
                         int64_t group_size, c10::optional<torch::Tensor> bias) {
   const int64_t M = x.size(0), K = x.size(1), N = qweight.size(0);
-  check_common(x, qweight, scales, bias, N);
-  TORCH_CHECK(group_size > 0 && group_size % 32 == 0, "lmlab gemv: int4 group_size must be a multiple of 32");
-  const int64_t G = (K + group_size - 1) / group_size, ldw = (K + 1) / 2, nb = (K + 63) / 64, Kp = nb * 64;
-  TORCH_CHECK(qweight.scalar_type() == torch::kUInt8 && qweight.size(1) == ldw,
-              "lmlab gemv: int4 qweight must be uint8 [N, ceil(K/2)]");
-  TORCH_CHECK(scales.size(1) == G && qzeros.scalar_type() == torch::kUInt8 && qzeros.is_contiguous() &&
-              qzeros.size(0) == N && qzeros.size(1) == G, "lmlab gemv: int4 scales/qzeros must be [N, G]");
+  const Int4Shape sh = check_int4(x, qweight, scales, qzeros, group_size, bias);
+  const int64_t G = sh.G, ldw = sh.ldw, nb = sh.nb, Kp = sh.Kp;
   // permuted, zero-padded activations [M, Kp] and per-group sums [M, G]
   std::vector<float> xp(M * Kp, 0.f), sx(M * G, 0.f);
   const float* X = x.data_ptr<float>();
@@ -463,9 +482,7 @@ torch::Tensor int4_gemv(torch::Tensor x, torch::Tensor qweight, torch::Tensor sc
 torch::Tensor int8_gemv_a8(torch::Tensor x, torch::Tensor qweight, torch::Tensor scales,
                            c10::optional<torch::Tensor> bias) {
   const int64_t M = x.size(0), K = x.size(1), N = qweight.size(0);
-  check_common(x, qweight, scales, bias, N);
-  TORCH_CHECK(qweight.scalar_type() == torch::kInt8 && qweight.size(1) == K, "lmlab gemv: int8 qweight [N, K]");
-  TORCH_CHECK(scales.numel() == N, "lmlab gemv: int8 scales must be [N, 1]");
+  check_int8(x, qweight, scales, bias);
   ActQ8 A;
   A.Kq = (K + 31) / 32 * 32;
   A.q.assign(M * A.Kq, 0);
@@ -492,13 +509,8 @@ torch::Tensor int8_gemv_a8(torch::Tensor x, torch::Tensor qweight, torch::Tensor
 torch::Tensor int4_gemv_a8(torch::Tensor x, torch::Tensor qweight, torch::Tensor scales, torch::Tensor qzeros,
                            int64_t group_size, c10::optional<torch::Tensor> bias) {
   const int64_t M = x.size(0), K = x.size(1), N = qweight.size(0);
-  check_common(x, qweight, scales, bias, N);
-  TORCH_CHECK(group_size > 0 && group_size % 32 == 0, "lmlab gemv: int4 group_size must be a multiple of 32");
-  const int64_t G = (K + group_size - 1) / group_size, ldw = (K + 1) / 2, nb = (K + 63) / 64, Kp = nb * 64;
-  TORCH_CHECK(qweight.scalar_type() == torch::kUInt8 && qweight.size(1) == ldw,
-              "lmlab gemv: int4 qweight must be uint8 [N, ceil(K/2)]");
-  TORCH_CHECK(scales.size(1) == G && qzeros.scalar_type() == torch::kUInt8 && qzeros.is_contiguous() &&
-              qzeros.size(0) == N && qzeros.size(1) == G, "lmlab gemv: int4 scales/qzeros must be [N, G]");
+  const Int4Shape sh = check_int4(x, qweight, scales, qzeros, group_size, bias);
+  const int64_t G = sh.G, ldw = sh.ldw, nb = sh.nb, Kp = sh.Kp;
   // quantized activations permuted per 64-column block to [even columns, odd columns], lane scales
   // [M, nb, 8] and per-group sums of the dequantized activations [M, G]
   ActQ8 A;
