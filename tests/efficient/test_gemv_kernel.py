@@ -64,18 +64,24 @@ def test_int8_gemv_equals_dequantised_matmul(n, k, m):
     _assert_fp32_close(y, x, q.float() * scale, bias)
 
 
+def _int4_codes(n: int, k: int, group: int, g: torch.Generator):
+    """(codes [n, k], zero points [n, G], scales [n, G]) with codes and zero points at both ends of the range."""
+    G = quant.n_groups(k, group)
+    q = torch.randint(0, 16, (n, k), generator=g)
+    q[0, :] = 15
+    q[-1, :] = 0
+    zero = torch.randint(0, 16, (n, G), generator=g)
+    zero[0, :], zero[-1, :] = 0, 15
+    scale = torch.rand(n, G, generator=g) * 0.02 + 1e-4
+    return q, zero, scale
+
+
 @pytest.mark.parametrize("n, k, group", [(37, 100, 32), (5, 77, 64), (9, 130, 96), (33, 256, 128), (7, 40, 64),
                                          (65, 768, 32), (11, 31, 32), (3, 200, 256)])
 @pytest.mark.parametrize("m", [1, 2, 3, 4])
 def test_int4_gemv_equals_dequantised_matmul(n, k, group, m):
     g = torch.Generator().manual_seed(n * 1000 + k + m + group)
-    G = quant.n_groups(k, group)
-    q = torch.randint(0, 16, (n, k), generator=g)
-    q[0, :] = 15  # codes at both ends of the range
-    q[-1, :] = 0
-    zero = torch.randint(0, 16, (n, G), generator=g)
-    zero[0, :], zero[-1, :] = 0, 15  # zero points at both ends of the range
-    scale = torch.rand(n, G, generator=g) * 0.02 + 1e-4
+    q, zero, scale = _int4_codes(n, k, group, g)
     x = torch.randn(m, k, generator=g) * 3
     bias = torch.randn(n, generator=g) if m % 2 else None
     y = gemv_kernel.int4_gemv(x, pack_int4(q), scale, zero.to(torch.uint8), group, bias)
@@ -270,13 +276,7 @@ def _assert_within_rounding_bound(y_a8, y_fp32, x, w, magnitude=None):
 @pytest.mark.parametrize("m", [1, 2, 3, 4])
 def test_int4_gemv_a8_equals_q8_reference_arithmetic(n, k, group, m):
     g = torch.Generator().manual_seed(n * 1000 + k + m + group)
-    G = quant.n_groups(k, group)
-    q = torch.randint(0, 16, (n, k), generator=g)
-    q[0, :] = 15  # codes at both ends of the range
-    q[-1, :] = 0
-    zero = torch.randint(0, 16, (n, G), generator=g)
-    zero[0, :], zero[-1, :] = 0, 15  # zero points at both ends of the range
-    scale = torch.rand(n, G, generator=g) * 0.02 + 1e-4
+    q, zero, scale = _int4_codes(n, k, group, g)
     x = _awkward_activations(m, k, g)
     bias = torch.randn(n, generator=g) if m % 2 else None
     w = dequantize_codes(q, scale, zero, group)
