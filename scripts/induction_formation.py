@@ -34,7 +34,7 @@ def build(args) -> Transformer:
 
         return load_reference(args.init).model.float().train()
     cfg = ModelConfig.llama_like(args.vocab, d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
-                                 max_seq_len=max(args.row, 128))
+                                 max_seq_len=max(args.row, 128), tie_embeddings=not args.untied)
     if args.learned_positions:
         cfg = dataclasses.replace(cfg, pos_type="learned")
     model = Transformer(cfg).init_weights(seed=args.seed).float().train()
@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--heads", type=int, default=6)
     p.add_argument("--learned-positions", action="store_true")
+    p.add_argument("--untied", action="store_true", help="separate input and output embeddings")
     p.add_argument("--shared", type=float, default=0.0, help="shared embedding component (x mean row norm)")
     p.add_argument("--pool", default="64", help="token pool sizes, comma-separated ('all' = the vocabulary)")
     p.add_argument("--switch", default="", help="steps at which the next pool size starts, comma-separated")

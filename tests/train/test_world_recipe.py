@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from lmlab.core.tokenizer import train_bpe
+from lmlab.errors import LmlabError
 from lmlab.data.world import WorldConfig, build_world
 from lmlab.train.objectives import IGNORE_INDEX
 from lmlab.train.world_mix import WorldMixBlocks
@@ -83,6 +84,54 @@ def test_length_curriculum_grows_the_longest_task(tiny_mix):
     assert mix._length_range(100) == mix._length_range(10_000) == (40, 200)
 
 
+def _copy_rows_hold(ids: torch.Tensor, labels: torch.Tensor, eos: int, low: int) -> None:
+    """Each segment after an eos is followed by itself; only the copy is a target; no special token is copied."""
+    row, targets = ids.tolist(), labels.tolist()
+    starts = [i for i, t in enumerate(row) if t == eos] + [len(row)]
+    for a, b in zip(starts, starts[1:]):
+        body = row[a + 1:b]
+        assert all(t >= low for t in body)
+        if b == len(row):  # the row's last segment may be cut: targets are its own next tokens or ignored
+            assert all(targets[i] in (row[i + 1], IGNORE_INDEX) for i in range(a, len(row) - 1))
+            continue
+        half = len(body) // 2  # a whole segment and its copy
+        assert len(body) % 2 == 0 and 8 <= half <= 40 and body[:half] == body[half:]
+        for i in range(a, b - 1):  # position i predicts token i + 1: the targets are exactly the copy's tokens
+            copy = i + 1 >= a + 1 + half
+            assert targets[i] == (row[i + 1] if copy else IGNORE_INDEX), (a, i)
+        assert targets[b - 1] == IGNORE_INDEX  # the next segment's eos is not a target
+
+
+def test_copy_phase_then_copy_rows_in_short_batches(tiny_mix):
+    """``copy_steps`` batches of copy rows first; afterwards the world mix's own batches, unchanged, except
+    that the first ``copy_rows`` rows of each short batch are copy rows."""
+    world, tokenizer, plain = tiny_mix
+    texts = [d.text for d in world.corpus("train")]
+    mix = WorldMixBlocks(world, tokenizer, texts, block_size=256, long_rows=2, short_block=32, short_rows=4,
+                         long_every=2, long_words=(40, 120), copy_steps=3, copy_rows=1, seed=1)
+    assert mix.copy_low == 1 + max(tokenizer.backend.get_added_tokens_decoder())
+    for k in range(3):  # the copy phase
+        batch = mix.batch(k)
+        assert batch["input_ids"].shape == (4, 32) and not mix.is_long(k)
+        for ids, labels in zip(batch["input_ids"], batch["labels"]):
+            _copy_rows_hold(ids, labels, tokenizer.eos_id, mix.copy_low)
+    assert mix.is_long(3) and torch.equal(mix.batch(3)["input_ids"], plain.batch(0)["input_ids"])
+    short, plain_short = mix.batch(4), plain.batch(1)
+    _copy_rows_hold(short["input_ids"][0], short["labels"][0], tokenizer.eos_id, mix.copy_low)
+    assert (short["labels"][1:] != IGNORE_INDEX).all()
+    assert not torch.equal(short["input_ids"][1:], plain_short["input_ids"][1:4])  # other windows drawn after
+    narrow = WorldMixBlocks(world, tokenizer, texts, block_size=256, long_rows=2, short_block=32, short_rows=4,
+                            long_every=2, copy_steps=1, copy_block=16, seed=1).batch(0)
+    assert narrow["input_ids"].shape == (8, 16)  # the copy phase's rows: narrower, as many tokens per batch
+    for ids, labels in zip(narrow["input_ids"], narrow["labels"]):
+        _copy_rows_hold(ids, labels, tokenizer.eos_id, mix.copy_low)
+    state = mix.state_dict()
+    with pytest.raises(LmlabError, match="copy_steps"):
+        plain.load_state_dict(state)
+    with pytest.raises(LmlabError, match="copy_rows"):
+        WorldMixBlocks(world, tokenizer, texts, short_rows=4, copy_rows=5)
+
+
 def test_stream_is_a_pure_function_of_the_batch_index_and_resumes(tiny_mix):
     _, _, mix = tiny_mix
     first = [next(iter(mix.batches())) for _ in range(1)]
@@ -103,6 +152,18 @@ def test_kind_weights_repeat_and_subsample_kinds():
     n = {k: len(world.corpus("train", kinds=(k,))) for k in ("facts", "qa", "dialogues")}
     texts = weighted_texts(world, (("facts", 2.0), ("qa", 1.0), ("dialogues", 0.5)))
     assert len(texts) == 2 * n["facts"] + n["qa"] + n["dialogues"] // 2
+
+
+def test_finer_kinds_pick_dialogues_by_their_labels():
+    world = build_world(WorldConfig.tiny())
+    sentiment = {d.text for d in world.dialogues() if d.style.startswith("sentiment:")}
+    facts = {d.text for d in world.dialogues() if d.kind == "fact"}
+    train = {d.text for d in world.corpus("train", kinds=("dialogues",))}
+    texts = weighted_texts(world, (("sentiment_dialogues", 2.0), ("fact_dialogues", 1.0)))
+    assert sorted(texts) == sorted([*sorted(sentiment & train)] * 2 + sorted(facts & train))
+    assert sentiment & train and all("sentence about" in t for t in sentiment)
+    with pytest.raises(LmlabError, match="unknown kind 'chats'"):
+        weighted_texts(world, (("chats", 1.0),))
 
 
 def test_scaled_down_recipe_learns_and_resumes(tmp_path):

@@ -9,6 +9,11 @@ every position up to the block length is exercised), the rest filled with world 
 holds ``short_rows`` windows of ``short_block`` tokens of world text. Loss is not taken on a long task's
 context (its random codes carry no learnable signal); it is on the question and answer and on all text.
 
+A copy phase can come first (``copy_steps``) and copy rows can stay in every short batch afterwards
+(``copy_rows``): rows of random token segments, each followed by its copy, loss on the copies only -- the
+classic trigger of induction heads (Olsson et al. 2022), which retrieval needs and which the world's
+templated text never rewards (docs/claims.md, issue 11: without it the reference retrieves nothing).
+
 World text comes from a token stream of ``epochs`` per-epoch shuffled passes over the corpus (each document
 after an end-of-text token, as at inference); a window starts at a seeded random offset of it. Batch ``k``
 is a pure function of ``(seed, k)``, so the stream's state is just ``k`` and resuming continues it exactly.
@@ -36,15 +41,27 @@ class WorldMixBlocks:
     def __init__(self, world, tokenizer, texts: list[str], *, block_size: int = 1152, long_rows: int = 8,
                  short_block: int = 256, short_rows: int = 32, long_every: int = 4,
                  long_words: tuple[int, int] = (60, 680), kv_share: float = 0.75, epochs: int = 8,
-                 pack_tasks: bool = False, extra_questions: int = 0, length_ramp: int = 0, seed: int = 0) -> None:
+                 pack_tasks: bool = False, extra_questions: int = 0, length_ramp: int = 0, copy_steps: int = 0,
+                 copy_rows: int = 0, copy_block: int | None = None, seed: int = 0) -> None:
         if not texts:
             raise LmlabError("texts: the training corpus is empty")
         if short_block < 16 or block_size < short_block or long_rows < 1 or short_rows < 1 or long_every < 1:
             raise LmlabError("world mix: need 16 <= short_block <= block_size and positive row counts")
+        if copy_steps < 0 or not 0 <= copy_rows <= short_rows:
+            raise LmlabError(f"world mix: need copy_steps >= 0 and 0 <= copy_rows <= short_rows ({short_rows}), "
+                             f"got {copy_steps} and {copy_rows}")
         self.world, self.tokenizer = world, tokenizer
         self.block_size, self.long_rows, self.short_block, self.short_rows = block_size, long_rows, short_block, short_rows
         self.long_every, self.long_words, self.kv_share, self.seed = long_every, tuple(long_words), kv_share, seed
         self.pack_tasks, self.extra_questions, self.length_ramp = pack_tasks, extra_questions, length_ramp
+        self.copy_steps, self.copy_rows = copy_steps, copy_rows
+        # the copy phase's rows: copy_block tokens wide (default short_block), as many as give a short batch's tokens
+        self.copy_block = short_block if copy_block is None else copy_block
+        if copy_steps and not 16 <= self.copy_block <= short_block:
+            raise LmlabError(f"world mix: need 16 <= copy_block <= short_block ({short_block}), got {copy_block}")
+        # copy rows draw from every ordinary token (special tokens -- eos, chat markers -- sit at the low ids)
+        self.copy_low = 1 + max(tokenizer.backend.get_added_tokens_decoder(), default=-1)
+        self.vocab = len(tokenizer)
         if pack_tasks:  # tokens per word of a task, to draw task lengths that fit the rest of a row
             sample = world.long_context_task("kv_retrieval", 400, 0.5, seed=-7)
             self.tokens_per_word = len(tokenizer.encode(sample.prompt)) / sample.n_words
@@ -64,7 +81,19 @@ class WorldMixBlocks:
         self.batches_served = 0
 
     def is_long(self, k: int) -> bool:
-        return k % self.long_every == 0
+        """Batch ``k`` is a long batch (counted from the end of the copy phase)."""
+        return k >= self.copy_steps and (k - self.copy_steps) % self.long_every == 0
+
+    def _copy_row(self, rng: random.Random, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """Random segments of 8-40 ordinary tokens, each after an eos and followed by its copy; only the copies
+        are trained (the segments themselves are unpredictable)."""
+        ids: list[int] = []
+        keep: list[bool] = []
+        while len(ids) < width:
+            segment = [rng.randrange(self.copy_low, self.vocab) for _ in range(rng.randint(8, 40))]
+            ids += [self.eos, *segment, *segment]
+            keep += [False] * (1 + len(segment)) + [True] * len(segment)
+        return np.asarray(ids[:width], dtype=np.int32), np.asarray(keep[:width], dtype=bool)
 
     def _window(self, rng: random.Random, n: int) -> np.ndarray:
         start = rng.randrange(len(self.stream) - n)
@@ -124,14 +153,22 @@ class WorldMixBlocks:
 
     def batch(self, k: int) -> dict[str, torch.Tensor]:
         """Batch ``k`` of the stream (a pure function of ``seed`` and ``k``)."""
-        rng = random.Random(f"world-mix:{self.seed}:batch:{k}")
-        if self.is_long(k):
-            rows = [self._long_row(k, r, rng) for r in range(self.long_rows)]
-            w = np.stack([row for row, _ in rows])  # [B, T + 1]
-            keep = np.stack([trained for _, trained in rows])  # [B, T + 1]
+        if k < self.copy_steps:
+            rng = random.Random(f"world-mix:{self.seed}:copy:{k}")
+            n_rows = self.short_rows * self.short_block // self.copy_block
+            rows = [self._copy_row(rng, self.copy_block + 1) for _ in range(n_rows)]
         else:
-            w = np.stack([self._window(rng, self.short_block + 1) for _ in range(self.short_rows)])  # [B, t + 1]
-            keep = np.ones_like(w, dtype=bool)
+            k -= self.copy_steps  # the world mix after the copy phase: its batches as without one
+            rng = random.Random(f"world-mix:{self.seed}:batch:{k}")
+            if k % self.long_every == 0:
+                rows = [self._long_row(k, r, rng) for r in range(self.long_rows)]
+            else:
+                width = self.short_block + 1
+                rows = [self._copy_row(rng, width) for _ in range(self.copy_rows)]
+                rows += [(self._window(rng, width), np.ones(width, dtype=bool))
+                         for _ in range(self.short_rows - self.copy_rows)]
+        w = np.stack([row for row, _ in rows])  # [B, T + 1]
+        keep = np.stack([trained for _, trained in rows])  # [B, T + 1]
         w_t = torch.from_numpy(w.astype(np.int64))
         labels = torch.where(torch.from_numpy(keep[:, 1:]), w_t[:, 1:], torch.full_like(w_t[:, 1:], IGNORE_INDEX))
         return {"input_ids": w_t[:, :-1].contiguous(), "labels": labels.contiguous()}  # [B, T] each
@@ -146,11 +183,12 @@ class WorldMixBlocks:
 
     def state_dict(self) -> dict[str, Any]:
         return {"batches_served": self.batches_served, "seed": self.seed, "block_size": self.block_size,
-                "short_block": self.short_block, "long_every": self.long_every, "stream_tokens": len(self.stream)}
+                "short_block": self.short_block, "long_every": self.long_every, "stream_tokens": len(self.stream),
+                "copy_steps": self.copy_steps, "copy_rows": self.copy_rows, "copy_block": self.copy_block}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key in ("seed", "block_size", "short_block", "long_every", "stream_tokens"):
+        for key in ("seed", "block_size", "short_block", "long_every", "stream_tokens", "copy_steps", "copy_rows"):
             mine = self.state_dict()[key]
-            if state.get(key) != mine:
+            if state.get(key, 0 if key.startswith("copy") else None) != mine:
                 raise LmlabError(f"cannot resume the world mix: saved with {key}={state.get(key)!r}, this one has {mine!r}")
         self.batches_served = int(state["batches_served"])

@@ -161,6 +161,12 @@ class ReferenceRecipe:
     extra_questions: int = 0
     length_ramp: float = 0.0  # fraction of the steps over which the longest task grows (0: no curriculum)
     kv_share: float = 0.75  # share of long-context tasks that are key-value lists (the rest: needles)
+    # A copy phase first: ``copy_steps`` batches of short rows of random token segments each followed by its
+    # copy (the induction-head trigger, Olsson et al. 2022), then ``copy_rows`` such rows kept in every short
+    # batch so the circuit survives the world text (see WorldMixBlocks). ``steps`` counts the copy phase too.
+    copy_steps: int = 0
+    copy_rows: int = 0
+    copy_block: int = 64  # copy-phase rows this wide (short contexts: the circuit forms sooner), same tokens per step
 
     def scaled(self, **changes) -> ReferenceRecipe:
         return dataclasses.replace(self, **changes)
@@ -188,12 +194,57 @@ WORLD_RECIPES: dict[str, ReferenceRecipe] = {
 """Each shipped world reference's recipe (``python -m lmlab.reference --name NAME`` rebuilds it)."""
 
 
+class CopyGainLog:
+    """A Trainer callback: every ``every`` steps (and at the end of the copy phase) the model's copy gain on
+    repeated random tokens (:func:`lmlab.eval.copying.repeated_tokens_score`, in nats/token) is appended to
+    ``path`` as JSON lines and said -- whether an induction circuit has formed, the copy phase's stopping rule."""
+
+    def __init__(self, path: Path, every: int, copy_steps: int, low: int, say=print) -> None:
+        self.path, self.every, self.copy_steps, self.low, self.say = Path(path), every, copy_steps, low, say
+
+    def on_step_end(self, trainer, _metrics: dict) -> None:
+        from lmlab.eval.copying import repeated_tokens_score
+
+        step = trainer.step
+        if not (step == self.copy_steps or (self.every > 0 and step % self.every == 0)):
+            return
+        model = trainer.model
+        model.eval()
+        score = repeated_tokens_score(model, length=50, rows=8, seed=1, low=self.low)
+        model.train()
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, "copy_gain": round(score.copy_gain, 4),
+                                "second_nll": round(score.second_nll, 4)}) + "\n")
+        self.say(f"step {step}: copy gain {score.copy_gain:.2f} nats/token")
+
+
+# Finer kinds a recipe may weight on their own: a part of one corpus kind, picked by the world's own labels.
+SUBKINDS = {
+    "fact_dialogues": ("dialogues", lambda world: {d.text for d in world.dialogues() if d.kind == "fact"}),
+    "attribute_dialogues": ("dialogues", lambda world: {d.text for d in world.dialogues() if d.kind == "attribute"}),
+    "sentiment_dialogues": ("dialogues", lambda world: {d.text for d in world.dialogues()
+                                                       if d.style.startswith("sentiment:")}),
+}
+
+
 def weighted_texts(world, kind_weights) -> list[str]:
     """The training split of the corpus, each kind repeated ``weight`` times (a fractional part keeps an
-    evenly spaced share of that kind's texts)."""
+    evenly spaced share of that kind's texts). A kind is a corpus kind or one of :data:`SUBKINDS`; weights
+    add up, so ``("dialogues", 1.0), ("sentiment_dialogues", 2.0)`` gives sentiment requests three copies."""
+    from lmlab.data.world.world import CORPUS_KINDS
+    from lmlab.errors import LmlabError
+
     texts: list[str] = []
     for kind, weight in kind_weights:
-        docs = [d.text for d in world.corpus("train", kinds=(kind,))]
+        if kind in SUBKINDS:
+            parent, members = SUBKINDS[kind]
+            wanted = members(world)
+            docs = [d.text for d in world.corpus("train", kinds=(parent,)) if d.text in wanted]
+        elif kind in CORPUS_KINDS:
+            docs = [d.text for d in world.corpus("train", kinds=(kind,))]
+        else:
+            raise LmlabError(f"kind_weights: unknown kind {kind!r} (corpus kinds: {', '.join(CORPUS_KINDS)}; "
+                             f"finer kinds: {', '.join(SUBKINDS)})")
         whole, part = int(weight), weight - int(weight)
         texts += docs * whole
         if part > 0:
@@ -253,7 +304,8 @@ def train_reference_model(out: Path, recipe: ReferenceRecipe = ReferenceRecipe()
     data = WorldMixBlocks(world, tokenizer, texts, block_size=r.block_size, long_rows=r.long_rows,
                           short_block=r.short_block, short_rows=r.short_rows, long_every=r.long_every,
                           long_words=r.long_words, pack_tasks=r.pack_tasks, extra_questions=r.extra_questions,
-                          length_ramp=round(r.length_ramp * r.steps), kv_share=r.kv_share,
+                          length_ramp=round(r.length_ramp * (r.steps - r.copy_steps)), kv_share=r.kv_share,
+                          copy_steps=r.copy_steps, copy_rows=r.copy_rows, copy_block=r.copy_block,
                           seed=r.seed)
     say(f"world: {len(world.facts)} facts, {len(texts)} training texts; tokenizer {len(tokenizer)} tokens; "
         f"world-text stream {len(data.stream)} tokens")
@@ -276,7 +328,8 @@ def train_reference_model(out: Path, recipe: ReferenceRecipe = ReferenceRecipe()
         f"{f', from {r.init_from}' if base is not None else ''}; "
         f"{r.steps} steps, one in {r.long_every} of {r.long_rows} x {r.block_size} tokens, "
         f"the others {r.short_rows} x {r.short_block}")
-    summary = Trainer(model, cfg, data).fit(resume=resume)
+    copy_log = CopyGainLog(out / "train" / "copy_gain.jsonl", r.ckpt_every, r.copy_steps, data.copy_low, say=say)
+    summary = Trainer(model, cfg, data, callbacks=[copy_log]).fit(resume=resume)
     if summary["final_loss"] is None:  # resumed a finished run: its figures are the last logged ones
         summary = {**summary, **_last_logged(out / "train" / "metrics.jsonl")}
     say(f"trained: final loss {summary['final_loss']:.3f}, {summary['tokens_per_s']:.0f} tokens/s")
@@ -285,6 +338,9 @@ def train_reference_model(out: Path, recipe: ReferenceRecipe = ReferenceRecipe()
     report = {"recipe": recipe.to_dict(), "parameters": model.num_parameters(), "n_facts": len(world.facts),
               "vocab_size": len(tokenizer), "final_loss": summary["final_loss"],
               "tokens_per_s": round(summary["tokens_per_s"], 1), "train_seconds": round(summary["wall_time_s"], 1)}
+    from lmlab.eval.copying import repeated_tokens_score
+
+    report["copy_gain"] = round(repeated_tokens_score(model, length=50, rows=8, seed=1, low=data.copy_low).copy_gain, 3)
     if evaluate:
         t0 = time.time()
         report["quality"] = evaluate_world_model(model, tokenizer, world, subset=eval_subset,
