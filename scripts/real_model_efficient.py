@@ -71,7 +71,8 @@ def perplexity_table(args) -> None:
     evaluation = windows(stream[:n_eval], args.seq)  # [windows, seq]
     calibration = random_segments(stream[n_eval:], args.calibration, args.seq, seed=0)
     print(f"{MODEL}, text: pydoc_data/topics.py ({len(stream)} tokens); eval {args.windows} x {args.seq} tokens "
-          f"(the first {n_eval}); GPTQ calibration {args.calibration} x {args.seq} from the rest, seed 0")
+          f"(the first {n_eval}); GPTQ calibration {args.calibration} x {args.seq} from the rest, seed 0, "
+          f"act_order={args.act_order}")
     a8_head = " Q8_0 activations | change vs float activations |" if args.int8_activations else ""
     print("| weights | method | group | output head | perplexity | change vs fp32 | quantize s |" + a8_head)
     print("|---|---|---|---|---|---|---|" + "---|---|" * args.int8_activations)
@@ -81,7 +82,7 @@ def perplexity_table(args) -> None:
         model = lmlab.load(MODEL).eval()
         t0 = time.perf_counter()
         quantize(model, bits=bits, method=method, group_size=group, calibration=calibration,
-                 activation_dtype=args.activation_dtype, batch_size=4, **extra)
+                 activation_dtype=args.activation_dtype, batch_size=4, act_order=args.act_order, **extra)
         seconds = time.perf_counter() - t0
         ppl = perplexity(model, evaluation, batch_size=2)
         a8 = ""
@@ -148,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--activation-dtype", choices=["bfloat16", "float32"], default="bfloat16")
     q.add_argument("--cases", default=CASES, help=f"rows to measure (default {CASES})")
     q.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    q.add_argument("--act-order", action="store_true", help="GPTQ: columns in order of decreasing Hessian diagonal")
     q.add_argument("--int8-activations", action="store_true",
                    help="also score each row with Q8_0-rounded inputs to its quantized layers (LMLAB_GEMV_ACT=int8)")
     k = sub.add_parser("kv")

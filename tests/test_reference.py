@@ -144,3 +144,7 @@ def test_reference_cli_rejects_an_unknown_name_in_one_line(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: --name: unknown reference 'bogus' (shipped: world-llama-0.9m, world-llama-2m-1k, "
                    "world-llama-0.9m-1k)"]
+    # a recipe kept for its record but not shipped builds only into a directory of one's own
+    assert main(["--name", "world-llama-2m-1k-v2"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: --name: 'world-llama-2m-1k-v2' is a recipe that is not shipped; give --out DIR to build it there"]

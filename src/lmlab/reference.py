@@ -208,9 +208,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     try:
-        if args.name not in REFERENCES:
+        from lmlab.train.world_recipe import WORLD_RECIPES
+
+        unshipped = args.name in WORLD_RECIPES and args.name not in REFERENCES  # a recipe kept for its record
+        if args.name not in REFERENCES and not unshipped:
             raise LmlabError(f"--name: unknown reference {args.name!r} (shipped: {', '.join(REFERENCES)})")
-        if args.name in WORLD_NAMES:
+        if unshipped and args.out is None:
+            raise LmlabError(f"--name: {args.name!r} is a recipe that is not shipped; give --out DIR to build it there")
+        if args.name in WORLD_NAMES or unshipped:
             record = build_world_reference(args.out, args.run, args.steps, args.resume, progress=not args.no_progress,
                                            name=args.name)
         else:

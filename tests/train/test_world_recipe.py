@@ -123,6 +123,8 @@ def test_copy_phase_then_copy_rows_in_short_batches(tiny_mix):
     narrow = WorldMixBlocks(world, tokenizer, texts, block_size=256, long_rows=2, short_block=32, short_rows=4,
                             long_every=2, copy_steps=1, copy_block=16, seed=1).batch(0)
     assert narrow["input_ids"].shape == (8, 16)  # the copy phase's rows: narrower, as many tokens per batch
+    assert WorldMixBlocks(world, tokenizer, texts, short_block=32, short_rows=4, copy_steps=1, copy_block=16,
+                          copy_batch=3).batch(0)["input_ids"].shape == (3, 16)
     for ids, labels in zip(narrow["input_ids"], narrow["labels"]):
         _copy_rows_hold(ids, labels, tokenizer.eos_id, mix.copy_low)
     state = mix.state_dict()

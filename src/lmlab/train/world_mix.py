@@ -42,7 +42,8 @@ class WorldMixBlocks:
                  short_block: int = 256, short_rows: int = 32, long_every: int = 4,
                  long_words: tuple[int, int] = (60, 680), kv_share: float = 0.75, epochs: int = 8,
                  pack_tasks: bool = False, extra_questions: int = 0, length_ramp: int = 0, copy_steps: int = 0,
-                 copy_rows: int = 0, copy_block: int | None = None, seed: int = 0) -> None:
+                 copy_rows: int = 0, copy_block: int | None = None, copy_batch: int | None = None,
+                 seed: int = 0) -> None:
         if not texts:
             raise LmlabError("texts: the training corpus is empty")
         if short_block < 16 or block_size < short_block or long_rows < 1 or short_rows < 1 or long_every < 1:
@@ -55,8 +56,13 @@ class WorldMixBlocks:
         self.long_every, self.long_words, self.kv_share, self.seed = long_every, tuple(long_words), kv_share, seed
         self.pack_tasks, self.extra_questions, self.length_ramp = pack_tasks, extra_questions, length_ramp
         self.copy_steps, self.copy_rows = copy_steps, copy_rows
-        # the copy phase's rows: copy_block tokens wide (default short_block), as many as give a short batch's tokens
+        # the copy phase's batches: copy_batch rows (default: a short batch's tokens) of copy_block tokens
+        # (default short_block); the circuit forms after a number of steps more than of tokens, so small batches
+        # of short rows make the phase cheap
         self.copy_block = short_block if copy_block is None else copy_block
+        self.copy_batch = short_rows * short_block // self.copy_block if copy_batch is None else copy_batch
+        if copy_steps and self.copy_batch < 1:
+            raise LmlabError(f"world mix: copy_batch must be positive, got {copy_batch}")
         if copy_steps and not 16 <= self.copy_block <= short_block:
             raise LmlabError(f"world mix: need 16 <= copy_block <= short_block ({short_block}), got {copy_block}")
         # copy rows draw from every ordinary token (special tokens -- eos, chat markers -- sit at the low ids)
@@ -155,8 +161,7 @@ class WorldMixBlocks:
         """Batch ``k`` of the stream (a pure function of ``seed`` and ``k``)."""
         if k < self.copy_steps:
             rng = random.Random(f"world-mix:{self.seed}:copy:{k}")
-            n_rows = self.short_rows * self.short_block // self.copy_block
-            rows = [self._copy_row(rng, self.copy_block + 1) for _ in range(n_rows)]
+            rows = [self._copy_row(rng, self.copy_block + 1) for _ in range(self.copy_batch)]
         else:
             k -= self.copy_steps  # the world mix after the copy phase: its batches as without one
             rng = random.Random(f"world-mix:{self.seed}:batch:{k}")
@@ -184,7 +189,8 @@ class WorldMixBlocks:
     def state_dict(self) -> dict[str, Any]:
         return {"batches_served": self.batches_served, "seed": self.seed, "block_size": self.block_size,
                 "short_block": self.short_block, "long_every": self.long_every, "stream_tokens": len(self.stream),
-                "copy_steps": self.copy_steps, "copy_rows": self.copy_rows, "copy_block": self.copy_block}
+                "copy_steps": self.copy_steps, "copy_rows": self.copy_rows, "copy_block": self.copy_block,
+                "copy_batch": self.copy_batch}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for key in ("seed", "block_size", "short_block", "long_every", "stream_tokens", "copy_steps", "copy_rows"):

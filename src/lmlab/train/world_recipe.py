@@ -166,7 +166,8 @@ class ReferenceRecipe:
     # batch so the circuit survives the world text (see WorldMixBlocks). ``steps`` counts the copy phase too.
     copy_steps: int = 0
     copy_rows: int = 0
-    copy_block: int = 64  # copy-phase rows this wide (short contexts: the circuit forms sooner), same tokens per step
+    copy_block: int = 64  # copy-phase rows this wide (short contexts: the circuit forms sooner)
+    copy_batch: int | None = None  # copy-phase rows per batch (None: a short batch's tokens)
 
     def scaled(self, **changes) -> ReferenceRecipe:
         return dataclasses.replace(self, **changes)
@@ -188,6 +189,16 @@ WORLD_RECIPES: dict[str, ReferenceRecipe] = {
                                          extra_questions=3, length_ramp=0.5,
                                          kind_weights=(("facts", 4.0), ("qa", 2.0), ("dialogues", 0.5),
                                                        ("attributes", 1.0))),
+    # The same shape with a copy phase first (800 steps of random segments and their copies, the
+    # induction-head trigger), copy rows kept in the world mix, more questions per key-value list, and
+    # sentiment requests weighted up (docs/claims.md, issue 11, session 8).
+    "world-llama-2m-1k-v2": ReferenceRecipe(init_from=None, vocab_size=2048, d_model=192, n_layers=4, n_heads=6,
+                                            long_every=2, steps=2200, lr=3e-3, warmup_steps=50,
+                                            long_words=(32, 800), ckpt_every=100, threads=2, pack_tasks=True,
+                                            extra_questions=8, length_ramp=0.5, copy_steps=800, copy_rows=4,
+                                            copy_block=64, copy_batch=40,
+                                            kind_weights=(("facts", 4.0), ("qa", 2.0), ("dialogues", 0.5),
+                                                          ("attributes", 1.0), ("sentiment_dialogues", 2.0))),
     # The first one: a warm start of the quickstart model (world-llama-0.9m), one task per long row.
     "world-llama-0.9m-1k": ReferenceRecipe(),
 }
@@ -306,7 +317,7 @@ def train_reference_model(out: Path, recipe: ReferenceRecipe = ReferenceRecipe()
                           long_words=r.long_words, pack_tasks=r.pack_tasks, extra_questions=r.extra_questions,
                           length_ramp=round(r.length_ramp * (r.steps - r.copy_steps)), kv_share=r.kv_share,
                           copy_steps=r.copy_steps, copy_rows=r.copy_rows, copy_block=r.copy_block,
-                          seed=r.seed)
+                          copy_batch=r.copy_batch, seed=r.seed)
     say(f"world: {len(world.facts)} facts, {len(texts)} training texts; tokenizer {len(tokenizer)} tokens; "
         f"world-text stream {len(data.stream)} tokens")
     cfg = load_config(TrainConfig, None, [
