@@ -77,7 +77,8 @@ def test_recipe_from_scratch_reaches_recorded_quality(tmp_path):
 
 # ---- by name, corrupted files, and the world reference (issue 11) ------------------------------------
 def test_unknown_reference_name_is_a_one_line_error():
-    with pytest.raises(LmlabError, match=r"unknown name 'world-llama-9b' \(shipped: world-llama-0.9m, world-llama-2m-1k, world-llama-0.9m-1k\)"):
+    with pytest.raises(LmlabError, match=r"unknown name 'world-llama-9b' \(shipped: world-llama-0.9m, world-llama-2m-1k, world-llama-0.9m-1k, "
+                       r"world-llama-2m-1k-v2, world-llama-2m-1k-retrieval\)"):
         load_reference("world-llama-9b")
 
 
@@ -137,14 +138,16 @@ def test_world_reference_recorded_figures_reproduce_from_its_weights(world_ref):
                                       "kv_retrieval/1024/0.5"}
 
 
-def test_reference_cli_rejects_an_unknown_name_in_one_line(capsys):
+def test_reference_cli_rejects_an_unknown_name_in_one_line(capsys, monkeypatch):
     from lmlab.reference import main
+    from lmlab.train import world_recipe
 
     assert main(["--name", "bogus"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: --name: unknown reference 'bogus' (shipped: world-llama-0.9m, world-llama-2m-1k, "
-                   "world-llama-0.9m-1k)"]
+                   "world-llama-0.9m-1k, world-llama-2m-1k-v2, world-llama-2m-1k-retrieval)"]
     # a recipe kept for its record but not shipped builds only into a directory of one's own
-    assert main(["--name", "world-llama-2m-1k-v2"]) == 2
+    monkeypatch.setitem(world_recipe.WORLD_RECIPES, "world-llama-unshipped", world_recipe.ReferenceRecipe())
+    assert main(["--name", "world-llama-unshipped"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        "error: --name: 'world-llama-2m-1k-v2' is a recipe that is not shipped; give --out DIR to build it there"]
+        "error: --name: 'world-llama-unshipped' is a recipe that is not shipped; give --out DIR to build it there"]

@@ -199,6 +199,14 @@ WORLD_RECIPES: dict[str, ReferenceRecipe] = {
                                             copy_block=64, copy_batch=40,
                                             kind_weights=(("facts", 4.0), ("qa", 2.0), ("dialogues", 0.5),
                                                           ("attributes", 1.0), ("sentiment_dialogues", 2.0))),
+    # world-llama-2m-1k-v2 trained 700 steps more at lr 1e-3 (no copy phase, no length ramp): its copy circuit
+    # turns into retrieval (docs/claims.md, issue 11, session 8).
+    "world-llama-2m-1k-retrieval": ReferenceRecipe(init_from="world-llama-2m-1k-v2", long_every=2, steps=700, lr=1e-3,
+                                                   warmup_steps=20, long_words=(32, 800), ckpt_every=100,
+                                                   threads=2, pack_tasks=True, extra_questions=8, length_ramp=0.0,
+                                                   copy_rows=4,
+                                                   kind_weights=(("facts", 4.0), ("qa", 2.0), ("dialogues", 0.5),
+                                                                 ("attributes", 1.0), ("sentiment_dialogues", 2.0))),
     # The first one: a warm start of the quickstart model (world-llama-0.9m), one task per long row.
     "world-llama-0.9m-1k": ReferenceRecipe(),
 }
