@@ -59,6 +59,21 @@ def gemv_activations() -> str:
     return mode
 
 
+_ENV_DATA = getattr(os.environ, "_data", None)  # CPython's dict behind os.environ (keys encoded), if it has one
+_ENV_KEY = os.environ.encodekey(ENV_GEMV_ACTIVATIONS) if hasattr(os.environ, "encodekey") else None
+
+
+def _environment_mode() -> object:
+    """$LMLAB_GEMV_ACT as stored (unchecked, possibly bytes), for the decode plan's cache key only.
+
+    ``os.environ.get`` costs ~2 us when the variable is unset (it raises and catches KeyError inside), and the
+    plan is looked up on every decode call of every layer; the mapping's own dict answers in ~0.1 us and sees
+    every change made through ``os.environ`` (monkeypatch.setenv included)."""
+    if _ENV_DATA is None or _ENV_KEY is None or os.environ.__dict__.get("_data") is not _ENV_DATA:
+        return os.environ.get(ENV_GEMV_ACTIVATIONS)
+    return _ENV_DATA.get(_ENV_KEY)
+
+
 def q8_0_activations(x: torch.Tensor) -> torch.Tensor:
     """What the int8-activation kernel multiplies by: ``x`` [..., K] float32 quantized per block of 32 columns
     as llama.cpp's Q8_0 does (``d = max|x_block| / 127``, ``xq = round(x / d)`` with ties to even, clamped to
@@ -237,31 +252,35 @@ class QuantizedLinear(nn.Module):
         return self._gemv_plan()[1] is not None
 
     def _gemv_plan(self) -> tuple:
-        """(key, name of the gemv_kernel function or None, its weight arguments), cached: decode calls every
-        layer once per token, so the checks run once, not per call (they cost ~15 us a call in Python)."""
+        """(key, name of the gemv_kernel function or None, its weight arguments, the gemv_kernel module or None),
+        cached: decode calls every layer once per token, so the checks run once, not per call (they cost ~15 us
+        a call in Python). The key is cheap to rebuild (no validation, no import): the switches as set, the
+        environment's mode, and the identity of the buffers' storage."""
         buffers = self._buffers  # direct dict access: nn.Module attribute lookup is slow on a hot path
         qweight, scales, bias = buffers["qweight"], buffers["scales"], self._parameters.get("bias")
         # a bias that trains is added outside the kernel (which has no autograd), so its gradient flows; with
         # grad mode off (generate) no gradient can flow, so the kernel adds it: one aten::add less per layer
         trains = bias is not None and bias.requires_grad and torch.is_grad_enabled()
-        key = (USE_GEMV, gemv_activations(), qweight.data_ptr(), scales.data_ptr(), scales.dtype,
+        key = (USE_GEMV, GEMV_ACTIVATIONS, _environment_mode(), DEFAULT_GEMV_ACTIVATIONS, qweight.data_ptr(), scales.data_ptr(), scales.dtype,
                None if bias is None else (bias.data_ptr(), trains))
-        if self._gemv is None or self._gemv[0] != key:
+        plan = self._gemv
+        if plan is None or plan[0] != key:
             from lmlab.efficient import gemv_kernel
 
+            suffix = "_a8" if gemv_activations() == "int8" else ""  # validates the mode (one-line error)
             ok = (USE_GEMV and (self.bits == 8 or self.group_size % gemv_kernel.INT4_GROUP_MULTIPLE == 0)
                   and qweight.is_cpu and qweight.is_contiguous() and scales.dtype == torch.float32
                   and (bias is None or bias.dtype == torch.float32) and gemv_kernel.available())
             in_kernel = None if bias is None or trains or not bias.is_contiguous() else bias
-            suffix = "_a8" if gemv_activations() == "int8" else ""
             if not ok:
-                plan = (key, None, ())
-            elif self.bits == 8:
-                plan = (key, "int8_gemv" + suffix, (qweight, scales, in_kernel))
+                plan = (key, None, (), None)
             else:
-                plan = (key, "int4_gemv" + suffix, (qweight, scales, buffers["qzeros"], self.group_size, in_kernel))
+                name = ("int8_gemv" if self.bits == 8 else "int4_gemv") + suffix
+                args = ((qweight, scales, in_kernel) if self.bits == 8
+                        else (qweight, scales, buffers["qzeros"], self.group_size, in_kernel))
+                plan = (key, name, args, gemv_kernel)  # the module: its function is looked up per call (tests patch it)
             self._gemv = plan
-        return self._gemv
+        return plan
 
     def _padded_k(self) -> int:
         """Input columns the int4 kernel sees: ``in_features`` rounded up to a whole group."""
@@ -295,21 +314,30 @@ class QuantizedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fast = self._use_kernel(x)
-        rows = x.numel() // self.in_features
+        K = self.in_features
+        rows = x.numel() // K
         if fast and (rows <= GEMV_MAX_ROWS or (self.bits == 4 and rows <= GEMV_PREFILL_MAX_ROWS)):
-            _, name, args = self._gemv_plan()
-            if name is not None and (rows <= GEMV_MAX_ROWS or name == "int4_gemv_a8"):
-                from lmlab.efficient import gemv_kernel
-
-                kernel = getattr(gemv_kernel, name)
-                xf = x.reshape(rows, self.in_features).float().contiguous()  # [M, K]
+            _, name, args, module = self._gemv_plan()
+            if module is not None and (rows <= GEMV_MAX_ROWS or name == "int4_gemv_a8"):
+                kernel = getattr(module, name)
+                # decode's hot path (~75 calls a token on GPT-2): no op that would return its input (a same-dtype
+                # .to, a contiguous tensor's .contiguous) is dispatched, each costs ~2 us through aten
+                xf = x.reshape(rows, K)  # [M, K]
+                if xf.dtype != torch.float32:
+                    xf = xf.float()
+                if not xf.is_contiguous():
+                    xf = xf.contiguous()
                 if rows <= GEMV_MAX_ROWS:
                     y = kernel(xf, *args)  # [M, N], bias added unless it trains
                 else:  # int4 prefill, int8 activations: the kernel over blocks of GEMV_MAX_ROWS rows
                     y = torch.cat([kernel(xf[i:i + GEMV_MAX_ROWS], *args) for i in range(0, rows, GEMV_MAX_ROWS)])
-                if args[-1] is None and self.bias is not None:
-                    y = y + self.bias
-                return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+                if args[-1] is None:
+                    bias = self._parameters.get("bias")
+                    if bias is not None:
+                        y = y + bias
+                if y.dtype != x.dtype:
+                    y = y.to(x.dtype)
+                return y.view(*x.shape[:-1], self.out_features)
         if fast and self.kernel_supported():
             packed, scales = self._kernel_tensors()
             x2 = x.reshape(-1, self.in_features).to(self.activation_dtype)  # [M, K]
