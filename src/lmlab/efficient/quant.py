@@ -352,6 +352,64 @@ class QuantizedLinear(nn.Module):
         w = self.dequantize().to(x.dtype)  # [N, K]
         return F.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
 
+    @staticmethod
+    def fused_inference(holder: object, x: torch.Tensor, modules: list[nn.Module]) -> list[torch.Tensor] | None:
+        """The outputs [..., out_i] of several layers that read the same input (q/k/v, gate/up) from one kernel
+        call, or None where that does not apply (called by ``lmlab.core.linear.FusedProjections``).
+
+        Why: a decode step calls ~75 quantized layers on GPT-2, each with a fixed cost in Python and in the
+        kernel's thread fork/join; one call for q, k and v removes two of every seven per block. It applies at
+        decode (at most ``GEMV_MAX_ROWS`` rows) when every module is a plain ``QuantizedLinear`` (no hooks, no
+        adapters) of one int4 format on lmlab's kernel with its bias inside. ``holder`` keeps the concatenated codes,
+        scales, zero points and biases (one extra copy of these layers' buffers), rebuilt whenever a module's plan
+        or any buffer's identity, storage or in-place version changes; buffers without a version counter (made
+        under ``torch.inference_mode``) are never fused. Each output row is the kernel's independent dot product
+        over the same (possibly Q8_0-rounded) input, so the results equal the separate calls bit for bit
+        (tests/core/test_decode_fast_path.py).
+        """
+        if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
+            return None
+        first = modules[0]
+        K = first.in_features
+        # int4 only: the int8 kernels compute a block's tail rows in another order, so which rows of a
+        # concatenation fall in a tail changes their fp32 rounding (~1e-7; int4 was bit-exact on 240 cases)
+        if first.bits != 4 or x.numel() // K > GEMV_MAX_ROWS:
+            return None
+        key = []
+        for m in modules:
+            if (type(m) is not QuantizedLinear or m._forward_hooks or m._forward_pre_hooks or m._modules
+                    or m.in_features != K or m.bits != first.bits or m.group_size != first.group_size
+                    or not m._use_kernel(x)):
+                return None
+            plan = m._gemv_plan()
+            bias = m._parameters.get("bias")
+            if plan[3] is None or (bias is not None and plan[2][-1] is None):  # no kernel, or a bias that trains
+                return None
+            tensors = [t for t in (m._buffers["qweight"], m._buffers["scales"], m._buffers.get("qzeros"), bias)
+                       if t is not None]
+            versions = [_version(t) for t in tensors]
+            if None in versions:
+                return None
+            key.append((m, plan[0], tuple(versions)))
+        cache = getattr(holder, "_quantized_fused", None)
+        if cache is None or cache[0] != key:
+            cache = _fused_plan(key, modules)
+            if cache is None:
+                return None
+            holder._quantized_fused = cache
+        _, name, args, sizes = cache
+        kernel = getattr(plan[3], name)  # the gemv_kernel module (every plan holds the same one)
+        rows = x.numel() // K
+        xf = x.reshape(rows, K)  # [M, K]
+        if xf.dtype != torch.float32:
+            xf = xf.float()
+        if not xf.is_contiguous():
+            xf = xf.contiguous()
+        y = kernel(xf, *args)  # [M, sum N]
+        if y.dtype != x.dtype:
+            y = y.to(x.dtype)
+        return list(y.view(*x.shape[:-1], y.shape[-1]).split(sizes, dim=-1))
+
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
                 f"group_size={self.group_size}, bias={self.bias is not None}")
@@ -361,3 +419,28 @@ class QuantizedLinear(nn.Module):
         state["_kernel"] = None
         state["_gemv"] = None
         return state
+
+
+def _version(t: torch.Tensor) -> int | None:
+    """The in-place-modification counter; None for inference-mode tensors, which keep none."""
+    try:
+        return t._version
+    except RuntimeError:
+        return None
+
+
+def _fused_plan(key: list, modules: list[QuantizedLinear]) -> tuple | None:
+    """(key, kernel name, its arguments over the concatenated buffers, output sizes) for
+    ``QuantizedLinear.fused_inference``; None when the layers disagree on having a bias."""
+    plans = [m._gemv_plan() for m in modules]
+    biases = [m._parameters.get("bias") for m in modules]
+    if len({b is None for b in biases}) > 1 or len({p[1] for p in plans}) > 1:
+        return None
+    with torch.no_grad():
+        cat = lambda i: torch.cat([p[2][i] for p in plans]).contiguous()  # noqa: E731 - along the output rows
+        bias = None if biases[0] is None else torch.cat([b.detach() for b in biases]).float().contiguous()
+        if modules[0].bits == 8:
+            args = (cat(0), cat(1), bias)  # qweight [N, K], scales [N, 1]
+        else:
+            args = (cat(0), cat(1), cat(2), modules[0].group_size, bias)  # qweight, scales, qzeros, group
+    return key, plans[0][1], args, [m.out_features for m in modules]
