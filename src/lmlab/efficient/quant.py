@@ -408,7 +408,7 @@ class QuantizedLinear(nn.Module):
         y = kernel(xf, *args)  # [M, sum N]
         if y.dtype != x.dtype:
             y = y.to(x.dtype)
-        return list(y.view(*x.shape[:-1], y.shape[-1]).split(sizes, dim=-1))
+        return list(y.view(*x.shape[:-1], y.shape[-1]).split_with_sizes(sizes, dim=-1))  # [..., out_i] views
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
