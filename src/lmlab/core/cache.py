@@ -101,6 +101,12 @@ class KVCache:
         self.head_pos: torch.Tensor | None = None
         self._uniform: int | None = 0  # common n_slots when every row has the same (fast paths), else None
         self._all_real = True  # the current forward's new tokens are all real (no right padding)
+        self._views: tuple | None = None  # (k, v, inference mode, per-layer views of k, of v): see _layer_views
+
+    def __getstate__(self) -> dict:  # copies never carry the per-layer views (of the original's storage)
+        state = dict(self.__dict__)
+        state["_views"] = None
+        return state
 
     @property
     def batch_size(self) -> int:
@@ -147,18 +153,45 @@ class KVCache:
         self._slots, self._n_new = slots, n_new
         return positions, slots
 
-    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v [B, T, n_kv, d_head] of the reserved slots; return this layer's keys/values [B, n_kv, S, d_head]."""
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, *,
+              heads_first: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v [B, T, n_kv, d_head] of the reserved slots; return this layer's keys/values [B, n_kv, S, d_head].
+
+        ``heads_first``: k and v are given as [B, n_kv, T, d_head] (a decode step's projections viewed that way
+        directly, with no transpose)."""
+        if torch.is_grad_enabled():  # (see _layer_views)
+            k_store, v_store = self.k[layer], self.v[layer]  # [B, n_kv, capacity, d_head]
+        else:
+            k_layers, v_layers = self._layer_views()
+            k_store, v_store = k_layers[layer], v_layers[layer]  # [B, n_kv, capacity, d_head]
+        if not heads_first:
+            k, v = k.transpose(1, 2), v.transpose(1, 2)  # [B, n_kv, T, d_head]
         if self._uniform is not None:
             s0 = self._uniform
-            self.k[layer, :, :, s0:s0 + self._n_new] = k.transpose(1, 2)
-            self.v[layer, :, :, s0:s0 + self._n_new] = v.transpose(1, 2)
+            k_store.narrow(2, s0, self._n_new).copy_(k)
+            v_store.narrow(2, s0, self._n_new).copy_(v)
         else:
             rows = torch.arange(self.batch_size, device=k.device)[:, None]
-            self.k[layer][rows, :, self._slots] = k
-            self.v[layer][rows, :, self._slots] = v
+            k_store[rows, :, self._slots] = k.transpose(1, 2)
+            v_store[rows, :, self._slots] = v.transpose(1, 2)
         used = self.used_slots()
-        return self.k[layer, :, :, :used], self.v[layer, :, :, :used]
+        if used == self.capacity:
+            return k_store, v_store
+        return k_store.narrow(2, 0, used), v_store.narrow(2, 0, used)
+
+    def _layer_views(self) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+        """Per-layer views ``k[i]``, ``v[i]`` [B, n_kv, capacity, d_head], made once per allocation of ``k``/``v``
+        and autograd mode (every write of every layer would otherwise index the 5-d store afresh: ~4 aten ops).
+
+        Called with grad mode off only: autograd forbids writing in place, with grad on, into a view made with it
+        off (and likewise across inference mode, which is part of the key); ``write`` indexes afresh with grad on."""
+        mode = torch.is_inference_mode_enabled()
+        views = self._views
+        if views is None or views[0] is not self.k or views[1] is not self.v or views[2] != mode:
+            L = self.k.shape[0]
+            views = self._views = (self.k, self.v, mode, tuple(self.k[i] for i in range(L)),
+                                   tuple(self.v[i] for i in range(L)))
+        return views[3], views[4]
 
     def used_slots(self) -> int:
         if self._uniform is not None:

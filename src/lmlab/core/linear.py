@@ -185,6 +185,9 @@ class FusedProjections:
 
     def __call__(self, x: torch.Tensor, modules: list[nn.Module]) -> list[torch.Tensor] | None:
         """The outputs [..., out_features] of ``modules`` on ``x``, or None when the fused path does not apply."""
+        kind = type(modules[0])
+        if kind is not Linear and hasattr(kind, "fused_inference"):  # a layer type with its own fused path
+            return kind.fused_inference(self, x, modules)  # (lmlab.efficient's QuantizedLinear, at decode)
         if not FAST_INFERENCE or nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
             return None
         tensors = []

@@ -59,6 +59,21 @@ def gemv_activations() -> str:
     return mode
 
 
+_ENV_DATA = getattr(os.environ, "_data", None)  # CPython's dict behind os.environ (keys encoded), if it has one
+_ENV_KEY = os.environ.encodekey(ENV_GEMV_ACTIVATIONS) if hasattr(os.environ, "encodekey") else None
+
+
+def _environment_mode() -> object:
+    """$LMLAB_GEMV_ACT as stored (unchecked, possibly bytes), for the decode plan's cache key only.
+
+    ``os.environ.get`` costs ~2 us when the variable is unset (it raises and catches KeyError inside), and the
+    plan is looked up on every decode call of every layer; the mapping's own dict answers in ~0.1 us and sees
+    every change made through ``os.environ`` (monkeypatch.setenv included)."""
+    if _ENV_DATA is None or _ENV_KEY is None or os.environ.__dict__.get("_data") is not _ENV_DATA:
+        return os.environ.get(ENV_GEMV_ACTIVATIONS)
+    return _ENV_DATA.get(_ENV_KEY)
+
+
 def q8_0_activations(x: torch.Tensor) -> torch.Tensor:
     """What the int8-activation kernel multiplies by: ``x`` [..., K] float32 quantized per block of 32 columns
     as llama.cpp's Q8_0 does (``d = max|x_block| / 127``, ``xq = round(x / d)`` with ties to even, clamped to
@@ -237,31 +252,35 @@ class QuantizedLinear(nn.Module):
         return self._gemv_plan()[1] is not None
 
     def _gemv_plan(self) -> tuple:
-        """(key, name of the gemv_kernel function or None, its weight arguments), cached: decode calls every
-        layer once per token, so the checks run once, not per call (they cost ~15 us a call in Python)."""
+        """(key, name of the gemv_kernel function or None, its weight arguments, the gemv_kernel module or None),
+        cached: decode calls every layer once per token, so the checks run once, not per call (they cost ~15 us
+        a call in Python). The key is cheap to rebuild (no validation, no import): the switches as set, the
+        environment's mode, and the identity of the buffers' storage."""
         buffers = self._buffers  # direct dict access: nn.Module attribute lookup is slow on a hot path
         qweight, scales, bias = buffers["qweight"], buffers["scales"], self._parameters.get("bias")
         # a bias that trains is added outside the kernel (which has no autograd), so its gradient flows; with
         # grad mode off (generate) no gradient can flow, so the kernel adds it: one aten::add less per layer
         trains = bias is not None and bias.requires_grad and torch.is_grad_enabled()
-        key = (USE_GEMV, gemv_activations(), qweight.data_ptr(), scales.data_ptr(), scales.dtype,
+        key = (USE_GEMV, GEMV_ACTIVATIONS, _environment_mode(), DEFAULT_GEMV_ACTIVATIONS, qweight.data_ptr(), scales.data_ptr(), scales.dtype,
                None if bias is None else (bias.data_ptr(), trains))
-        if self._gemv is None or self._gemv[0] != key:
+        plan = self._gemv
+        if plan is None or plan[0] != key:
             from lmlab.efficient import gemv_kernel
 
+            suffix = "_a8" if gemv_activations() == "int8" else ""  # validates the mode (one-line error)
             ok = (USE_GEMV and (self.bits == 8 or self.group_size % gemv_kernel.INT4_GROUP_MULTIPLE == 0)
                   and qweight.is_cpu and qweight.is_contiguous() and scales.dtype == torch.float32
                   and (bias is None or bias.dtype == torch.float32) and gemv_kernel.available())
             in_kernel = None if bias is None or trains or not bias.is_contiguous() else bias
-            suffix = "_a8" if gemv_activations() == "int8" else ""
             if not ok:
-                plan = (key, None, ())
-            elif self.bits == 8:
-                plan = (key, "int8_gemv" + suffix, (qweight, scales, in_kernel))
+                plan = (key, None, (), None)
             else:
-                plan = (key, "int4_gemv" + suffix, (qweight, scales, buffers["qzeros"], self.group_size, in_kernel))
+                name = ("int8_gemv" if self.bits == 8 else "int4_gemv") + suffix
+                args = ((qweight, scales, in_kernel) if self.bits == 8
+                        else (qweight, scales, buffers["qzeros"], self.group_size, in_kernel))
+                plan = (key, name, args, gemv_kernel)  # the module: its function is looked up per call (tests patch it)
             self._gemv = plan
-        return self._gemv
+        return plan
 
     def _padded_k(self) -> int:
         """Input columns the int4 kernel sees: ``in_features`` rounded up to a whole group."""
@@ -295,21 +314,30 @@ class QuantizedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fast = self._use_kernel(x)
-        rows = x.numel() // self.in_features
+        K = self.in_features
+        rows = x.numel() // K
         if fast and (rows <= GEMV_MAX_ROWS or (self.bits == 4 and rows <= GEMV_PREFILL_MAX_ROWS)):
-            _, name, args = self._gemv_plan()
-            if name is not None and (rows <= GEMV_MAX_ROWS or name == "int4_gemv_a8"):
-                from lmlab.efficient import gemv_kernel
-
-                kernel = getattr(gemv_kernel, name)
-                xf = x.reshape(rows, self.in_features).float().contiguous()  # [M, K]
+            _, name, args, module = self._gemv_plan()
+            if module is not None and (rows <= GEMV_MAX_ROWS or name == "int4_gemv_a8"):
+                kernel = getattr(module, name)
+                # decode's hot path (~75 calls a token on GPT-2): no op that would return its input (a same-dtype
+                # .to, a contiguous tensor's .contiguous) is dispatched, each costs ~2 us through aten
+                xf = x.reshape(rows, K)  # [M, K]
+                if xf.dtype != torch.float32:
+                    xf = xf.float()
+                if not xf.is_contiguous():
+                    xf = xf.contiguous()
                 if rows <= GEMV_MAX_ROWS:
                     y = kernel(xf, *args)  # [M, N], bias added unless it trains
                 else:  # int4 prefill, int8 activations: the kernel over blocks of GEMV_MAX_ROWS rows
                     y = torch.cat([kernel(xf[i:i + GEMV_MAX_ROWS], *args) for i in range(0, rows, GEMV_MAX_ROWS)])
-                if args[-1] is None and self.bias is not None:
-                    y = y + self.bias
-                return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+                if args[-1] is None:
+                    bias = self._parameters.get("bias")
+                    if bias is not None:
+                        y = y + bias
+                if y.dtype != x.dtype:
+                    y = y.to(x.dtype)
+                return y.view(*x.shape[:-1], self.out_features)
         if fast and self.kernel_supported():
             packed, scales = self._kernel_tensors()
             x2 = x.reshape(-1, self.in_features).to(self.activation_dtype)  # [M, K]
@@ -324,6 +352,64 @@ class QuantizedLinear(nn.Module):
         w = self.dequantize().to(x.dtype)  # [N, K]
         return F.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
 
+    @staticmethod
+    def fused_inference(holder: object, x: torch.Tensor, modules: list[nn.Module]) -> list[torch.Tensor] | None:
+        """The outputs [..., out_i] of several layers that read the same input (q/k/v, gate/up) from one kernel
+        call, or None where that does not apply (called by ``lmlab.core.linear.FusedProjections``).
+
+        Why: a decode step calls ~75 quantized layers on GPT-2, each with a fixed cost in Python and in the
+        kernel's thread fork/join; one call for q, k and v removes two of every seven per block. It applies at
+        decode (at most ``GEMV_MAX_ROWS`` rows) when every module is a plain ``QuantizedLinear`` (no hooks, no
+        adapters) of one int4 format on lmlab's kernel with its bias inside. ``holder`` keeps the concatenated codes,
+        scales, zero points and biases (one extra copy of these layers' buffers), rebuilt whenever a module's plan
+        or any buffer's identity, storage or in-place version changes; buffers without a version counter (made
+        under ``torch.inference_mode``) are never fused. Each output row is the kernel's independent dot product
+        over the same (possibly Q8_0-rounded) input, so the results equal the separate calls bit for bit
+        (tests/core/test_decode_fast_path.py).
+        """
+        if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
+            return None
+        first = modules[0]
+        K = first.in_features
+        # int4 only: the int8 kernels compute a block's tail rows in another order, so which rows of a
+        # concatenation fall in a tail changes their fp32 rounding (~1e-7; int4 was bit-exact on 240 cases)
+        if first.bits != 4 or x.numel() // K > GEMV_MAX_ROWS:
+            return None
+        key = []
+        for m in modules:
+            if (type(m) is not QuantizedLinear or m._forward_hooks or m._forward_pre_hooks or m._modules
+                    or m.in_features != K or m.bits != first.bits or m.group_size != first.group_size
+                    or not m._use_kernel(x)):
+                return None
+            plan = m._gemv_plan()
+            bias = m._parameters.get("bias")
+            if plan[3] is None or (bias is not None and plan[2][-1] is None):  # no kernel, or a bias that trains
+                return None
+            tensors = [t for t in (m._buffers["qweight"], m._buffers["scales"], m._buffers.get("qzeros"), bias)
+                       if t is not None]
+            versions = [_version(t) for t in tensors]
+            if None in versions:
+                return None
+            key.append((m, plan[0], tuple(versions)))
+        cache = getattr(holder, "_quantized_fused", None)
+        if cache is None or cache[0] != key:
+            cache = _fused_plan(key, modules)
+            if cache is None:
+                return None
+            holder._quantized_fused = cache
+        _, name, args, sizes = cache
+        kernel = getattr(plan[3], name)  # the gemv_kernel module (every plan holds the same one)
+        rows = x.numel() // K
+        xf = x.reshape(rows, K)  # [M, K]
+        if xf.dtype != torch.float32:
+            xf = xf.float()
+        if not xf.is_contiguous():
+            xf = xf.contiguous()
+        y = kernel(xf, *args)  # [M, sum N]
+        if y.dtype != x.dtype:
+            y = y.to(x.dtype)
+        return list(y.view(*x.shape[:-1], y.shape[-1]).split_with_sizes(sizes, dim=-1))  # [..., out_i] views
+
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
                 f"group_size={self.group_size}, bias={self.bias is not None}")
@@ -333,3 +419,28 @@ class QuantizedLinear(nn.Module):
         state["_kernel"] = None
         state["_gemv"] = None
         return state
+
+
+def _version(t: torch.Tensor) -> int | None:
+    """The in-place-modification counter; None for inference-mode tensors, which keep none."""
+    try:
+        return t._version
+    except RuntimeError:
+        return None
+
+
+def _fused_plan(key: list, modules: list[QuantizedLinear]) -> tuple | None:
+    """(key, kernel name, its arguments over the concatenated buffers, output sizes) for
+    ``QuantizedLinear.fused_inference``; None when the layers disagree on having a bias."""
+    plans = [m._gemv_plan() for m in modules]
+    biases = [m._parameters.get("bias") for m in modules]
+    if len({b is None for b in biases}) > 1 or len({p[1] for p in plans}) > 1:
+        return None
+    with torch.no_grad():
+        cat = lambda i: torch.cat([p[2][i] for p in plans]).contiguous()  # noqa: E731 - along the output rows
+        bias = None if biases[0] is None else torch.cat([b.detach() for b in biases]).float().contiguous()
+        if modules[0].bits == 8:
+            args = (cat(0), cat(1), bias)  # qweight [N, K], scales [N, 1]
+        else:
+            args = (cat(0), cat(1), cat(2), modules[0].group_size, bias)  # qweight, scales, qzeros, group
+    return key, plans[0][1], args, [m.out_features for m in modules]
