@@ -20,7 +20,6 @@ The quantized model is cached under ``--cache-dir`` (so repeated runs skip the b
 from __future__ import annotations
 
 import argparse
-import collections
 import cProfile
 import pstats
 import statistics
