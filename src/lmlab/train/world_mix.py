@@ -57,8 +57,8 @@ class WorldMixBlocks:
         self.pack_tasks, self.extra_questions, self.length_ramp = pack_tasks, extra_questions, length_ramp
         self.copy_steps, self.copy_rows = copy_steps, copy_rows
         # the copy phase's batches: copy_batch rows (default: a short batch's tokens) of copy_block tokens
-        # (default short_block); the circuit forms after a number of steps more than of tokens, so small batches
-        # of short rows make the phase cheap
+        # (default short_block); short rows form the circuit sooner than long ones, and too small a batch
+        # stalls it (docs/claims.md, issue 11, session 8: 56 x 64 formed, 24 x 64 and 14 x 256 did not)
         self.copy_block = short_block if copy_block is None else copy_block
         self.copy_batch = short_rows * short_block // self.copy_block if copy_batch is None else copy_batch
         if copy_steps and self.copy_batch < 1:
