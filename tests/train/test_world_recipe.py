@@ -171,7 +171,8 @@ def test_finer_kinds_pick_dialogues_by_their_labels():
 def test_scaled_down_recipe_learns_and_resumes(tmp_path):
     recipe = ReferenceRecipe().scaled(d_model=64, n_layers=2, n_heads=2, block_size=192, long_rows=2,
                                       short_block=64, short_rows=8, steps=40, warmup_steps=4, lr=3e-3,
-                                      long_words=(40, 100), ckpt_every=20, vocab_size=512, threads=1)
+                                      long_words=(40, 100), ckpt_every=20, vocab_size=512, threads=1,
+                                      copy_steps=4, copy_rows=2, copy_block=32, copy_batch=8)
     out = tmp_path / "run"
     train_reference_model(out, recipe.scaled(steps=20), progress=False, evaluate=False,
                                              say=lambda _: None)
@@ -187,3 +188,9 @@ def test_scaled_down_recipe_learns_and_resumes(tmp_path):
             "kv_retrieval/128/1.0"} <= set(q)
     assert all(0.0 <= v <= 1.0 for k, v in q.items() if not k.startswith("tokens/"))
     assert 100 <= q["tokens/128"] <= 160
+    # the copy gain is logged at the end of the copy phase and at every checkpoint, across the resume
+    import json
+
+    logged = [json.loads(line) for line in (out / "train" / "copy_gain.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in logged] == [4, 20, 40]
+    assert all(math.isfinite(row["copy_gain"]) for row in logged) and math.isfinite(report["copy_gain"])
