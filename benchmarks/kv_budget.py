@@ -40,9 +40,12 @@ count (budget + slack / 2): the same attention reads with no policy work at all,
 could at most reach on this machine (``--ceiling 0`` leaves it out).
 
 Issue 18's target: at 4K context a 25% budget decodes >= 1.5x faster than the full cache, memory bounded.
-Timing needs a quiet machine:
+Timing needs a quiet machine, and even then one decode run of these small shapes varies by 10-15% from the next
+(session 8's A/B). ``--rounds N`` times every setting N times round-robin and reports the median tok/s, with the
+range of the per-round ratios to the full cache in brackets:
 
     python benchmarks/kv_budget.py --wait-quiet 60                 # full run: smollm2 and mha-9m, 1K and 4K
+    python benchmarks/kv_budget.py --shapes mha-9m --contexts 4096 --rounds 5     # the 4K target, medians of 5
     python benchmarks/kv_budget.py --bound-only                    # bounds per shape, no timing
     python benchmarks/kv_budget.py --quick                         # smoke run, tiny model (numbers meaningless)
 
@@ -53,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -165,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slack", type=int, default=None, help="block-eviction slack in tokens (default: the policy's)")
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=1,
+                   help="time every setting this many times, round-robin, and report the medians (and the spread "
+                        "of the per-round ratios to the full cache)")
     p.add_argument("--chunk", type=int, default=256)
     p.add_argument("--threads", type=int, default=None, help="torch threads per row (default: torch's own)")
     p.add_argument("--ceiling", type=int, choices=(0, 1), default=1,
@@ -203,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n# {info['cpu']}, {info['cores']} cores, torch {info['torch']}, {args.threads or info['threads']} threads; fp32, "
           f"prefill chunks of {args.chunk}, {args.new_tokens} timed decode steps, slack "
           f"{'policy default' if args.slack is None else args.slack}", flush=True)
-    print("| shape | context | cache | budget | decode tok/s | vs full | bound | cache slots | mean slots read | "
+    print("| shape | context | cache | budget | decode tok/s | vs full (per-round range) | bound | cache slots | mean slots read | "
           "cache MB | peak RSS MB |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
@@ -211,19 +218,30 @@ def main(argv: list[str] | None = None) -> int:
         for ctx in contexts:
             settings = [("full", 1.0)] + [(name, b) for b in budgets
                                           for name in ["full@budget"] * args.ceiling + args.policies.split(",")]
-            base = None
+            runs: dict[tuple, list[dict]] = {s: [] for s in settings}
+            for _ in range(args.rounds):  # round-robin: a slow spell of the machine hits every setting alike
+                for name, budget in settings:
+                    if args.wait_quiet:
+                        wait_for_quiet(args.wait_quiet)
+                    spec = dict(shape=shape, context=ctx, new_tokens=args.new_tokens, warmup=args.warmup,
+                                chunk=args.chunk, policy=name, budget=budget, slack=args.slack, threads=args.threads)
+                    runs[(name, budget)].append({**spec, **measure(spec)})
+            full_runs = runs[("full", 1.0)]
+            base_tok_s = statistics.median(r["tok_s"] for r in full_runs)
             for name, budget in settings:
-                if args.wait_quiet:
-                    wait_for_quiet(args.wait_quiet)
-                spec = dict(shape=shape, context=ctx, new_tokens=args.new_tokens, warmup=args.warmup,
-                            chunk=args.chunk, policy=name, budget=budget, slack=args.slack, threads=args.threads)
-                r = measure(spec)
-                base = r if name == "full" else base
-                row = {**spec, **r, "x_full": r["tok_s"] / base["tok_s"],
-                       "bound": bound(bytes_of[shape], base["mean_slots"], r["mean_slots"])}
+                reps = runs[(name, budget)]
+                r = dict(reps[0])
+                r["tok_s"] = statistics.median(x["tok_s"] for x in reps)
+                r["tok_s_runs"] = [round(x["tok_s"], 2) for x in reps]
+                r["peak_rss_mb"] = max(x["peak_rss_mb"] for x in reps)
+                # per-round ratios (each policy run against the full-cache run of the same round): the spread
+                per_round = sorted(x["tok_s"] / f["tok_s"] for x, f in zip(reps, full_runs))
+                row = {**r, "x_full": r["tok_s"] / base_tok_s, "x_full_rounds": [round(v, 3) for v in per_round],
+                       "bound": bound(bytes_of[shape], full_runs[0]["mean_slots"], r["mean_slots"])}
                 rows.append(row)
                 label = "-" if name == "full" else f"{budget:.0%}"
-                print(f"| {shape} | {ctx} | {name} | {label} | {r['tok_s']:.1f} | {row['x_full']:.2f}x | "
+                spread = "" if len(per_round) < 2 else f" ({per_round[0]:.2f}-{per_round[-1]:.2f})"
+                print(f"| {shape} | {ctx} | {name} | {label} | {r['tok_s']:.1f} | {row['x_full']:.2f}x{spread} | "
                       f"{row['bound']:.2f}x | {r['slots']} | {r['mean_slots']:.0f} | {r['cache_mb']:.1f} | "
                       f"{r['peak_rss_mb']:.0f} |", flush=True)
     if args.out:
