@@ -1,13 +1,16 @@
 """The reference checkpoints shipped inside the package: models that already know the quickstart world.
 
-Three are shipped, loaded by name with ``load_reference(name)`` (docs/world.md):
+Six are shipped, loaded by name with ``load_reference(name)`` (docs/world.md lists them with their figures):
 
 * ``world-llama-0.9m`` (the default): the quickstart model, facts only, 128-token context;
 * ``world-llama-2m-1k`` (:data:`WORLD_NAME`): the model that knows the whole world -- a fresh 2.15M-parameter
   model trained on facts, QA, chat dialogues, attribute text and long-context retrieval, context 1,152
   tokens (``lmlab.train.world_recipe.WORLD_RECIPES``);
 * ``world-llama-0.9m-1k``: the first, weaker world model (the quickstart model trained further on the same
-  kinds of text; no retrieval), kept because earlier tables were measured on it.
+  kinds of text; no retrieval), kept because earlier tables were measured on it;
+* ``world-llama-2m-1k-v2``: the same shape trained with a copy phase first (an induction circuit, no retrieval
+  yet), and its continuations that retrieve from their context: ``world-llama-2m-1k-retrieval`` and
+  ``world-llama-2m-1k-retrieval-2``.
 
 A world reference's record holds its measured quality (``lmlab.train.world_quality``); rebuild one with
 ``python -m lmlab.reference --name NAME --steps N`` (N from its record).
