@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from types import SimpleNamespace
 from pathlib import Path
 
@@ -66,7 +67,7 @@ def plot(table: dict, png: Path, title: str, policies=POLICIES) -> None:
         ax.plot([100 * f for f in done], [100 * table[name][str(f)] for f in done], marker="o", label=name)
     ax.set_xlabel("KV budget (% of the prompt)")
     ax.set_ylabel("retrieval accuracy (%)")
-    ax.set_title(title, fontsize=8)
+    ax.set_title(textwrap.fill(title, 70), fontsize=8)  # the setup line is long: wrapped, not clipped
     ax.invert_xaxis()
     ax.set_ylim(-5, 105)
     ax.legend()
