@@ -65,8 +65,8 @@ inline __m256 i8x8_to_ps(const int8_t* p) {  // 8 int8 -> 8 fp32
 
 // The int4 zero-point term of one output row, sum_g s_g z_g sx_g (sx_g: the activations summed over group g),
 // eight groups per FMA. As a scalar loop it is one dependent FMA chain of G links per output row (GCC may not
-// reorder a float sum): ~4 cycles a group, i.e. ~1.8 ms of a GPT-2 decode step at group 32 (G = 24..96), as
-// long as the rest of the int4 GEMV. Whole blocks of 8 groups, then the tail in order.
+// reorder a float sum), ~4 cycles a group: at group 32 (G = 24..96 on GPT-2 shapes) that was 18-21% of a call
+// (measured old/new, BENCHMARKS.md session 9). Whole blocks of 8 groups, then the tail in order.
 inline float zero_point_term(const float* s, const uint8_t* z, const float* sx, int64_t G) {
   __m256 acc = _mm256_setzero_ps();
   int64_t g = 0;
