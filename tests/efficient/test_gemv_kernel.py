@@ -76,8 +76,10 @@ def _int4_codes(n: int, k: int, group: int, g: torch.Generator):
     return q, zero, scale
 
 
+# (9, 640, 32) and (17, 1056, 32): 20 and 33 groups a row, i.e. whole blocks of 8 groups and a tail in the
+# kernel's zero-point sum (zero_point_term); the others have fewer than 8 groups (tail only) or exactly 24
 @pytest.mark.parametrize("n, k, group", [(37, 100, 32), (5, 77, 64), (9, 130, 96), (33, 256, 128), (7, 40, 64),
-                                         (65, 768, 32), (11, 31, 32), (3, 200, 256)])
+                                         (65, 768, 32), (11, 31, 32), (3, 200, 256), (9, 640, 32), (17, 1056, 32)])
 @pytest.mark.parametrize("m", [1, 2, 3, 4])
 def test_int4_gemv_equals_dequantised_matmul(n, k, group, m):
     g = torch.Generator().manual_seed(n * 1000 + k + m + group)
@@ -272,7 +274,7 @@ def _assert_within_rounding_bound(y_a8, y_fp32, x, w, magnitude=None):
 
 
 @pytest.mark.parametrize("n, k, group", [(37, 96, 32), (5, 160, 32), (9, 224, 96), (33, 288, 96), (65, 480, 160),
-                                         (11, 31, 32), (7, 77, 64), (3, 800, 128)])
+                                         (11, 31, 32), (7, 77, 64), (3, 800, 128), (9, 640, 32), (17, 1056, 32)])
 @pytest.mark.parametrize("m", [1, 2, 3, 4])
 def test_int4_gemv_a8_equals_q8_reference_arithmetic(n, k, group, m):
     g = torch.Generator().manual_seed(n * 1000 + k + m + group)
