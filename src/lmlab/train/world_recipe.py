@@ -179,6 +179,14 @@ class ReferenceRecipe:
         return out
 
 
+# The retrieval continuations' recipe: a warm start, 700 steps, long rows every second batch packed with tasks,
+# copy rows kept, sentiment requests weighted up (the continuations differ in their start and learning rate only).
+_RETRIEVAL = ReferenceRecipe(init_from="world-llama-2m-1k-v2", long_every=2, steps=700, lr=1e-3, warmup_steps=20,
+                             long_words=(32, 800), ckpt_every=100, threads=2, pack_tasks=True, extra_questions=8,
+                             length_ramp=0.0, copy_rows=4,
+                             kind_weights=(("facts", 4.0), ("qa", 2.0), ("dialogues", 0.5), ("attributes", 1.0),
+                                           ("sentiment_dialogues", 2.0)))
+
 WORLD_RECIPES: dict[str, ReferenceRecipe] = {
     # The shipped world reference: a fresh 2.15M-parameter model; long rows packed with tasks plus extra
     # key-value questions, task lengths on a curriculum. Trained on one thread while the machine was shared
@@ -201,21 +209,10 @@ WORLD_RECIPES: dict[str, ReferenceRecipe] = {
                                                           ("attributes", 1.0), ("sentiment_dialogues", 2.0))),
     # world-llama-2m-1k-v2 trained 700 steps more at lr 1e-3 (no copy phase, no length ramp): its copy circuit
     # turns into retrieval (docs/claims.md, issue 11, session 8).
-    "world-llama-2m-1k-retrieval": ReferenceRecipe(init_from="world-llama-2m-1k-v2", long_every=2, steps=700, lr=1e-3,
-                                                   warmup_steps=20, long_words=(32, 800), ckpt_every=100,
-                                                   threads=2, pack_tasks=True, extra_questions=8, length_ramp=0.0,
-                                                   copy_rows=4,
-                                                   kind_weights=(("facts", 4.0), ("qa", 2.0), ("dialogues", 0.5),
-                                                                 ("attributes", 1.0), ("sentiment_dialogues", 2.0))),
-    # world-llama-2m-1k-retrieval trained 700 steps more at half its lr (5e-4), nothing else changed: needles and
-    # key-value lists at 1,024 tokens retrieved at most depths (docs/claims.md, issue 11, session 9).
-    "world-llama-2m-1k-retrieval-2": ReferenceRecipe(init_from="world-llama-2m-1k-retrieval", long_every=2, steps=700,
-                                                     lr=5e-4, warmup_steps=20, long_words=(32, 800), ckpt_every=100,
-                                                     threads=2, pack_tasks=True, extra_questions=8, length_ramp=0.0,
-                                                     copy_rows=4,
-                                                     kind_weights=(("facts", 4.0), ("qa", 2.0), ("dialogues", 0.5),
-                                                                   ("attributes", 1.0),
-                                                                   ("sentiment_dialogues", 2.0))),
+    "world-llama-2m-1k-retrieval": _RETRIEVAL,
+    # ... and that model 700 steps more at half the lr, nothing else changed: needles and key-value lists at
+    # 1,024 tokens retrieved at most depths (docs/claims.md, issue 11, session 9).
+    "world-llama-2m-1k-retrieval-2": _RETRIEVAL.scaled(init_from="world-llama-2m-1k-retrieval", lr=5e-4),
     # The first one: a warm start of the quickstart model (world-llama-0.9m), one task per long row.
     "world-llama-0.9m-1k": ReferenceRecipe(),
 }
