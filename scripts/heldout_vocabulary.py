@@ -17,26 +17,19 @@ the long-context tasks and copy rows add no English words. Subject and object na
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 
 import torch
 
 from lmlab.data.recall import recall
 from lmlab.data.world import WorldConfig, build_world
+from lmlab.data.world.templates import template_words
 from lmlab.reference import load_reference
 from lmlab.train.world_recipe import WORLD_RECIPES, weighted_texts
 
-WORD = re.compile(r"[A-Za-z]+")
-
-
-def words_of(text: str) -> set[str]:
-    return {w.lower() for w in WORD.findall(text)}
-
-
 def phrasing_words(probe) -> set[str]:
     """The words of a probe's prompt other than its subject's name (and the QA frame's 'Question'/'Answer')."""
-    return words_of(probe.prompt.replace(probe.fact.subject, " ")) - {"question", "answer"}
+    return template_words([probe.prompt.replace(probe.fact.subject, " ")]) - {"question", "answer"}
 
 
 def split_recall(model, tokenizer, probes, seen: set[str]) -> dict:
@@ -68,9 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --recipe: unknown recipe {args.recipe!r} (known: {', '.join(WORLD_RECIPES)})", file=sys.stderr)
         return 2
     world = build_world(WorldConfig.quickstart(seed=WORLD_RECIPES[args.recipe].seed))
-    seen: set[str] = set()
-    for text in set(weighted_texts(world, WORLD_RECIPES[args.recipe].kind_weights)):
-        seen |= words_of(text)
+    seen = template_words(set(weighted_texts(world, WORLD_RECIPES[args.recipe].kind_weights)))
     lists = {"paraphrase": world.probes("heldout"), "question form": world.qa_probes("heldout")}
     print(f"training text: {len(seen)} distinct words")
     for label, probes in lists.items():
