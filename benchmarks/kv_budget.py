@@ -46,8 +46,12 @@ range of the per-round ratios to the full cache in brackets:
 
     python benchmarks/kv_budget.py --wait-quiet 60                 # full run: smollm2 and mha-9m, 1K and 4K
     python benchmarks/kv_budget.py --shapes mha-9m --contexts 4096 --rounds 5     # the 4K target, medians of 5
+    python benchmarks/kv_budget.py --shapes mha-9m,smollm2 --contexts 4096 --batch 4 --rounds 3   # 4 rows
     python benchmarks/kv_budget.py --bound-only                    # bounds per shape, no timing
     python benchmarks/kv_budget.py --quick                         # smoke run, tiny model (numbers meaningless)
+
+``--batch B`` decodes B rows together (a server's batch): the weights are read once per step for all rows and
+the cache B times, so the cache's share of the bytes, and what eviction can save, grows with B.
 
 The retrieval-accuracy-vs-budget table (quality, not speed) is scripts/kv_retrieval_budget.py.
 """
@@ -79,8 +83,9 @@ def model_config(shape: str, max_seq_len: int):
     return ModelConfig.llama_like(**SHAPES[shape], max_seq_len=max_seq_len)
 
 
-def bytes_model(shape: str) -> dict:
-    """Bytes a decode step reads for the weights (fp32) and per cached slot (keys + values, every layer)."""
+def bytes_model(shape: str, batch: int = 1) -> dict:
+    """Bytes a decode step reads for the weights (fp32) and per cached slot (keys + values, every layer, every
+    one of ``batch`` rows)."""
     import torch
 
     from lmlab.core.model import Transformer
@@ -93,7 +98,7 @@ def bytes_model(shape: str) -> dict:
         if name == "embed.weight" and not cfg.tie_embeddings:
             continue
         weights += p.numel() * 4
-    return {"weight_bytes": weights, "slot_bytes": 2 * cfg.n_layers * cfg.kv_heads * cfg.head_dim * 4}
+    return {"weight_bytes": weights, "slot_bytes": batch * 2 * cfg.n_layers * cfg.kv_heads * cfg.head_dim * 4}
 
 
 def bound(b: dict, full_slots: float, policy_slots: float) -> float:
@@ -128,25 +133,26 @@ def child(spec: dict) -> dict:
     total = ctx + spec["warmup"] + new + 1
     cfg = model_config(spec["shape"], total)
     model = Transformer(cfg).init_weights(std=0.02, seed=0).eval()
-    prompt = torch.randint(0, cfg.vocab_size, (1, ctx), generator=torch.Generator().manual_seed(1))
+    batch = spec.get("batch", 1)
+    prompt = torch.randint(0, cfg.vocab_size, (batch, ctx), generator=torch.Generator().manual_seed(1))
     budget = max(8, int(spec["budget"] * ctx))  # tokens: a fraction of the prompt (no decoder declares it here)
     opts = {} if spec.get("slack") is None else {"slack": spec["slack"]}
     policy = None if spec["policy"].startswith("full") else kv_policy(spec["policy"], budget=budget, **opts)
-    cache = model.new_cache(1, total, policy=policy)
+    cache = model.new_cache(batch, total, policy=policy)
     slots = []
     with torch.inference_mode():
         logits = None
         for i in range(0, ctx, spec["chunk"]):
             logits = model(prompt[:, i:i + spec["chunk"]], cache=cache)[:, -1]
-        tok = logits.argmax(-1, keepdim=True)  # [1, 1]
+        tok = logits.argmax(-1, keepdim=True)  # [B, 1]
         for _ in range(spec["warmup"]):  # steps not timed (they also grow the cache to its steady size)
             tok = model(tok, cache=cache)[:, -1].argmax(-1, keepdim=True)
         t0 = time.perf_counter()
         for _ in range(new):
-            slots.append(cache.uniform_slots)  # Python int (batch 1): the slots this step attends to, minus the new one
+            slots.append(cache.uniform_slots)  # Python int (rows alike): the slots this step attends to, minus the new one
             tok = model(tok, cache=cache)[:, -1].argmax(-1, keepdim=True)
         seconds = time.perf_counter() - t0
-    return {"tok_s": new / seconds, "cache_mb": (cache.k.nbytes + cache.v.nbytes) / 2**20,
+    return {"tok_s": batch * new / seconds, "cache_mb": (cache.k.nbytes + cache.v.nbytes) / 2**20,
             "slots": cache.capacity, "mean_slots": sum(slots) / len(slots) + 1,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
@@ -173,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="time every setting this many times, round-robin, and report the medians (and the spread "
                         "of the per-round ratios to the full cache)")
     p.add_argument("--chunk", type=int, default=256)
+    p.add_argument("--batch", type=int, default=1, help="rows decoded together (tok/s counts every row's tokens)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per row (default: torch's own)")
     p.add_argument("--ceiling", type=int, choices=(0, 1), default=1,
                    help="also time the full cache holding only the budget's slots (the most any policy can gain)")
@@ -191,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"kv_budget: unknown shape(s) {', '.join(unknown)} (known: {', '.join(SHAPES)})")
     contexts, budgets = [int(c) for c in args.contexts.split(",")], [float(b) for b in args.budgets.split(",")]
-    bytes_of = {shape: bytes_model(shape) for shape in shapes}
+    bytes_of = {shape: bytes_model(shape, args.batch) for shape in shapes}
     print("| shape | weights MB | cache MB at " + " | cache MB at ".join(map(str, contexts)) + " | bound speed-up "
           + " | ".join(f"{c} @ {b:.0%}" for c in contexts for b in budgets) + " |")
     for shape in shapes:
@@ -208,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
 
     info = machine_info()
     print(f"\n# {info['cpu']}, {info['cores']} cores, torch {info['torch']}, {args.threads or info['threads']} threads; fp32, "
-          f"prefill chunks of {args.chunk}, {args.new_tokens} timed decode steps, slack "
+          f"batch {args.batch}, prefill chunks of {args.chunk}, {args.new_tokens} timed decode steps, slack "
           f"{'policy default' if args.slack is None else args.slack}", flush=True)
     print("| shape | context | cache | budget | decode tok/s | vs full (per-round range) | bound | cache slots | mean slots read | "
           "cache MB | peak RSS MB |")
@@ -224,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
                     if args.wait_quiet:
                         wait_for_quiet(args.wait_quiet)
                     spec = dict(shape=shape, context=ctx, new_tokens=args.new_tokens, warmup=args.warmup,
-                                chunk=args.chunk, policy=name, budget=budget, slack=args.slack, threads=args.threads)
+                                chunk=args.chunk, policy=name, budget=budget, slack=args.slack, threads=args.threads,
+                                batch=args.batch)
                     runs[(name, budget)].append({**spec, **measure(spec)})
             full_runs = runs[("full", 1.0)]
             base_tok_s = statistics.median(r["tok_s"] for r in full_runs)

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import lmlab
+from lmlab.core import jit_extension
 from lmlab.core.config import ModelConfig
 from lmlab.core.linear import Linear
 from lmlab.core.model import Transformer
@@ -214,8 +215,8 @@ def test_greedy_decode_with_kernel_equals_dequantised_model(bits, group, head_bi
 
 
 def test_missing_compiler_falls_back_with_one_warning_line(monkeypatch, capsys):
-    monkeypatch.setattr(gemv_kernel, "_state", {})
-    monkeypatch.setattr(gemv_kernel, "_cpu_has_avx2_fma", lambda: False)
+    monkeypatch.setattr(gemv_kernel.EXTENSION, "_module", jit_extension._UNBUILT)
+    monkeypatch.setattr(jit_extension, "cpu_has_avx2_fma", lambda: False)
     assert gemv_kernel.kernel() is None and not gemv_kernel.available()
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "lacks AVX2" in err and err.startswith("warning:")
@@ -228,7 +229,7 @@ def test_missing_compiler_falls_back_with_one_warning_line(monkeypatch, capsys):
 
 
 def test_switched_off_by_environment_without_a_warning(monkeypatch, capsys):
-    monkeypatch.setattr(gemv_kernel, "_state", {})
+    monkeypatch.setattr(gemv_kernel.EXTENSION, "_module", jit_extension._UNBUILT)
     monkeypatch.setenv("LMLAB_GEMV", "0")
     assert gemv_kernel.kernel() is None
     assert capsys.readouterr().err == ""

@@ -69,12 +69,13 @@ def test_abandoned_non_streaming_request_frees_its_row(server, engine):
     wait_idle(server, engine)
     cancelled = metric(server, "lmlab_requests_cancelled_total")
     body = {"model": "world", "prompt": "Kamsa speaks", "max_tokens": 100, "ignore_eos": True, "stream": False}
-    with httpx.Client(timeout=30) as http:
+    # 10 ms a step: the 100 tokens outlast the server's 0.5 s disconnect poll however fast the model decodes
+    with engine.model.hooks([("logits", lambda x, hook: time.sleep(0.01))]), httpx.Client(timeout=30) as http:
         with http.stream("POST", server.url + "/v1/completions", json={**body, "stream": True}) as r:
             next(r.iter_lines())
             with pytest.raises(httpx.ReadTimeout):
                 http.post(server.url + "/v1/completions", json=body, timeout=0.2)
-    wait_idle(server, engine)
+        wait_idle(server, engine)
     assert metric(server, "lmlab_requests_cancelled_total") == cancelled + 2  # both, not finished
 
 

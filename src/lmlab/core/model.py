@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmlab.core import native
 from lmlab.core.cache import KVCache
 from lmlab.core.config import ModelConfig
 from lmlab.core.linear import FusedProjections, Linear
@@ -105,9 +106,12 @@ class Attention(nn.Module):
                 mask = ctx.plain_mask(self.window)
             queries = q.transpose(1, 2)  # [B, H, T, dh]
         eager = self.hook_pattern.fns or (cache is not None and cache.policy.needs_attention)
-        if eager:
+        z = None
+        if lean and mask is None and not self.hook_pattern.fns:  # one query a row, all keys visible
+            z = self._decode_kernel(queries, keys, values, cache if eager else None)  # None: does not apply
+        if z is None and eager:
             z = self._eager(queries, keys, values, mask, ctx)
-        else:
+        elif z is None:
             causal = mask is None and T > 1  # a None mask with T > 1 always means T == S
             z = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask, is_causal=causal,
                                                enable_gqa=H_kv != H)  # [B, H, T, dh]
@@ -115,6 +119,20 @@ class Attention(nn.Module):
             return self.hook_out(self.o_proj(z.reshape(B, 1, H * dh)))
         z = self.hook_z(z.transpose(1, 2))  # [B, T, H, dh]
         return self.hook_out(self.o_proj(z.reshape(B, T, H * dh)))
+
+    def _decode_kernel(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       observer: KVCache | None) -> torch.Tensor | None:
+        """lmlab's one-query attention kernel (``lmlab.core.native``) -> [B, H, 1, dh], or None where it does
+        not apply. ``observer``: a cache whose policy reads the attention probabilities; it gets the kernel's
+        softmax [B, H, 1, S], as the eager path would give it."""
+        if observer is None:
+            return native.decode_attention(q, k, v)
+        got = native.decode_attention(q, k, v, with_probs=True)
+        if got is None:
+            return None
+        z, probs = got
+        observer.policy.observe(observer, self.layer, probs)
+        return z
 
     def _eager(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
                ctx: "ForwardContext") -> torch.Tensor:

@@ -13,103 +13,37 @@ columns (llama.cpp's Q8_0, ``quant.q8_0_activations``) and integer dot products 
 needed): faster, and within ``sum_k |w_k| max|x_block(k)| / 254`` of the fp32-activation result.
 ``quant.gemv_activations()`` picks between them (``LMLAB_GEMV_ACT``).
 
-Build: ``torch.utils.cpp_extension.load_inline`` with ``-O3 -mavx2 -mfma -fopenmp``, once per machine (the
-build is cached; the first build takes ~1 min on 2 busy cores). The directory is ``$LMLAB_KERNEL_DIR`` when
-set, else torch's default (``$TORCH_EXTENSIONS_DIR`` or ~/.cache/torch_extensions). ``LMLAB_GEMV=0``
-switches the kernel off. Without AVX2/FMA or a C++ compiler, or when the build fails, one warning line is
-printed and the PyTorch kernels are used.
+Build: on first use, once per machine, by ``lmlab.core.jit_extension`` (cached; ``make install`` builds it
+ahead). ``LMLAB_GEMV=0`` switches the kernel off. Without AVX2/FMA or a C++ compiler, or when the build fails,
+one warning line is printed and the PyTorch kernels are used.
 """
 
 from __future__ import annotations
 
-import os
-import platform
-import shutil
-import sys
-import threading
 from pathlib import Path
 from types import ModuleType
 
 import torch
 
+from lmlab.core.jit_extension import JitExtension
+
 SOURCE = Path(__file__).with_name("gemv_kernel.cpp")
 MAX_ROWS = 4  # the kernel's limit; the dispatch crossover (quant.GEMV_MAX_ROWS) is chosen by measurement
 INT4_GROUP_MULTIPLE = 32  # int4 group sizes the kernel reads: multiples of 32 columns
 ENV_DISABLE = "LMLAB_GEMV"
-ENV_BUILD_DIR = "LMLAB_KERNEL_DIR"
 
-_lock = threading.Lock()
-_state: dict[str, object] = {}  # "module": the loaded extension or None once tried
-
-
-def _cpu_has_avx2_fma() -> bool:
-    """AVX2 and FMA on an x86-64 CPU (from /proc/cpuinfo on Linux, torch's dispatch level elsewhere)."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return False
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-        return {"avx2", "fma"} <= set(flags.split())
-    except (OSError, StopIteration):
-        return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+EXTENSION = JitExtension("lmlab_gemv", SOURCE, ["int8_gemv", "int4_gemv", "int8_gemv_a8", "int4_gemv_a8"],
+                         what="lmlab's int8/int4 GEMV kernel", fallback="PyTorch's kernels", env_disable=ENV_DISABLE)
 
 
 def unavailable_reason() -> str | None:
     """Why the kernel cannot be built here, or None if it can be tried."""
-    if os.environ.get(ENV_DISABLE, "1") == "0":
-        return f"{ENV_DISABLE}=0"
-    if not _cpu_has_avx2_fma():
-        return "the CPU lacks AVX2/FMA"
-    if not (shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")):
-        return "no C++ compiler on PATH"
-    return None
-
-
-def _warn(what: str) -> None:
-    print(f"warning: lmlab's int8/int4 GEMV kernel {what}; using PyTorch's kernels", file=sys.stderr, flush=True)
-
-
-def _built_before(build_dir: str | None) -> bool:
-    """Whether a compiled copy is likely cached (torch rebuilds anyway when the source changed)."""
-    from torch.utils.cpp_extension import _get_build_directory
-
-    try:
-        where = Path(build_dir or _get_build_directory("lmlab_gemv", verbose=False))
-    except Exception:  # noqa: BLE001 -- a private helper; a wrong guess only changes a note
-        return False
-    return any(where.glob("lmlab_gemv*.so"))
-
-
-def _build() -> ModuleType | None:
-    reason = unavailable_reason()
-    if reason is not None:
-        if os.environ.get(ENV_DISABLE, "1") != "0":
-            _warn(f"not used ({reason})")
-        return None
-    from torch.utils.cpp_extension import load_inline
-
-    build_dir = os.environ.get(ENV_BUILD_DIR)
-    if build_dir:
-        Path(build_dir).mkdir(parents=True, exist_ok=True)
-    if not _built_before(build_dir):
-        print("note: compiling lmlab's int8/int4 GEMV kernel (once per machine, ~1-2 min)", file=sys.stderr, flush=True)
-    try:
-        return load_inline(name="lmlab_gemv", cpp_sources=[SOURCE.read_text()],
-                           functions=["int8_gemv", "int4_gemv", "int8_gemv_a8", "int4_gemv_a8"],
-                           extra_cflags=["-O3", "-mavx2", "-mfma", "-fopenmp"], extra_ldflags=["-fopenmp"],
-                           build_directory=build_dir or None, verbose=False)
-    except Exception as err:  # noqa: BLE001 -- any build failure: fall back, say why on one line
-        first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
-        _warn(f"failed to build ({first[:160]})")
-        return None
+    return EXTENSION.unavailable_reason()
 
 
 def kernel() -> ModuleType | None:
     """The compiled extension (built on the first call, then cached), or None where it cannot run."""
-    if "module" not in _state:
-        with _lock:
-            if "module" not in _state:
-                _state["module"] = _build()
-    return _state["module"]  # type: ignore[return-value]
+    return EXTENSION.module()
 
 
 def available() -> bool:

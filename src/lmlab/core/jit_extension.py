@@ -1,0 +1,108 @@
+"""Build one of lmlab's C++ kernels on first use, once per machine, and fall back cleanly where it cannot.
+
+Used by ``lmlab.core.native`` (fp32 decode kernels) and ``lmlab.efficient.gemv_kernel`` (int8/int4 GEMV).
+Build: ``torch.utils.cpp_extension.load_inline`` with ``-O3 -mavx2 -mfma -fopenmp``; the build is cached, in
+``$LMLAB_KERNEL_DIR`` when set, else torch's default (``$TORCH_EXTENSIONS_DIR`` or ~/.cache/torch_extensions).
+``make install`` builds both, so a first decode does not wait for a compiler. Each kernel has its own switch
+(an environment variable set to ``0``); without AVX2/FMA or a C++ compiler, or when the build fails, one
+warning line is printed and PyTorch's own ops are used.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import sys
+import threading
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+ENV_BUILD_DIR = "LMLAB_KERNEL_DIR"
+_UNBUILT = object()
+
+
+def cpu_has_avx2_fma() -> bool:
+    """AVX2 and FMA on an x86-64 CPU (from /proc/cpuinfo on Linux, torch's dispatch level elsewhere)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+        return {"avx2", "fma"} <= set(flags.split())
+    except (OSError, StopIteration):
+        return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+
+
+class JitExtension:
+    """One C++ source compiled into a Python module on the first ``module()`` call (None where it cannot run).
+
+    ``what`` names the kernel in messages ("lmlab's fp32 decode kernels"), ``fallback`` what runs instead,
+    ``env_disable`` the variable that switches it off when set to ``0``.
+    """
+
+    def __init__(self, name: str, source: Path, functions: list[str], *, what: str, fallback: str,
+                 env_disable: str) -> None:
+        self.name, self.source, self.functions = name, source, functions
+        self.what, self.fallback, self.env_disable = what, fallback, env_disable
+        self._lock = threading.Lock()
+        self._module: object = _UNBUILT
+
+    def unavailable_reason(self) -> str | None:
+        """Why the kernel cannot be built here, or None if it can be tried."""
+        if os.environ.get(self.env_disable, "1") == "0":
+            return f"{self.env_disable}=0"
+        if not cpu_has_avx2_fma():
+            return "the CPU lacks AVX2/FMA"
+        if not (shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")):
+            return "no C++ compiler on PATH"
+        return None
+
+    def module(self) -> ModuleType | None:
+        """The compiled module (built on the first call, then kept), or None where it cannot run."""
+        if self._module is _UNBUILT:
+            with self._lock:
+                if self._module is _UNBUILT:
+                    self._module = self._build()
+        return self._module  # type: ignore[return-value]
+
+    def forget(self) -> None:
+        """Forget the loaded module, so the next ``module()`` decides again (tests)."""
+        self._module = _UNBUILT
+
+    def _warn(self, why: str) -> None:
+        print(f"warning: {self.what} {why}; using {self.fallback}", file=sys.stderr, flush=True)
+
+    def _built_before(self, build_dir: str | None) -> bool:
+        """Whether a compiled copy is likely cached (torch rebuilds anyway when the source changed)."""
+        from torch.utils.cpp_extension import _get_build_directory
+
+        try:
+            where = Path(build_dir or _get_build_directory(self.name, verbose=False))
+        except Exception:  # noqa: BLE001 -- a private helper; a wrong guess only changes a note
+            return False
+        return any(where.glob(f"{self.name}*.so"))
+
+    def _build(self) -> ModuleType | None:
+        reason = self.unavailable_reason()
+        if reason is not None:
+            if os.environ.get(self.env_disable, "1") != "0":
+                self._warn(f"not used ({reason})")
+            return None
+        from torch.utils.cpp_extension import load_inline
+
+        build_dir = os.environ.get(ENV_BUILD_DIR)
+        if build_dir:
+            build_dir = str(Path(build_dir) / self.name)
+            Path(build_dir).mkdir(parents=True, exist_ok=True)
+        if not self._built_before(build_dir):
+            print(f"note: compiling {self.what} (once per machine, ~1 min)", file=sys.stderr, flush=True)
+        try:
+            return load_inline(name=self.name, cpp_sources=[self.source.read_text()], functions=self.functions,
+                               extra_cflags=["-O3", "-mavx2", "-mfma", "-fopenmp"], extra_ldflags=["-fopenmp"],
+                               build_directory=build_dir or None, verbose=False)
+        except Exception as err:  # noqa: BLE001 -- any build failure: fall back, say why on one line
+            first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+            self._warn(f"failed to build ({first[:160]})")
+            return None

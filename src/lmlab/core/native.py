@@ -1,0 +1,75 @@
+"""lmlab's fp32 decode kernels (``native_kernels.cpp``, AVX2 + FMA): a GEMV for 1-4 rows and one-query attention.
+
+Why: a decode step of a small model is made of fixed costs more than of bytes. On the machine of BENCHMARKS.md,
+per call, weights streamed from memory (``benchmarks/native_kernels.py``):
+
+- a 768 x 256 fp32 projection: oneDNN ~110 us (7 GB/s), this GEMV ~68 us (11.5 GB/s); GPT-2's 768 x 3072
+  down projection 658 -> 449 us; no shape measured was slower than oneDNN;
+- one query over a cache of 100 keys (12 heads of 64): PyTorch's CPU flash attention ~39 us, this kernel ~23 us;
+  over 4,096 keys ~1.4x faster.
+
+Where they run (the callers decide, everything else is PyTorch's own op, so training numerics never change):
+
+- ``lmlab.core.linear.fast_linear``: fp32 inference calls with at most ``MAX_ROWS`` rows (decode), a
+  contiguous weight and bias; larger M (prefill) stays on oneDNN;
+- the model's decode attention: one new token per row, no mask needed (every cached slot visible), fp32, no
+  hook on the attention pattern; a cache policy that reads attention scores (H2O, Keyformer) gets the
+  kernel's softmax. Otherwise SDPA, or the eager path.
+
+Results differ from PyTorch's only in summation order (~1e-6 relative). The GEMV computes each output row
+with the same arithmetic for any M <= 4, so a row's logits do not depend on what else is in its batch.
+``LMLAB_NATIVE=0`` (or ``ENABLED = False``) switches both off. Built like the int8/int4 kernel
+(``lmlab.core.jit_extension``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from lmlab.core.jit_extension import JitExtension
+
+MAX_ROWS = 4  # the GEMV's limit (activation rows per call)
+ENABLED = True  # module-level switch (tests and benchmarks compare both paths)
+EXTENSION = JitExtension("lmlab_native", Path(__file__).with_name("native_kernels.cpp"),
+                         ["f32_gemv", "decode_attention"], what="lmlab's fp32 decode kernels",
+                         fallback="PyTorch's ops", env_disable="LMLAB_NATIVE")
+
+
+def kernels() -> ModuleType | None:
+    """The compiled kernels, or None when switched off or unavailable here."""
+    return EXTENSION.module() if ENABLED else None
+
+
+def f32_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
+    """``F.linear(x, weight, bias)`` for x [..., K] of at most ``MAX_ROWS`` rows, or None when the kernel does
+    not apply (the caller falls back). The caller has checked: fp32 CPU tensors, no autograd needed."""
+    K = x.shape[-1]
+    if x.numel() > MAX_ROWS * K or not weight.is_contiguous() or (bias is not None and not bias.is_contiguous()):
+        return None
+    mod = kernels()
+    if mod is None:
+        return None
+    rows = x.reshape(-1, K)
+    y = mod.f32_gemv(rows if rows.is_contiguous() else rows.contiguous(), weight, bias)  # [M, N]
+    return y.view(*x.shape[:-1], weight.shape[0])
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, with_probs: bool = False):
+    """softmax(q k^T / sqrt(D)) v for q [B, H, 1, D] over keys / values [B, Hkv, S, D] (all visible; head h
+    reads KV head h // (H / Hkv)), i.e. SDPA with ``enable_gqa`` and no mask; [B, H, 1, D], or with
+    ``with_probs`` the pair (output, softmax [B, H, 1, S]). None when the kernel does not apply (not fp32 CPU,
+    D not a multiple of 8, a strided last dimension, autograd needed)."""
+    if not (type(q) is torch.Tensor and type(k) is torch.Tensor and type(v) is torch.Tensor
+            and q.dtype == torch.float32 and k.dtype == torch.float32 and v.dtype == torch.float32
+            and q.is_cpu and k.is_cpu and v.is_cpu and q.shape[-1] % 8 == 0 and k.stride(-1) == 1
+            and v.stride(-1) == 1 and q.shape[1] % k.shape[1] == 0
+            and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))):
+        return None
+    mod = kernels()
+    if mod is None:
+        return None
+    out = mod.decode_attention(q if q.is_contiguous() else q.contiguous(), k, v, q.shape[-1] ** -0.5, with_probs)
+    return (out[0], out[1]) if with_probs else out[0]

@@ -1,0 +1,281 @@
+// fp32 decode kernels for x86 AVX2 + FMA: a GEMV for small weight matrices and one-query attention.
+//
+// Why: a batch-1 decode step of a small model is dominated by fixed costs, not by bytes. On the machine of
+// BENCHMARKS.md a 256 x 768 fp32 projection through oneDNN takes ~170 us (~6 GB/s of a 17.8 GB/s bus), and
+// PyTorch's CPU flash attention spends ~170 us on one query over 100 cached keys (buffers, blocking for long
+// queries). These two kernels do only what one decode token needs.
+//
+// f32_gemv: y [M, N] = x [M, K] @ W [N, K]^T (+ bias), M <= 4, W row-major. Rows of W are split across
+// torch's threads (at::parallel_for); a block of R rows is read as R interleaved short streams, which the
+// hardware prefetcher does not follow, so the kernel prefetches linearly ahead (as lmlab.efficient's int8
+// kernel does).
+//
+// decode_attention: out [B, H, 1, D] = softmax(q k^T * scale) v for one query per row over S cached keys,
+// grouped-query heads (head h reads KV head h / (H / Hkv)), no mask (every cached key is visible: the caller
+// checks). The keys of each (row, KV head) are split into chunks so that both threads have work even with
+// few KV heads; each chunk keeps its own running max, sum and weighted values (split-K "flash decoding"),
+// combined exactly at the end. exp is a degree-6 polynomial after range reduction (relative error < 2e-7).
+
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+namespace {
+
+inline float hsum(__m256 v) {
+  __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+  lo = _mm_add_ps(lo, hi);
+  lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+  lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
+  return _mm_cvtss_f32(lo);
+}
+
+// Loops over rows (R) and activation rows (M) are fully unrolled, so the accumulators live in registers.
+#define UNROLL _Pragma("GCC unroll 16")
+
+// ----------------------------------------------------------------------------------------------------------
+// GEMV
+
+constexpr int64_t kPrefetchAhead = 4096;  // bytes ahead of the linear read position of a block of rows
+constexpr int64_t kGrainRows = 64;  // rows per parallel task at least
+
+struct LinearPrefetch {
+  const char* next;
+  const char* limit;
+  inline void upto(const char* pos) {
+    const char* target = std::min(pos + kPrefetchAhead, limit);
+    for (; next < target; next += 64) _mm_prefetch(next, _MM_HINT_T0);
+  }
+};
+
+template <int M, int R>
+inline void gemv_block(const float* W, int64_t K, const float* X, const float* bias, float* Y, int64_t N,
+                       int64_t n, LinearPrefetch& pf) {
+  __m256 acc[R][M];
+  UNROLL for (int r = 0; r < R; ++r)
+    UNROLL for (int m = 0; m < M; ++m) acc[r][m] = _mm256_setzero_ps();
+  const int64_t K8 = K & ~int64_t(7);
+  const char* block = reinterpret_cast<const char*>(W + n * K);
+  for (int64_t k = 0; k < K8; k += 8) {
+    pf.upto(block + R * k * int64_t(sizeof(float)));  // R rows x k columns of this block consumed
+    __m256 xv[M];
+    UNROLL for (int m = 0; m < M; ++m) xv[m] = _mm256_loadu_ps(X + m * K + k);
+    UNROLL for (int r = 0; r < R; ++r) {
+      const __m256 w = _mm256_loadu_ps(W + (n + r) * K + k);
+      UNROLL for (int m = 0; m < M; ++m) acc[r][m] = _mm256_fmadd_ps(w, xv[m], acc[r][m]);
+    }
+  }
+  // constant-bound loops only below: a runtime loop over acc[][] would keep it in memory above
+  float sums[R][M];
+  UNROLL for (int r = 0; r < R; ++r)
+    UNROLL for (int m = 0; m < M; ++m) sums[r][m] = hsum(acc[r][m]);
+  UNROLL for (int r = 0; r < R; ++r) {
+    const float* row = W + (n + r) * K;
+    UNROLL for (int m = 0; m < M; ++m) {
+      float s = sums[r][m];
+      for (int64_t k = K8; k < K; ++k) s += row[k] * X[m * K + k];
+      Y[m * N + n + r] = s + (bias ? bias[n + r] : 0.f);
+    }
+  }
+}
+
+template <int M, int R>
+void gemv_rows(const float* W, int64_t K, const float* X, const float* bias, float* Y, int64_t N, int64_t n0,
+               int64_t n1) {
+  LinearPrefetch pf{reinterpret_cast<const char*>(W + n0 * K), reinterpret_cast<const char*>(W + n1 * K)};
+  int64_t n = n0;
+  for (; n + R <= n1; n += R) gemv_block<M, R>(W, K, X, bias, Y, N, n, pf);
+  for (; n < n1; ++n) gemv_block<M, 1>(W, K, X, bias, Y, N, n, pf);
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// exp for x <= 0 (scores minus their max): x = n ln2 + r, |r| <= ln2 / 2, e^r by its Taylor polynomial to
+// degree 6 (truncation error |r|^7 / 7! < 1.3e-7 relative), 2^n through the exponent bits.
+inline __m256 exp_nonpositive(__m256 x) {
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));  // e^-87 ~ 1.6e-38: still a normal float
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  // r = x - n ln2, with ln2 split in a part exact in float and the rest
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.0f / 720);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+}
+
+// ----------------------------------------------------------------------------------------------------------
+// one-query attention, one chunk [s0, s1) of one (row b, KV head g): the rep query heads that share g.
+// Writes, per query head r: the chunk's max score, sum of exp(score - max), and sum of exp(...) * v [D];
+// exp(score - max) itself is left in scores[r * stride + (s - s0)] (a scratch buffer, or the probabilities'
+// row when the caller wants them: the combine step then rescales them to the softmax).
+struct Strides {
+  int64_t b, h, s;
+};
+
+void attend_chunk(const float* q, const float* K, const float* V, Strides ks, Strides vs, int64_t D, int64_t rep,
+                  float scale, int64_t s0, int64_t s1, float* scores, int64_t stride, float* out_max,
+                  float* out_sum, float* out_acc) {
+  const int64_t n = s1 - s0;
+  // scores [rep, n]
+  for (int64_t s = s0; s < s1; ++s) {
+    const float* k = K + s * ks.s;
+    for (int64_t r = 0; r < rep; ++r) {
+      const float* qr = q + r * D;
+      __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+      int64_t d = 0;
+      for (; d + 16 <= D; d += 16) {
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qr + d), _mm256_loadu_ps(k + d), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(qr + d + 8), _mm256_loadu_ps(k + d + 8), a1);
+      }
+      for (; d < D; d += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qr + d), _mm256_loadu_ps(k + d), a0);
+      scores[r * stride + (s - s0)] = hsum(_mm256_add_ps(a0, a1)) * scale;
+    }
+  }
+  for (int64_t r = 0; r < rep; ++r) {
+    float* sr = scores + r * stride;
+    float mx = -INFINITY;
+    for (int64_t i = 0; i < n; ++i) mx = std::max(mx, sr[i]);
+    const __m256 mv = _mm256_set1_ps(mx);
+    __m256 sumv = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+      const __m256 e = exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(sr + i), mv));
+      _mm256_storeu_ps(sr + i, e);
+      sumv = _mm256_add_ps(sumv, e);
+    }
+    float sum = hsum(sumv);
+    if (i < n) {  // the tail through a zero-padded vector
+      alignas(32) float tail[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      for (int64_t j = i; j < n; ++j) tail[j - i] = sr[j] - mx;
+      alignas(32) float e[8];
+      _mm256_store_ps(e, exp_nonpositive(_mm256_load_ps(tail)));
+      for (int64_t j = i; j < n; ++j) {
+        sr[j] = e[j - i];
+        sum += e[j - i];
+      }
+    }
+    out_max[r] = mx;
+    out_sum[r] = sum;
+  }
+  // weighted values [rep, D]
+  std::fill(out_acc, out_acc + rep * D, 0.f);
+  for (int64_t s = s0; s < s1; ++s) {
+    const float* v = V + s * vs.s;
+    for (int64_t r = 0; r < rep; ++r) {
+      const __m256 p = _mm256_set1_ps(scores[r * stride + (s - s0)]);
+      float* acc = out_acc + r * D;
+      for (int64_t d = 0; d < D; d += 8)
+        _mm256_storeu_ps(acc + d, _mm256_fmadd_ps(p, _mm256_loadu_ps(v + d), _mm256_loadu_ps(acc + d)));
+    }
+  }
+}
+
+}  // namespace
+
+// y [M, N] = x [M, K] @ w [N, K]^T + bias; x, w, bias float32 contiguous on CPU, 1 <= M <= 4
+torch::Tensor f32_gemv(torch::Tensor x, torch::Tensor w, c10::optional<torch::Tensor> bias) {
+  TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1), "lmlab f32_gemv: x [M, K], w [N, K]");
+  TORCH_CHECK(x.scalar_type() == torch::kFloat && w.scalar_type() == torch::kFloat && x.is_contiguous() &&
+              w.is_contiguous(), "lmlab f32_gemv: x and w must be contiguous float32");
+  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+  TORCH_CHECK(M >= 1 && M <= 4, "lmlab f32_gemv: 1 to 4 rows");
+  if (bias.has_value())
+    TORCH_CHECK(bias->scalar_type() == torch::kFloat && bias->is_contiguous() && bias->numel() == N,
+                "lmlab f32_gemv: bias must be contiguous float32 [N]");
+  auto y = torch::empty({M, N}, x.options());
+  const float* W = w.data_ptr<float>();
+  const float* X = x.data_ptr<float>();
+  const float* B = bias.has_value() ? bias->data_ptr<float>() : nullptr;
+  float* Y = y.data_ptr<float>();
+  at::parallel_for(0, N, kGrainRows, [&](int64_t n0, int64_t n1) {
+    switch (M) {
+      case 1: gemv_rows<1, 8>(W, K, X, B, Y, N, n0, n1); break;
+      case 2: gemv_rows<2, 4>(W, K, X, B, Y, N, n0, n1); break;
+      case 3: gemv_rows<3, 2>(W, K, X, B, Y, N, n0, n1); break;
+      default: gemv_rows<4, 2>(W, K, X, B, Y, N, n0, n1); break;
+    }
+  });
+  return y;
+}
+
+// [out [B, H, 1, D]] = softmax(q k^T * scale) v, and with want_probs also the softmax [B, H, 1, S] (what
+// score-based cache policies observe); q [B, H, 1, D] contiguous, k / v [B, Hkv, S, D] with unit stride over D
+// (views of a larger cache are fine), float32, H a multiple of Hkv, D a multiple of 8
+std::vector<torch::Tensor> decode_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v, double scale,
+                                            bool want_probs) {
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4 && q.size(2) == 1,
+              "lmlab decode_attention: q [B, H, 1, D], k / v [B, Hkv, S, D]");
+  TORCH_CHECK(q.scalar_type() == torch::kFloat && k.scalar_type() == torch::kFloat &&
+              v.scalar_type() == torch::kFloat, "lmlab decode_attention: float32 only");
+  const int64_t B = q.size(0), H = q.size(1), D = q.size(3), Hkv = k.size(1), S = k.size(2);
+  TORCH_CHECK(q.is_contiguous() && k.stride(3) == 1 && v.stride(3) == 1, "lmlab decode_attention: layout");
+  TORCH_CHECK(k.size(0) == B && v.size(0) == B && v.size(1) == Hkv && v.size(2) == S && k.size(3) == D &&
+              v.size(3) == D && Hkv > 0 && H % Hkv == 0 && D % 8 == 0 && S >= 1,
+              "lmlab decode_attention: shapes");
+  const int64_t rep = H / Hkv;
+  // chunks: enough work items for every thread (4 per thread) at batch 1, but at least 64 keys per chunk; the
+  // split does not depend on B, so a row's result does not depend on what else is in its batch
+  const int64_t threads = at::get_num_threads();
+  const int64_t want = std::max<int64_t>(1, (4 * threads + Hkv - 1) / Hkv);
+  const int64_t per_head = std::max<int64_t>(1, std::min(want, (S + 63) / 64));
+  const int64_t chunk = (S + per_head - 1) / per_head;
+  const int64_t nc = (S + chunk - 1) / chunk;
+  const int64_t items = B * Hkv * nc;
+  std::vector<float> pmax(items * rep), psum(items * rep), pacc(items * rep * D);
+  const Strides ks{k.stride(0), k.stride(1), k.stride(2)}, vs{v.stride(0), v.stride(1), v.stride(2)};
+  const float* Q = q.data_ptr<float>();
+  const float* Kp = k.data_ptr<float>();
+  const float* Vp = v.data_ptr<float>();
+  torch::Tensor probs = want_probs ? torch::empty({B, H, 1, S}, q.options()) : torch::Tensor();
+  float* P = want_probs ? probs.data_ptr<float>() : nullptr;
+  at::parallel_for(0, items, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<float> scratch(want_probs ? 0 : rep * chunk);
+    for (int64_t item = i0; item < i1; ++item) {
+      const int64_t c = item % nc, bg = item / nc, g = bg % Hkv, b = bg / Hkv;
+      const int64_t s0 = c * chunk, s1 = std::min(S, s0 + chunk);
+      float* scores = want_probs ? P + (b * H + g * rep) * S + s0 : scratch.data();
+      attend_chunk(Q + (b * H + g * rep) * D, Kp + b * ks.b + g * ks.h, Vp + b * vs.b + g * vs.h, ks, vs, D, rep,
+                   float(scale), s0, s1, scores, want_probs ? S : chunk, pmax.data() + item * rep,
+                   psum.data() + item * rep, pacc.data() + item * rep * D);
+    }
+  });
+  auto out = torch::empty({B, H, 1, D}, q.options());
+  float* O = out.data_ptr<float>();
+  for (int64_t bg = 0; bg < B * Hkv; ++bg) {  // combine the chunks: rescale each to the common max
+    for (int64_t r = 0; r < rep; ++r) {
+      float mx = -INFINITY;
+      for (int64_t c = 0; c < nc; ++c) mx = std::max(mx, pmax[(bg * nc + c) * rep + r]);
+      float* o = O + (bg * rep + r) * D;  // (b * Hkv + g) * rep + r == b * H + g * rep + r
+      std::fill(o, o + D, 0.f);
+      float total = 0.f;
+      for (int64_t c = 0; c < nc; ++c) {
+        const int64_t at = (bg * nc + c) * rep + r;
+        const float f = std::exp(pmax[at] - mx);
+        total += f * psum[at];
+        const float* a = pacc.data() + at * D;
+        for (int64_t d = 0; d < D; ++d) o[d] += f * a[d];
+      }
+      const float inv = 1.f / total;
+      for (int64_t d = 0; d < D; ++d) o[d] *= inv;
+      if (want_probs) {  // each chunk's exp(score - its max), to exp(score - max) / total
+        float* pr = P + (bg * rep + r) * S;
+        for (int64_t c = 0; c < nc; ++c) {
+          const float f = std::exp(pmax[(bg * nc + c) * rep + r] - mx) * inv;
+          for (int64_t s = c * chunk, e = std::min(S, s + chunk); s < e; ++s) pr[s] *= f;
+        }
+      }
+    }
+  }
+  if (want_probs) return {out, probs};
+  return {out};
+}

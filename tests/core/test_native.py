@@ -1,0 +1,198 @@
+"""lmlab's fp32 decode kernels (lmlab.core.native): the GEMV and one-query attention against float64 references,
+the model's decode with them against PyTorch's ops, batch invariance, and the fallbacks."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lmlab.core import jit_extension, native
+from lmlab.core.config import ModelConfig
+from lmlab.core.linear import fast_linear
+from lmlab.core.model import Transformer
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _kernels_built():
+    """A machine that can build the kernels (AVX2, a compiler) must: otherwise these tests test nothing."""
+    assert native.EXTENSION.unavailable_reason() is None, native.EXTENSION.unavailable_reason()
+    assert native.kernels() is not None, "the fp32 decode kernels failed to build (see the warning above)"
+
+
+@pytest.mark.parametrize("M", [1, 2, 3, 4])
+@pytest.mark.parametrize("N,K", [(13, 37), (70, 256), (129, 261), (8, 8)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_gemv_matches_float64(M, N, K, with_bias):
+    g = torch.Generator().manual_seed(N * K + M)
+    x, w = torch.randn(M, K, generator=g), torch.randn(N, K, generator=g)
+    b = torch.randn(N, generator=g) if with_bias else None
+    y = native.kernels().f32_gemv(x, w, b)
+    ref = x.double() @ w.double().T + (b.double() if with_bias else 0)
+    torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5 * math.sqrt(K))
+
+
+def test_gemv_row_does_not_depend_on_its_batch():
+    """Each output row is the same arithmetic for M = 1..4: a row's logits do not change with its batch."""
+    g = torch.Generator().manual_seed(0)
+    x, w, b = torch.randn(4, 203, generator=g), torch.randn(77, 203, generator=g), torch.randn(77, generator=g)
+    alone = torch.cat([native.kernels().f32_gemv(x[i:i + 1], w, b) for i in range(4)])
+    for M in (2, 3, 4):
+        assert torch.equal(native.kernels().f32_gemv(x[:M], w, b), alone[:M])
+
+
+def test_fast_linear_takes_the_gemv_for_decode_rows_only(monkeypatch):
+    calls = []
+    real = native.f32_gemv
+    monkeypatch.setattr(native, "f32_gemv", lambda *a: calls.append(a[0].shape) or real(*a))
+    w, b = torch.randn(48, 40), torch.randn(48)
+    with torch.inference_mode():
+        for shape in [(1, 1, 40), (2, 2, 40), (1, 5, 40)]:
+            x = torch.randn(*shape)
+            torch.testing.assert_close(fast_linear(x, w, b), F.linear(x, w, b), rtol=1e-5, atol=1e-5)
+    assert calls == [(1, 1, 40), (2, 2, 40), (1, 5, 40)]  # asked every time; it declines 5 rows (returns None)
+    assert real(torch.randn(1, 5, 40), w, b) is None and real(torch.randn(1, 4, 40), w, b) is not None
+    assert real(torch.randn(1, 40), w.T.contiguous().T, b) is None  # a strided weight: PyTorch's op
+
+
+def test_gemv_not_used_when_autograd_needs_the_op():
+    w = torch.randn(16, 8, requires_grad=True)
+    y = fast_linear(torch.randn(1, 8), w)
+    assert y.grad_fn is not None
+
+
+def _sdpa64(q, k, v):
+    rep = q.shape[1] // k.shape[1]
+    k, v = k.double().repeat_interleave(rep, 1), v.double().repeat_interleave(rep, 1)
+    p = (q.double() @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).softmax(-1)
+    return p @ v
+
+
+@pytest.mark.parametrize("S", [1, 5, 63, 64, 65, 700, 4100])
+@pytest.mark.parametrize("H,Hkv,D", [(6, 2, 64), (4, 4, 32), (3, 1, 8), (2, 2, 80)])
+def test_decode_attention_matches_float64(S, H, Hkv, D):
+    g = torch.Generator().manual_seed(S * 7 + D)
+    cap = S + 9  # keys and values are views of a larger cache, as in decoding
+    q = torch.randn(2, H, 1, D, generator=g)
+    k = (torch.randn(2, Hkv, cap, D, generator=g) * 3).narrow(2, 0, S)  # * 3: peaked softmax, large exponents
+    v = torch.randn(2, Hkv, cap, D, generator=g).narrow(2, 0, S)
+    out = native.decode_attention(q, k, v)
+    assert out.shape == (2, H, 1, D)
+    torch.testing.assert_close(out.double(), _sdpa64(q, k, v), rtol=1e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("S", [1, 70, 4100])
+def test_decode_attention_probabilities_are_the_softmax(S):
+    """What H2O / Keyformer observe: the kernel's softmax [B, H, 1, S], across its chunks, sums to one per head."""
+    g = torch.Generator().manual_seed(S)
+    q, k, v = torch.randn(2, 6, 1, 16, generator=g), torch.randn(2, 2, S, 16, generator=g) * 3, torch.randn(2, 2, S, 16, generator=g)
+    out, probs = native.decode_attention(q, k, v, with_probs=True)
+    want = (q.double() @ k.double().repeat_interleave(3, 1).transpose(-1, -2) / 4).softmax(-1)  # [2, 6, 1, S]
+    torch.testing.assert_close(probs.double(), want, rtol=1e-5, atol=1e-7)
+    assert torch.equal(out, native.decode_attention(q, k, v))
+
+
+def test_decode_attention_row_does_not_depend_on_its_batch():
+    g = torch.Generator().manual_seed(1)
+    q, k, v = torch.randn(3, 6, 1, 32, generator=g), torch.randn(3, 2, 300, 32, generator=g), torch.randn(3, 2, 300, 32, generator=g)
+    both = native.decode_attention(q, k, v)
+    for b in range(3):
+        assert torch.equal(native.decode_attention(q[b:b + 1], k[b:b + 1], v[b:b + 1]), both[b:b + 1])
+
+
+def test_decode_attention_declines_what_it_does_not_do():
+    q, k = torch.randn(1, 2, 1, 12), torch.randn(1, 2, 5, 12)
+    assert native.decode_attention(q, k, k) is None  # D not a multiple of 8
+    q, k = torch.randn(1, 2, 1, 16, dtype=torch.float64), torch.randn(1, 2, 5, 16, dtype=torch.float64)
+    assert native.decode_attention(q, k, k) is None  # not fp32
+    q, k = torch.randn(1, 2, 1, 16, requires_grad=True), torch.randn(1, 2, 5, 16)
+    assert native.decode_attention(q, k, k) is None  # autograd needs the op
+
+
+def _model(**kw):
+    cfg = ModelConfig.llama_like(vocab_size=97, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_mlp=96,
+                                 max_seq_len=128, **kw)
+    return Transformer(cfg).init_weights(std=0.1, seed=3).eval()
+
+
+def _greedy_logits(model, prompts, steps=6):
+    """Per-step logits [steps, B, V] of greedy decoding rows of uneven length (right-padded prefill)."""
+    B, T = len(prompts), max(len(p) for p in prompts)
+    ids = torch.zeros(B, T, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, :len(p)] = torch.tensor(p)
+    lengths = torch.tensor([len(p) for p in prompts])
+    cache = model.new_cache(B, T + steps + 1)
+    out = []
+    with torch.inference_mode():
+        logits = model(ids, cache=cache, input_lengths=lengths, logits_at=lengths - 1)[:, 0]
+        for _ in range(steps):
+            out.append(logits)
+            logits = model(logits.argmax(-1, keepdim=True), cache=cache)[:, -1]
+    return torch.stack(out)
+
+
+def test_model_decode_with_the_kernels_matches_pytorch_ops(monkeypatch):
+    """Rows of uneven length (a ragged cache takes the masked SDPA path, a uniform one the kernel) on a
+    grouped-query model: logits agree with the kernels switched off, and the kernels did run."""
+    model = _model()
+    prompts = [[5, 9, 2, 7, 1], [3, 3], [8, 1, 4, 4, 6, 2, 9]]
+    calls = {"attn": 0}
+    real = native.decode_attention
+    monkeypatch.setattr(native, "decode_attention", lambda *a: calls.__setitem__("attn", calls["attn"] + 1) or real(*a))
+    with_kernels = _greedy_logits(model, prompts)
+    single = _greedy_logits(model, [prompts[2]])  # a uniform cache: every decode step takes the kernel
+    assert calls["attn"] > 0
+    monkeypatch.setattr(native, "ENABLED", False)
+    without = _greedy_logits(model, prompts)
+    single_without = _greedy_logits(model, [prompts[2]])
+    torch.testing.assert_close(with_kernels, without, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(single, single_without, rtol=1e-5, atol=1e-5)
+    assert single.std() > 0.1
+
+
+@pytest.mark.parametrize("policy", ["h2o", "keyformer", "window"])
+def test_evicting_decode_with_the_kernels_matches_pytorch_ops(policy, monkeypatch):
+    """A score-based policy observes the kernel's softmax instead of the eager path's: the same tokens kept,
+    the same logits, through several evictions."""
+    from lmlab.efficient import kv_policy
+
+    model = _model()
+    prompt = torch.randint(0, 97, (1, 40), generator=torch.Generator().manual_seed(5))
+
+    def run():
+        cache = model.new_cache(1, 80, policy=kv_policy(policy, budget=16))
+        out = []
+        with torch.inference_mode():
+            logits = model(prompt, cache=cache)[:, -1]
+            for _ in range(20):
+                out.append(logits)
+                logits = model(logits.argmax(-1, keepdim=True), cache=cache)[:, -1]
+        return torch.stack(out), cache.slot_pos.clone()
+
+    with_kernels, kept = run()
+    monkeypatch.setattr(native, "ENABLED", False)
+    without, kept_without = run()
+    torch.testing.assert_close(with_kernels, without, rtol=1e-5, atol=1e-5)
+    assert torch.equal(kept, kept_without)
+
+
+def test_switched_off_by_environment_without_a_warning(monkeypatch, capsys):
+    monkeypatch.setattr(native.EXTENSION, "_module", jit_extension._UNBUILT)
+    monkeypatch.setenv("LMLAB_NATIVE", "0")
+    assert native.kernels() is None
+    assert native.f32_gemv(torch.randn(1, 8), torch.randn(4, 8), None) is None
+    assert capsys.readouterr().err == ""
+
+
+def test_no_avx2_falls_back_with_one_warning_line(monkeypatch, capsys):
+    monkeypatch.setattr(native.EXTENSION, "_module", jit_extension._UNBUILT)
+    monkeypatch.setattr(jit_extension, "cpu_has_avx2_fma", lambda: False)
+    assert native.kernels() is None
+    with torch.inference_mode():
+        x, w = torch.randn(1, 8), torch.randn(4, 8)
+        torch.testing.assert_close(fast_linear(x, w), F.linear(x, w))
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("warning: lmlab's fp32 decode kernels") and "lacks AVX2" in err
+    native.kernels()
+    assert capsys.readouterr().err == ""  # said once, not per call
