@@ -411,3 +411,17 @@ def test_generate_takes_a_stateful_processor_through_its_config(model, guide):
     prompts = [prompt(3, 27), prompt(6, 28)]
     out = generate(model, prompts, max_new_tokens=5, stop_token_ids=[], logits_processors=[GuideProcessor(guide, 1.5)])
     assert [r[len(p):] for r, p in zip(out, prompts)] == [mixture_reference(model, guide, p, 5, 1.5) for p in prompts]
+
+
+def test_tokens_leave_the_decoder_as_normal_tensors(model):
+    """The decoder runs in inference mode; what it returns can be trained on and changed in place."""
+    dec = Decoder(model, max_len=16)
+    dec.add([[1, 2, 3]], max_new_tokens=3)
+    out = dec.step()
+    assert not out.tokens.is_inference() and not out.row_ids.is_inference()
+    ids = generate(model, torch.tensor([[1, 2, 3]]), max_new_tokens=3)
+    assert not ids.is_inference()
+    emb = torch.nn.Embedding(model.config.vocab_size, 4)
+    emb(ids).sum().backward()  # an inference tensor cannot be saved for backward
+    assert emb.weight.grad is not None
+    out.tokens.add_(1)  # nor changed in place outside inference mode

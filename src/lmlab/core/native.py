@@ -15,7 +15,8 @@ Where they run (the callers decide, everything else is PyTorch's own op, so trai
 - the model's decode attention: one new token per row, no mask needed (every cached slot visible), fp32, no
   hook on the attention pattern; a cache policy that reads attention scores (H2O, Keyformer) gets the
   kernel's softmax. Otherwise SDPA, or the eager path;
-- ``RMSNorm`` at inference: one call for PyTorch's CPU composite of ~15 ops (~40 us a decode call).
+- ``RMSNorm`` of decode rows (at most ``MAX_ROWS``): one call for PyTorch's CPU composite of ~15 ops
+  (~40 us a call).
 
 Results differ from PyTorch's only in summation order (~1e-6 relative). The GEMV computes each output row
 with the same arithmetic for any M <= 4, so a row's logits do not depend on what else is in its batch.
@@ -77,8 +78,11 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, with_
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor | None:
-    """``F.rms_norm(x, (D,), weight, eps)`` for fp32 CPU tensors when autograd does not need the op, else None."""
-    if not (type(x) is torch.Tensor and x.dtype == torch.float32 and weight.dtype == torch.float32 and x.is_cpu
+    """``F.rms_norm(x, (D,), weight, eps)`` for at most ``MAX_ROWS`` rows (decode) of fp32 CPU tensors when
+    autograd does not need the op, else None. Prefill and scoring keep PyTorch's op, so their numerics (and
+    anything computed from them, e.g. an edit's covariance statistics) are PyTorch's."""
+    if not (type(x) is torch.Tensor and x.numel() <= MAX_ROWS * x.shape[-1] and x.dtype == torch.float32
+            and weight.dtype == torch.float32 and x.is_cpu
             and weight.is_cpu and x.is_contiguous() and weight.is_contiguous()
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))):
         return None
