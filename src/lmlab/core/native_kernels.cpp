@@ -129,9 +129,13 @@ void attend_chunk(const float* q, const float* K, const float* V, Strides ks, St
                   float scale, int64_t s0, int64_t s1, float* scores, int64_t stride, float* out_max,
                   float* out_sum, float* out_acc) {
   const int64_t n = s1 - s0;
+  // rows ahead to prefetch: ~kPrefetchAhead bytes (a key row is D floats; cached rows are contiguous per head)
+  const int64_t ahead = std::max<int64_t>(1, kPrefetchAhead / (D * int64_t(sizeof(float))));
   // scores [rep, n]
   for (int64_t s = s0; s < s1; ++s) {
     const float* k = K + s * ks.s;
+    if (s + ahead < s1)
+      for (int64_t d = 0; d < D; d += 16) _mm_prefetch(reinterpret_cast<const char*>(K + (s + ahead) * ks.s + d), _MM_HINT_T0);
     for (int64_t r = 0; r < rep; ++r) {
       const float* qr = q + r * D;
       __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
@@ -174,6 +178,8 @@ void attend_chunk(const float* q, const float* K, const float* V, Strides ks, St
   std::fill(out_acc, out_acc + rep * D, 0.f);
   for (int64_t s = s0; s < s1; ++s) {
     const float* v = V + s * vs.s;
+    if (s + ahead < s1)
+      for (int64_t d = 0; d < D; d += 16) _mm_prefetch(reinterpret_cast<const char*>(V + (s + ahead) * vs.s + d), _MM_HINT_T0);
     for (int64_t r = 0; r < rep; ++r) {
       const __m256 p = _mm256_set1_ps(scores[r * stride + (s - s0)]);
       float* acc = out_acc + r * D;
