@@ -284,24 +284,26 @@ def main(argv: list[str] | None = None) -> int:
                         "machine (default: measure it now)")
     p.add_argument("--pack", action="store_true",
                    help="lmlab side: lmlab.core.linear.pack_for_inference (prepacked weights, twice the memory)")
-    p.add_argument("--linear", choices=["onednn", "aten"], default="onednn",
-                   help="lmlab's fp32 matmuls: oneDNN (lmlab's default inference path) or aten = F.linear "
-                        "(lmlab.core.linear.FAST_INFERENCE = False): an A/B of the two on this CPU")
+    p.add_argument("--linear", choices=["native", "onednn", "aten"], default="native",
+                   help="lmlab's fp32 decode path: native (the default: lmlab.core.native's GEMV, attention and "
+                        "RMSNorm for decode rows, oneDNN for prefill), onednn (native kernels off) or aten = "
+                        "F.linear and PyTorch's ops throughout (lmlab.core.linear.FAST_INFERENCE = False)")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
     if args.quick:
         args.reps, args.new_tokens = 1, 32
     if args.threads:
         torch.set_num_threads(args.threads)
-    from lmlab.core import linear
+    from lmlab.core import linear, native
 
-    linear.FAST_INFERENCE = args.linear == "onednn"
+    linear.FAST_INFERENCE = args.linear != "aten"
+    native.ENABLED = args.linear == "native"
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
     info = machine_info()
     print(f"# {info['cpu']}, {info['cores']} cores, torch {info['torch']}, transformers {info['transformers']}, "
-          f"{info['threads']} threads, load average {info['loadavg_start']:.2f}, lmlab fp32 linears: {args.linear}",
+          f"{info['threads']} threads, load average {info['loadavg_start']:.2f}, lmlab fp32 decode path: {args.linear}",
           flush=True)
     if args.bandwidth:
         bw = {"read_gbps": args.bandwidth, "given": True}

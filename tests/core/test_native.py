@@ -208,3 +208,18 @@ def test_no_avx2_falls_back_with_one_warning_line(monkeypatch, capsys):
     assert err.count("\n") == 1 and err.startswith("warning: lmlab's fp32 decode kernels") and "lacks AVX2" in err
     native.kernels()
     assert capsys.readouterr().err == ""  # said once, not per call
+
+
+def test_hash_uniform_is_the_tensor_computation_bit_for_bit():
+    """Keyformer's noise: the kernel's uniforms equal the int64 tensor ops', empty slots (-1) and seeds of any
+    sign included, so evictions do not depend on whether the kernel ran."""
+    from lmlab.efficient.kv_policies import _hash_uniform
+
+    g = torch.Generator().manual_seed(3)
+    key_pos = torch.randint(-1, 5000, (3, 2, 2, 37), generator=g)
+    query = torch.randint(0, 1 << 20, (2, 4), generator=g)
+    layers = torch.tensor([0, 5, 11])
+    for seed in (0, 7, -3, 1 << 40):
+        u = native.hash_uniform(seed, layers, query, key_pos, 3)
+        want = _hash_uniform(seed, layers, query, key_pos, 3).view(3, 2, 6, 4, 37)
+        assert torch.equal(u, want) and 0 < float(u.min()) and float(u.max()) < 1

@@ -16,7 +16,8 @@ Where they run (the callers decide, everything else is PyTorch's own op, so trai
   hook on the attention pattern; a cache policy that reads attention scores (H2O, Keyformer) gets the
   kernel's softmax. Otherwise SDPA, or the eager path;
 - ``RMSNorm`` of decode rows (at most ``MAX_ROWS``): one call for PyTorch's CPU composite of ~15 ops
-  (~40 us a call).
+  (~40 us a call);
+- Keyformer's per-step noise (``hash_uniform``): one call for ~20 int64 tensor ops, the same bits.
 
 Results differ from PyTorch's only in summation order (~1e-6 relative). The GEMV computes each output row
 with the same arithmetic for any M <= 4, so a row's logits do not depend on what else is in its batch.
@@ -36,7 +37,7 @@ from lmlab.core.jit_extension import JitExtension
 MAX_ROWS = 4  # the GEMV's limit (activation rows per call)
 ENABLED = True  # module-level switch (tests and benchmarks compare both paths)
 EXTENSION = JitExtension("lmlab_native", Path(__file__).with_name("native_kernels.cpp"),
-                         ["f32_gemv", "decode_attention", "rms_norm"], what="lmlab's fp32 decode kernels",
+                         ["f32_gemv", "decode_attention", "rms_norm", "hash_uniform"], what="lmlab's fp32 decode kernels",
                          fallback="PyTorch's ops", env_disable="LMLAB_NATIVE")
 
 
@@ -88,3 +89,14 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor 
         return None
     mod = kernels()
     return None if mod is None else mod.rms_norm(x, weight, eps)
+
+
+def hash_uniform(seed: int, layers: torch.Tensor, query_index: torch.Tensor, key_pos: torch.Tensor,
+                 group: int) -> torch.Tensor | None:
+    """Keyformer's counter-based uniform noise [L', B, n_kv * group, T, S] on CPU, bit for bit the tensor
+    computation of ``lmlab.efficient.kv_policies.layers_gumbel_noise`` (see there), or None where the kernels
+    do not run (the caller computes it with tensor ops)."""
+    if not (layers.is_cpu and query_index.is_cpu and key_pos.is_cpu):
+        return None
+    mod = kernels()
+    return None if mod is None else mod.hash_uniform(seed, layers, query_index, key_pos, group)

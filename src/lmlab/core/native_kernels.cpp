@@ -213,7 +213,60 @@ void rms_norm_rows(const float* X, const float* W, float* Y, int64_t D, float ep
   }
 }
 
+// ----------------------------------------------------------------------------------------------------------
+// A 32-bit multiply-xorshift hash (lmlab.efficient.kv_policies._mix32: the same bits).
+inline uint32_t mix32(uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x45D9F3Bu;
+  x ^= x >> 16;
+  x *= 0x45D9F3Bu;
+  x ^= x >> 16;
+  return x;
+}
+
 }  // namespace
+
+// Keyformer's noise source, the uniform half of lmlab.efficient.kv_policies.layers_gumbel_noise, bit for bit:
+// u [L', B, n_kv * group, T, S] in (0, 1), a pure function of (seed, layer, query head, query index, key
+// position): bits = mix(mix(mix(head * 0x9E3779B + layer * 0x7F4A7C1 + seed) ^ query) ^ key), u = (bits >> 8
+// + 0.5) / 2^24 in float32. One call instead of ~20 int64 tensor ops over [L', B, H, T, S] per decode step.
+torch::Tensor hash_uniform(int64_t seed, torch::Tensor layers, torch::Tensor query_index, torch::Tensor key_pos,
+                           int64_t group) {
+  TORCH_CHECK(layers.dim() == 1 && query_index.dim() == 2 && key_pos.dim() == 4 && group >= 1 &&
+              layers.scalar_type() == torch::kLong && query_index.scalar_type() == torch::kLong &&
+              key_pos.scalar_type() == torch::kLong && layers.size(0) == key_pos.size(0) &&
+              query_index.size(0) == key_pos.size(1),
+              "lmlab hash_uniform: layers [L'], query_index [B, T], key_pos [L', B, n_kv, S] (int64)");
+  auto lay = layers.contiguous(), qi = query_index.contiguous(), kp = key_pos.contiguous();
+  const int64_t Lp = kp.size(0), B = kp.size(1), n_kv = kp.size(2), S = kp.size(3), T = qi.size(1);
+  auto u = torch::empty({Lp, B, n_kv * group, T, S}, torch::TensorOptions().dtype(torch::kFloat));
+  const int64_t* L = lay.data_ptr<int64_t>();
+  const int64_t* Q = qi.data_ptr<int64_t>();
+  const int64_t* K = kp.data_ptr<int64_t>();
+  float* U = u.data_ptr<float>();
+  const uint64_t seed32 = uint64_t(seed) & 0xFFFFFFFFull;
+  at::parallel_for(0, Lp * B * n_kv, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t g = i % n_kv, b = (i / n_kv) % B, l = i / (n_kv * B);
+      const int64_t* keys = K + i * S;  // [S] of (l, b, g)
+      for (int64_t r = 0; r < group; ++r) {
+        const uint64_t head = uint64_t(g * group + r);
+        const uint32_t base = mix32(uint32_t((head * 0x9E3779Bull + uint64_t(L[l]) * 0x7F4A7C1ull + seed32) &
+                                             0xFFFFFFFFull));
+        for (int64_t t = 0; t < T; ++t) {
+          const uint32_t bq = mix32(base ^ uint32_t(uint64_t(Q[b * T + t]) & 0xFFFFFFFFull));
+          float* out = U + (((l * B + b) * n_kv + g) * group + r) * T * S + t * S;
+          for (int64_t s = 0; s < S; ++s) {
+            const uint32_t bits = mix32(bq ^ uint32_t(uint64_t(keys[s]) & 0xFFFFFFFFull));
+            const float f = float(bits >> 8) + 0.5f;
+            out[s] = f * 5.9604644775390625e-08f;  // 2^-24
+          }
+        }
+      }
+    }
+  });
+  return u;
+}
 
 // y = x * rsqrt(mean(x^2, -1) + eps) * weight for x [..., D] contiguous float32, weight [D]
 torch::Tensor rms_norm(torch::Tensor x, torch::Tensor weight, double eps) {

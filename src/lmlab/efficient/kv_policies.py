@@ -63,6 +63,7 @@ import math
 
 import torch
 
+from lmlab.core import native
 from lmlab.core.cache import CachePolicy, KVCache
 from lmlab.core.hooks import current_context
 from lmlab.efficient.kv_registry import register_policy
@@ -83,7 +84,8 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
 def layers_gumbel_noise(seed: int, layers: torch.Tensor, query_index: torch.Tensor, key_pos: torch.Tensor,
                         group: int) -> torch.Tensor:
     """Standard Gumbel(0, 1) noise [L', B, n_kv * group, T, S] for the layers ``layers`` [L'] at once (one
-    decode step draws every layer's noise in one pass: ~20 integer ops over all layers instead of per layer),
+    decode step draws every layer's noise in one pass: one native call on CPU, ``lmlab.core.native``, else ~20
+    integer tensor ops over all layers, the same bits),
     a pure function of (seed, layer, query head, the query's index in its row, the key's position): a row
     draws the same noise whatever shares its batch, however its cache slots are laid out and however its
     prompt is chunked (a generator drawing [B, H, T, S] would make a row's selection depend on its batch mates).
@@ -94,13 +96,21 @@ def layers_gumbel_noise(seed: int, layers: torch.Tensor, query_index: torch.Tens
     """
     Lp, B, n_kv, S = key_pos.shape
     T = query_index.shape[1]
-    heads = torch.arange(n_kv * group, device=key_pos.device).view(1, 1, n_kv, group, 1)
-    layer = layers.to(key_pos.device).view(Lp, 1, 1, 1, 1)
+    u = native.hash_uniform(seed, layers, query_index, key_pos, group)  # the same bits in one call (CPU)
+    if u is None:
+        u = _hash_uniform(seed, layers, query_index, key_pos, group)
+    return u.log_().neg_().log_().neg_().view(Lp, B, n_kv * group, T, S)
+
+
+def _hash_uniform(seed: int, layers: torch.Tensor, query_index: torch.Tensor, key_pos: torch.Tensor,
+                  group: int) -> torch.Tensor:
+    """The uniform noise of ``layers_gumbel_noise`` with tensor ops: [L', B, n_kv, group, T, S] in (0, 1)."""
+    heads = torch.arange(key_pos.shape[2] * group, device=key_pos.device).view(1, 1, key_pos.shape[2], group, 1)
+    layer = layers.to(key_pos.device).view(-1, 1, 1, 1, 1)
     base = _mix32((heads * 0x9E3779B + layer * 0x7F4A7C1 + (seed & _MASK32)) & _MASK32)  # [L', 1, n_kv, group, 1]
     base = _mix32(base ^ (query_index[None, :, None, None, :] & _MASK32))  # [L', B, n_kv, group, T]
     bits = _mix32(base[..., None] ^ (key_pos[:, :, :, None, None, :] & _MASK32))  # [L', B, n_kv, group, T, S]
-    u = (bits >> 8).float().add_(0.5).mul_(2.0 ** -24)  # uniform in (0, 1), 24 bits
-    return u.log_().neg_().log_().neg_().view(Lp, B, n_kv * group, T, S)
+    return (bits >> 8).float().add_(0.5).mul_(2.0 ** -24)  # uniform in (0, 1), 24 bits
 
 
 def row_gumbel_noise(seed: int, layer: int, query_index: torch.Tensor, key_pos: torch.Tensor,
