@@ -360,12 +360,76 @@ inline void int4a8_block(const uint8_t* W, int64_t ldw, int64_t G, const std::ve
   }
 }
 
+// Group size 32: block b holds groups 2b (lanes 0-3) and 2b + 1 (lanes 4-7), so each segment above is one
+// block and its bookkeeping (zeroed partial sums, two scalar scale loads, a second FMA) cost as much as the
+// block itself. Here the two group scales are one 8-byte load spread to [s_2b x4, s_2b+1 x4] and folded into
+// the activations' lane scales: one multiply and one FMA a block (session 10: see BENCHMARKS.md).
+template <int M, int R>
+inline void int4a8_block_g32(const uint8_t* W, int64_t ldw, int64_t G, const ActQ8& A, const float* SX,
+                             const float* scales, const uint8_t* zeros, const float* bias, float* Y, int64_t N,
+                             int64_t n, LinearPrefetch& pf) {
+  const int64_t full_blocks = ldw / 32, nb = A.Kq / 64;
+  const __m256i ones = _mm256_set1_epi16(1), low4 = _mm256_set1_epi8(0x0F);
+  const __m256i spread = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+  __m256 tot[R][M];
+  UNROLL for (int r = 0; r < R; ++r)
+    UNROLL for (int m = 0; m < M; ++m) tot[r][m] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    pf.upto(reinterpret_cast<const char*>(W + n * ldw + R * b * 32));
+    __m256i xe[M], xo[M];
+    __m256 dv[M];
+    UNROLL for (int m = 0; m < M; ++m) {
+      const int8_t* xq = A.q.data() + m * A.Kq + b * 64;
+      xe[m] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq));
+      xo[m] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 32));
+      dv[m] = _mm256_loadu_ps(A.d.data() + (m * nb + b) * 8);
+    }
+    UNROLL for (int r = 0; r < R; ++r) {
+      __m256i v;
+      if (b < full_blocks) {
+        v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(W + (n + r) * ldw + b * 32));
+      } else {  // the row's last, partial block: never read past the row
+        alignas(32) uint8_t tmp[32] = {0};
+        std::memcpy(tmp, W + (n + r) * ldw + b * 32, ldw - b * 32);
+        v = _mm256_load_si256(reinterpret_cast<const __m256i*>(tmp));
+      }
+      const float* s = scales + (n + r) * G + 2 * b;
+      const __m256 sv = 2 * b + 1 < G  // a last block of only 32 real columns has one group: never read past it
+          ? _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(s)))), spread)
+          : _mm256_set1_ps(s[0]);
+      const __m256i lo = _mm256_and_si256(v, low4);                         // even columns
+      const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);   // odd columns
+      UNROLL for (int m = 0; m < M; ++m) {
+        const __m256i p16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xe[m]), _mm256_maddubs_epi16(hi, xo[m]));
+        const __m256 p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));  // lanes 0-3: group 2b, 4-7: 2b+1
+        tot[r][m] = _mm256_fmadd_ps(p, _mm256_mul_ps(dv[m], sv), tot[r][m]);
+      }
+    }
+  }
+  float sums[R][M];
+  UNROLL for (int r = 0; r < R; ++r)
+    UNROLL for (int m = 0; m < M; ++m) sums[r][m] = hsum(tot[r][m]);
+  UNROLL for (int r = 0; r < R; ++r) {
+    const float* s = scales + (n + r) * G;
+    const uint8_t* z = zeros + (n + r) * G;
+    UNROLL for (int m = 0; m < M; ++m) {
+      const float zterm = zero_point_term(s, z, SX + m * G, G);  // sum_g s_g z_g sum_{k in g} xd_k
+      Y[m * N + n + r] = sums[r][m] - zterm + (bias ? bias[n + r] : 0.f);
+    }
+  }
+}
+
 template <int M, int R>
 void int4a8_rows(const uint8_t* W, int64_t ldw, int64_t G, const std::vector<Segment>& segs, const ActQ8& A,
                  const float* SX, const float* scales, const uint8_t* zeros, const float* bias, float* Y,
-                 int64_t N, int64_t n0, int64_t n1) {
+                 int64_t N, int64_t n0, int64_t n1, bool g32) {
   LinearPrefetch pf{reinterpret_cast<const char*>(W + n0 * ldw), reinterpret_cast<const char*>(W + n1 * ldw)};
   int64_t n = n0;
+  if (g32) {
+    for (; n + R <= n1; n += R) int4a8_block_g32<M, R>(W, ldw, G, A, SX, scales, zeros, bias, Y, N, n, pf);
+    for (; n < n1; ++n) int4a8_block_g32<M, 1>(W, ldw, G, A, SX, scales, zeros, bias, Y, N, n, pf);
+    return;
+  }
   for (; n + R <= n1; n += R) int4a8_block<M, R>(W, ldw, G, segs, A, SX, scales, zeros, bias, Y, N, n, pf);
   for (; n < n1; ++n) int4a8_block<M, 1>(W, ldw, G, segs, A, SX, scales, zeros, bias, Y, N, n, pf);
 }
@@ -552,12 +616,13 @@ torch::Tensor int4_gemv_a8(torch::Tensor x, torch::Tensor qweight, torch::Tensor
   const float* B = bias.has_value() ? bias->data_ptr<float>() : nullptr;
   float* Y = y.data_ptr<float>();
   const float* SX = sx.data();
+  const bool g32 = group_size == 32;  // the specialised block loop (int4a8_block_g32)
   at::parallel_for(0, N, kGrainRows, [&](int64_t n0, int64_t n1) {
     switch (M) {
-      case 1: int4a8_rows<1, 4>(W, ldw, G, segs, A, SX, S, Z, B, Y, N, n0, n1); break;
-      case 2: int4a8_rows<2, 2>(W, ldw, G, segs, A, SX, S, Z, B, Y, N, n0, n1); break;
-      case 3: int4a8_rows<3, 2>(W, ldw, G, segs, A, SX, S, Z, B, Y, N, n0, n1); break;
-      default: int4a8_rows<4, 2>(W, ldw, G, segs, A, SX, S, Z, B, Y, N, n0, n1); break;
+      case 1: int4a8_rows<1, 4>(W, ldw, G, segs, A, SX, S, Z, B, Y, N, n0, n1, g32); break;
+      case 2: int4a8_rows<2, 2>(W, ldw, G, segs, A, SX, S, Z, B, Y, N, n0, n1, g32); break;
+      case 3: int4a8_rows<3, 2>(W, ldw, G, segs, A, SX, S, Z, B, Y, N, n0, n1, g32); break;
+      default: int4a8_rows<4, 2>(W, ldw, G, segs, A, SX, S, Z, B, Y, N, n0, n1, g32); break;
     }
   });
   return y;
