@@ -5,7 +5,7 @@ fast the weights stream from memory, and on the AMD EPYC hosts we measured, MKL'
 ~10 GB/s while oneDNN's matmul (which PyTorch already uses for bf16) streams at ~20 GB/s: 1.6-3x faster for
 batch 1-8 decode shapes, and 1.1-1.4x for prefill shapes (``benchmarks/linear_kernels.py``). Results differ from
 ``F.linear`` only in summation order (relative error ~1e-6). Decode calls (at most 4 rows) go one step further,
-to lmlab's own fp32 GEMV (``lmlab.core.native``: 1.0-1.6x faster than oneDNN on the decode shapes measured).
+to lmlab's own fp32 GEMV (``lmlab.core.native``: 1.1-2.3x faster than oneDNN on the decode shapes measured).
 
 The fast path is taken only when autograd does not need this op (``torch.no_grad``/``inference_mode``, or
 nothing here requires grad), on CPU, with fp32 input and weight, outside autocast and ``torch.compile``. Any

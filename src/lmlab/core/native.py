@@ -1,12 +1,13 @@
 """lmlab's fp32 decode kernels (``native_kernels.cpp``, AVX2 + FMA): GEMV for 1-4 rows, one-query attention, RMSNorm.
 
 Why: a decode step of a small model is made of fixed costs more than of bytes. On the machine of BENCHMARKS.md,
-per call, weights streamed from memory (``benchmarks/native_kernels.py``):
+per call, weights and caches streamed from memory (``benchmarks/native_kernels.py``, session 10):
 
-- a 768 x 256 fp32 projection: oneDNN ~110 us (7 GB/s), this GEMV ~68 us (11.5 GB/s); GPT-2's 768 x 3072
-  down projection 658 -> 449 us; no shape measured was slower than oneDNN;
-- one query over a cache of 100 keys (12 heads of 64): PyTorch's CPU flash attention ~39 us, this kernel ~23 us;
-  over 4,096 keys ~1.4x faster.
+- a 768 x 256 fp32 projection: oneDNN ~126 us (6.3 GB/s), this GEMV ~54 us (14.6 GB/s); 1.1-2.3x on every
+  decode shape measured (GPT-2, SmolLM2, mha-9m);
+- one query over the cache: 1.2-2.1x PyTorch's CPU flash attention (GPT-2, 128 keys: ~82 -> ~55 us; SmolLM2,
+  4K: ~827 -> ~393 us);
+- RMSNorm of one row: ~17 -> ~3 us.
 
 Where they run (the callers decide, everything else is PyTorch's own op, so training numerics never change):
 
@@ -16,7 +17,7 @@ Where they run (the callers decide, everything else is PyTorch's own op, so trai
   hook on the attention pattern; a cache policy that reads attention scores (H2O, Keyformer) gets the
   kernel's softmax. Otherwise SDPA, or the eager path;
 - ``RMSNorm`` of decode rows (at most ``MAX_ROWS``): one call for PyTorch's CPU composite of ~15 ops
-  (~40 us a call);
+  (~17 us a call);
 - Keyformer's per-step noise (``hash_uniform``): one call for ~20 int64 tensor ops, the same bits.
 
 Results differ from PyTorch's only in summation order (~1e-6 relative). The GEMV computes each output row
