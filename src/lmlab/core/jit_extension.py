@@ -21,6 +21,7 @@ from types import ModuleType
 import torch
 
 ENV_BUILD_DIR = "LMLAB_KERNEL_DIR"
+PRELUDE = Path(__file__).with_name("simd_prelude.h")  # helpers every kernel source shares, prepended to each
 _UNBUILT = object()
 
 
@@ -99,7 +100,8 @@ class JitExtension:
         if not self._built_before(build_dir):
             print(f"note: compiling {self.what} (once per machine, ~1 min)", file=sys.stderr, flush=True)
         try:
-            return load_inline(name=self.name, cpp_sources=[self.source.read_text()], functions=self.functions,
+            source = PRELUDE.read_text() + "\n" + self.source.read_text()  # the shared helpers, then the kernels
+            return load_inline(name=self.name, cpp_sources=[source], functions=self.functions,
                                extra_cflags=["-O3", "-mavx2", "-mfma", "-fopenmp"], extra_ldflags=["-fopenmp"],
                                build_directory=build_dir or None, verbose=False)
         except Exception as err:  # noqa: BLE001 -- any build failure: fall back, say why on one line

@@ -27,33 +27,12 @@
 #include <cstdint>
 #include <vector>
 
+// hsum, UNROLL, LinearPrefetch, kGrainRows: simd_prelude.h (prepended at build)
+
 namespace {
-
-inline float hsum(__m256 v) {
-  __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
-  lo = _mm_add_ps(lo, hi);
-  lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
-  lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
-  return _mm_cvtss_f32(lo);
-}
-
-// Loops over rows (R) and activation rows (M) are fully unrolled, so the accumulators live in registers.
-#define UNROLL _Pragma("GCC unroll 16")
 
 // ----------------------------------------------------------------------------------------------------------
 // GEMV
-
-constexpr int64_t kPrefetchAhead = 4096;  // bytes ahead of the linear read position of a block of rows
-constexpr int64_t kGrainRows = 64;  // rows per parallel task at least
-
-struct LinearPrefetch {
-  const char* next;
-  const char* limit;
-  inline void upto(const char* pos) {
-    const char* target = std::min(pos + kPrefetchAhead, limit);
-    for (; next < target; next += 64) _mm_prefetch(next, _MM_HINT_T0);
-  }
-};
 
 template <int M, int R>
 inline void gemv_block(const float* W, int64_t K, const float* X, const float* bias, float* Y, int64_t N,

@@ -19,10 +19,8 @@
 // int8_gemv_a8 / int4_gemv_a8: the same products with the activations quantized to int8 per 32 columns
 // (llama.cpp's Q8_0) and integer dot products (maddubs/madd); see "int8 activations" below.
 
-#ifndef LMLAB_GEMV_STANDALONE  // defined only by a C++-only micro-benchmark that includes this file
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
-#endif
 #include <immintrin.h>
 #include <cstdint>
 #include <algorithm>
@@ -30,34 +28,9 @@
 #include <cstring>
 #include <vector>
 
+// hsum, UNROLL, LinearPrefetch, kGrainRows: lmlab/core/simd_prelude.h (prepended at build)
+
 namespace {
-
-inline float hsum(__m256 v) {
-  __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
-  lo = _mm_add_ps(lo, hi);
-  lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
-  lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
-  return _mm_cvtss_f32(lo);
-}
-
-// Every loop over rows (R), activation rows (M), chains (C) or nibble index is fully unrolled, so the
-// accumulator arrays live in registers (without the pragma GCC kept them on the stack: ~1.6x slower).
-#define UNROLL _Pragma("GCC unroll 16")
-
-// Software prefetch, linear: a block of R rows is R * ldw contiguous bytes, read as R interleaved streams
-// that are each too short (GPT-2: 768 bytes) for the hardware prefetcher to lock on (measured: int8 from
-// DRAM at ~3 GB/s on one core without this, ~9 GB/s with it, as fast as a plain sum over the bytes). So as
-// the kernel moves through a block, it prefetches the bytes kPrefetchAhead past its linear position.
-constexpr int64_t kPrefetchAhead = 4096;
-
-struct LinearPrefetch {
-  const char* next;  // next line to prefetch
-  const char* limit;  // end of this thread's rows
-  inline void upto(const char* pos) {  // prefetch every line before pos + kPrefetchAhead
-    const char* target = std::min(pos + kPrefetchAhead, limit);
-    for (; next < target; next += 64) _mm_prefetch(next, _MM_HINT_T0);
-  }
-};
 
 inline __m256 i8x8_to_ps(const int8_t* p) {  // 8 int8 -> 8 fp32
   return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
@@ -77,6 +50,33 @@ inline float zero_point_term(const float* s, const uint8_t* z, const float* sx, 
   float t = g > 0 ? hsum(acc) : 0.f;
   for (; g < G; ++g) t += s[g] * float(z[g]) * sx[g];
   return t;
+}
+
+// 32 bytes of codes of row `row` at 32-byte block b; the row's last, partial block through a zero-padded copy
+// (never read past the row: the tensor may end there).
+inline __m256i load_block(const uint8_t* W, int64_t ldw, int64_t row, int64_t b, int64_t full_blocks) {
+  if (b < full_blocks) return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(W + row * ldw + b * 32));
+  alignas(32) uint8_t tmp[32] = {0};
+  std::memcpy(tmp, W + row * ldw + b * 32, ldw - b * 32);
+  return _mm256_load_si256(reinterpret_cast<const __m256i*>(tmp));
+}
+
+// The int4 outputs of rows n .. n + R - 1 from their scaled sums tot [R][M] (8 lanes each): minus the zero-point
+// term, plus the bias. Constant-bound loops only (see int8_block).
+template <int M, int R>
+inline void int4_store(__m256 (&tot)[R][M], const float* scales, const uint8_t* zeros, const float* SX, int64_t G,
+                       const float* bias, float* Y, int64_t N, int64_t n) {
+  float sums[R][M];
+  UNROLL for (int r = 0; r < R; ++r)
+    UNROLL for (int m = 0; m < M; ++m) sums[r][m] = hsum(tot[r][m]);
+  UNROLL for (int r = 0; r < R; ++r) {
+    const float* s = scales + (n + r) * G;
+    const uint8_t* z = zeros + (n + r) * G;
+    UNROLL for (int m = 0; m < M; ++m) {
+      const float zterm = zero_point_term(s, z, SX + m * G, G);  // sum_g s_g z_g sum_{k in g} x_k
+      Y[m * N + n + r] = sums[r][m] - zterm + (bias ? bias[n + r] : 0.f);
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -160,14 +160,7 @@ inline void int4_block(const uint8_t* W, int64_t ldw, int64_t Kp, int64_t G, con
     for (int64_t b = sg.b0; b < sg.b1; ++b) {
       pf.upto(reinterpret_cast<const char*>(W + n * ldw + R * b * 32));  // linear position in the block
       UNROLL for (int r = 0; r < R; ++r) {
-        __m256i v;
-        if (b < full_blocks) {
-          v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(W + (n + r) * ldw + b * 32));
-        } else {  // the row's last, partial block: never read past the row (the tensor may end here)
-          alignas(32) uint8_t tmp[32] = {0};
-          std::memcpy(tmp, W + (n + r) * ldw + b * 32, ldw - b * 32);
-          v = _mm256_load_si256(reinterpret_cast<const __m256i*>(tmp));
-        }
+        const __m256i v = load_block(W, ldw, n + r, b, full_blocks);
         UNROLL for (int t = 0; t < 8; ++t) {
           // nibble t left in place: q * 16^t (exact in fp32: 4 significant bits), the 16^-t is in xp
           const __m256i q = t == 7 ? _mm256_srli_epi32(v, 28) : _mm256_and_si256(v, _mm256_set1_epi32(0xF << (4 * t)));
@@ -187,17 +180,7 @@ inline void int4_block(const uint8_t* W, int64_t ldw, int64_t Kp, int64_t G, con
       }
     }
   }
-  float sums[R][M];  // constant-bound loops only (see int8_block)
-  UNROLL for (int r = 0; r < R; ++r)
-    UNROLL for (int m = 0; m < M; ++m) sums[r][m] = hsum(tot[r][m]);
-  UNROLL for (int r = 0; r < R; ++r) {
-    const float* s = scales + (n + r) * G;
-    const uint8_t* z = zeros + (n + r) * G;
-    UNROLL for (int m = 0; m < M; ++m) {
-      const float zterm = zero_point_term(s, z, SX + m * G, G);  // sum_g s_g z_g sum_{k in g} x_k
-      Y[m * N + n + r] = sums[r][m] - zterm + (bias ? bias[n + r] : 0.f);
-    }
-  }
+  int4_store<M, R>(tot, scales, zeros, SX, G, bias, Y, N, n);
 }
 
 template <int M, int R>
@@ -249,6 +232,18 @@ inline void quantize_row_q8(const float* x, int64_t K, int64_t Kq, int8_t* xq, f
   }
 }
 
+// The int4 kernel's Q8_0 activations of 64-column block b: even / odd columns and the 8 lane scales, per row m.
+template <int M>
+inline void load_q8_block(const ActQ8& A, int64_t nb, int64_t b, __m256i (&xe)[M], __m256i (&xo)[M],
+                          __m256 (&dv)[M]) {
+  UNROLL for (int m = 0; m < M; ++m) {
+    const int8_t* xq = A.q.data() + m * A.Kq + b * 64;
+    xe[m] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq));
+    xo[m] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 32));
+    dv[m] = _mm256_loadu_ps(A.d.data() + (m * nb + b) * 8);
+  }
+}
+
 template <int M, int R>
 inline void int8a8_block(const int8_t* W, int64_t K, const ActQ8& A, const float* scale, const float* bias,
                          float* Y, int64_t N, int64_t n, LinearPrefetch& pf) {
@@ -267,14 +262,7 @@ inline void int8a8_block(const int8_t* W, int64_t K, const ActQ8& A, const float
       dv[m] = _mm256_set1_ps(A.d[m * nb + b]);
     }
     UNROLL for (int r = 0; r < R; ++r) {
-      __m256i w;
-      if (b < full) {
-        w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(W + (n + r) * K + b * 32));
-      } else {  // the row's last, partial block: never read past the row
-        alignas(32) int8_t tmp[32] = {0};
-        std::memcpy(tmp, W + (n + r) * K + b * 32, K - b * 32);
-        w = _mm256_load_si256(reinterpret_cast<const __m256i*>(tmp));
-      }
+      const __m256i w = load_block(reinterpret_cast<const uint8_t*>(W), K, n + r, b, full);
       const __m256i wabs = _mm256_sign_epi8(w, w);
       UNROLL for (int m = 0; m < M; ++m) {
         const __m256i p16 = _mm256_maddubs_epi16(wabs, _mm256_sign_epi8(xv[m], w));
@@ -317,21 +305,9 @@ inline void int4a8_block(const uint8_t* W, int64_t ldw, int64_t G, const std::ve
       pf.upto(reinterpret_cast<const char*>(W + n * ldw + R * b * 32));
       __m256i xe[M], xo[M];
       __m256 dv[M];
-      UNROLL for (int m = 0; m < M; ++m) {
-        const int8_t* xq = A.q.data() + m * A.Kq + b * 64;
-        xe[m] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq));
-        xo[m] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 32));
-        dv[m] = _mm256_loadu_ps(A.d.data() + (m * nb + b) * 8);
-      }
+      load_q8_block<M>(A, nb, b, xe, xo, dv);
       UNROLL for (int r = 0; r < R; ++r) {
-        __m256i v;
-        if (b < full_blocks) {
-          v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(W + (n + r) * ldw + b * 32));
-        } else {  // the row's last, partial block: never read past the row
-          alignas(32) uint8_t tmp[32] = {0};
-          std::memcpy(tmp, W + (n + r) * ldw + b * 32, ldw - b * 32);
-          v = _mm256_load_si256(reinterpret_cast<const __m256i*>(tmp));
-        }
+        const __m256i v = load_block(W, ldw, n + r, b, full_blocks);
         const __m256i lo = _mm256_and_si256(v, low4);                         // even columns
         const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);   // odd columns
         UNROLL for (int m = 0; m < M; ++m) {
@@ -347,17 +323,7 @@ inline void int4a8_block(const uint8_t* W, int64_t ldw, int64_t G, const std::ve
       UNROLL for (int m = 0; m < M; ++m) tot[r][m] = _mm256_fmadd_ps(acc[r][m], sv, tot[r][m]);
     }
   }
-  float sums[R][M];
-  UNROLL for (int r = 0; r < R; ++r)
-    UNROLL for (int m = 0; m < M; ++m) sums[r][m] = hsum(tot[r][m]);
-  UNROLL for (int r = 0; r < R; ++r) {
-    const float* s = scales + (n + r) * G;
-    const uint8_t* z = zeros + (n + r) * G;
-    UNROLL for (int m = 0; m < M; ++m) {
-      const float zterm = zero_point_term(s, z, SX + m * G, G);  // sum_g s_g z_g sum_{k in g} xd_k
-      Y[m * N + n + r] = sums[r][m] - zterm + (bias ? bias[n + r] : 0.f);
-    }
-  }
+  int4_store<M, R>(tot, scales, zeros, SX, G, bias, Y, N, n);
 }
 
 // Group size 32: block b holds groups 2b (lanes 0-3) and 2b + 1 (lanes 4-7), so each segment above is one
@@ -378,21 +344,9 @@ inline void int4a8_block_g32(const uint8_t* W, int64_t ldw, int64_t G, const Act
     pf.upto(reinterpret_cast<const char*>(W + n * ldw + R * b * 32));
     __m256i xe[M], xo[M];
     __m256 dv[M];
-    UNROLL for (int m = 0; m < M; ++m) {
-      const int8_t* xq = A.q.data() + m * A.Kq + b * 64;
-      xe[m] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq));
-      xo[m] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + 32));
-      dv[m] = _mm256_loadu_ps(A.d.data() + (m * nb + b) * 8);
-    }
+    load_q8_block<M>(A, nb, b, xe, xo, dv);
     UNROLL for (int r = 0; r < R; ++r) {
-      __m256i v;
-      if (b < full_blocks) {
-        v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(W + (n + r) * ldw + b * 32));
-      } else {  // the row's last, partial block: never read past the row
-        alignas(32) uint8_t tmp[32] = {0};
-        std::memcpy(tmp, W + (n + r) * ldw + b * 32, ldw - b * 32);
-        v = _mm256_load_si256(reinterpret_cast<const __m256i*>(tmp));
-      }
+      const __m256i v = load_block(W, ldw, n + r, b, full_blocks);
       const float* s = scales + (n + r) * G + 2 * b;
       const __m256 sv = 2 * b + 1 < G  // a last block of only 32 real columns has one group: never read past it
           ? _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(s)))), spread)
@@ -406,17 +360,7 @@ inline void int4a8_block_g32(const uint8_t* W, int64_t ldw, int64_t G, const Act
       }
     }
   }
-  float sums[R][M];
-  UNROLL for (int r = 0; r < R; ++r)
-    UNROLL for (int m = 0; m < M; ++m) sums[r][m] = hsum(tot[r][m]);
-  UNROLL for (int r = 0; r < R; ++r) {
-    const float* s = scales + (n + r) * G;
-    const uint8_t* z = zeros + (n + r) * G;
-    UNROLL for (int m = 0; m < M; ++m) {
-      const float zterm = zero_point_term(s, z, SX + m * G, G);  // sum_g s_g z_g sum_{k in g} xd_k
-      Y[m * N + n + r] = sums[r][m] - zterm + (bias ? bias[n + r] : 0.f);
-    }
-  }
+  int4_store<M, R>(tot, scales, zeros, SX, G, bias, Y, N, n);
 }
 
 template <int M, int R>
@@ -450,10 +394,7 @@ inline std::vector<Segment> int4_segments(int64_t nb, int64_t group_size, int64_
 
 }  // namespace
 
-#ifndef LMLAB_GEMV_STANDALONE
 namespace {
-
-constexpr int64_t kGrainRows = 64;  // rows per parallel task at least: small layers still split in two
 
 void check_common(const torch::Tensor& x, const torch::Tensor& qweight, const torch::Tensor& scales,
                   const c10::optional<torch::Tensor>& bias, int64_t N) {
@@ -628,4 +569,3 @@ torch::Tensor int4_gemv_a8(torch::Tensor x, torch::Tensor qweight, torch::Tensor
   return y;
 }
 
-#endif  // LMLAB_GEMV_STANDALONE
