@@ -223,3 +223,24 @@ def test_hash_uniform_is_the_tensor_computation_bit_for_bit():
         u = native.hash_uniform(seed, layers, query, key_pos, 3)
         want = _hash_uniform(seed, layers, query, key_pos, 3).view(3, 2, 6, 4, 37)
         assert torch.equal(u, want) and 0 < float(u.min()) and float(u.max()) < 1
+
+
+def test_a_stale_build_lock_is_removed_and_a_fresh_one_kept(tmp_path, monkeypatch, capsys):
+    """torch's build lock is a bare file: one left by a killed build would make every later process wait for it
+    forever. Older than STALE_LOCK_SECONDS (a build takes 1-2 minutes) it is removed, with a note."""
+    import os
+    import time
+
+    monkeypatch.setenv("LMLAB_KERNEL_DIR", str(tmp_path))
+    where = native.EXTENSION.build_directory()
+    assert where == tmp_path / "lmlab_native"
+    where.mkdir()
+    lock = where / "lock"
+    lock.touch()
+    assert not native.EXTENSION.clear_stale_lock(where) and lock.exists()  # a build may be running
+    old = time.time() - jit_extension.STALE_LOCK_SECONDS - 5
+    os.utime(lock, (old, old))
+    assert native.EXTENSION.clear_stale_lock(where) and not lock.exists()
+    err = capsys.readouterr().err
+    assert err.startswith("note: removed a stale build lock") and err.count("\n") == 1
+    assert not native.EXTENSION.clear_stale_lock(where)  # nothing left to remove

@@ -15,12 +15,16 @@ import platform
 import shutil
 import sys
 import threading
+import time
 from pathlib import Path
 from types import ModuleType
 
 import torch
 
 ENV_BUILD_DIR = "LMLAB_KERNEL_DIR"
+# torch's build lock is a bare file: a build killed half-way (Ctrl-C during the first compile) leaves it behind,
+# and every later process would wait for it forever. A build takes 1-2 minutes; a lock this old is stale.
+STALE_LOCK_SECONDS = 600
 PRELUDE = Path(__file__).with_name("simd_prelude.h")  # helpers every kernel source shares, prepended to each
 _UNBUILT = object()
 
@@ -75,15 +79,31 @@ class JitExtension:
     def _warn(self, why: str) -> None:
         print(f"warning: {self.what} {why}; using {self.fallback}", file=sys.stderr, flush=True)
 
-    def _built_before(self, build_dir: str | None) -> bool:
+    def _built_before(self, where: Path | None) -> bool:
         """Whether a compiled copy is likely cached (torch rebuilds anyway when the source changed)."""
+        return where is not None and any(where.glob(f"{self.name}*.so"))
+
+    def build_directory(self) -> Path | None:
+        """Where torch builds and caches this extension (None if torch's private helper is unavailable)."""
+        build_dir = os.environ.get(ENV_BUILD_DIR)
+        if build_dir:
+            return Path(build_dir) / self.name
         from torch.utils.cpp_extension import _get_build_directory
 
         try:
-            where = Path(build_dir or _get_build_directory(self.name, verbose=False))
-        except Exception:  # noqa: BLE001 -- a private helper; a wrong guess only changes a note
+            return Path(_get_build_directory(self.name, verbose=False))
+        except Exception:  # noqa: BLE001 -- a private helper; without it torch picks the place itself
+            return None
+
+    def clear_stale_lock(self, where: Path | None) -> bool:
+        """Remove a build lock older than ``STALE_LOCK_SECONDS`` (left by a killed build); True if removed."""
+        lock = None if where is None else where / "lock"
+        if lock is None or not lock.exists() or time.time() - lock.stat().st_mtime < STALE_LOCK_SECONDS:
             return False
-        return any(where.glob(f"{self.name}*.so"))
+        lock.unlink(missing_ok=True)
+        print(f"note: removed a stale build lock of {self.what} ({lock}), left by an interrupted build",
+              file=sys.stderr, flush=True)
+        return True
 
     def _build(self) -> ModuleType | None:
         reason = self.unavailable_reason()
@@ -93,17 +113,18 @@ class JitExtension:
             return None
         from torch.utils.cpp_extension import load_inline
 
-        build_dir = os.environ.get(ENV_BUILD_DIR)
-        if build_dir:
-            build_dir = str(Path(build_dir) / self.name)
-            Path(build_dir).mkdir(parents=True, exist_ok=True)
-        if not self._built_before(build_dir):
+        where = self.build_directory()
+        custom = bool(os.environ.get(ENV_BUILD_DIR))  # else torch's default place (it creates it)
+        if custom:
+            where.mkdir(parents=True, exist_ok=True)
+        self.clear_stale_lock(where)
+        if not self._built_before(where):
             print(f"note: compiling {self.what} (once per machine, ~1 min)", file=sys.stderr, flush=True)
         try:
             source = PRELUDE.read_text() + "\n" + self.source.read_text()  # the shared helpers, then the kernels
             return load_inline(name=self.name, cpp_sources=[source], functions=self.functions,
                                extra_cflags=["-O3", "-mavx2", "-mfma", "-fopenmp"], extra_ldflags=["-fopenmp"],
-                               build_directory=build_dir or None, verbose=False)
+                               build_directory=str(where) if custom else None, verbose=False)
         except Exception as err:  # noqa: BLE001 -- any build failure: fall back, say why on one line
             first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
             self._warn(f"failed to build ({first[:160]})")

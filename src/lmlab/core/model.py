@@ -33,7 +33,7 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # F.rms_norm is the same arithmetic, x * rsqrt(mean(x^2) + eps), in one call instead of six.
         if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
-            y = native.rms_norm(x, self.weight, self.eps)  # inference: lmlab's kernel, one call (None: not here)
+            y = native.rms_norm(x, self.weight, self.eps)  # decode rows at inference: lmlab's kernel, else None
             return y if y is not None else F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
         return self.weight * F.rms_norm(x.float(), (x.shape[-1],), None, self.eps).to(x.dtype)
 
