@@ -72,10 +72,6 @@ class JitExtension:
                     self._module = self._build()
         return self._module  # type: ignore[return-value]
 
-    def forget(self) -> None:
-        """Forget the loaded module, so the next ``module()`` decides again (tests)."""
-        self._module = _UNBUILT
-
     def _warn(self, why: str) -> None:
         print(f"warning: {self.what} {why}; using {self.fallback}", file=sys.stderr, flush=True)
 
