@@ -73,6 +73,35 @@ def test_rms_norm_matches_float64(shape):
     assert native.rms_norm(torch.randn(5, 8), torch.ones(8), 1e-5) is None  # prefill rows: PyTorch's op
 
 
+@pytest.mark.parametrize("shape", [(1, 1, 768), (4, 1, 77), (2, 13), (3, 8), (5,)])
+@pytest.mark.parametrize("affine", [True, False])
+def test_layer_norm_matches_float64(shape, affine):
+    g = torch.Generator().manual_seed(len(shape) + shape[-1])
+    x = torch.randn(*shape, generator=g) * 4 + 3  # a mean far from 0: a one-pass variance would lose digits
+    w, b = (torch.randn(shape[-1], generator=g), torch.randn(shape[-1], generator=g)) if affine else (None, None)
+    y = native.layer_norm(x, w, b, 1e-5)
+    ref = F.layer_norm(x.double(), (shape[-1],), None if w is None else w.double(), None if b is None else b.double(), 1e-5)
+    torch.testing.assert_close(y.double(), ref, rtol=1e-6, atol=2e-6)
+    assert native.layer_norm(x.clone().requires_grad_(), w, b, 1e-5) is None  # autograd: PyTorch's op
+    assert native.layer_norm(torch.randn(5, 8), None, None, 1e-5) is None  # prefill rows: PyTorch's op
+    assert native.layer_norm(torch.randn(2, 8).t(), None, None, 1e-5) is None  # strided
+
+
+def test_gelu_tanh_and_silu_mul_match_float64():
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(3, 1, 1021, generator=g) * 6,  # uneven length: the vector loop and its tail
+                   torch.tensor([-1e30, -100.0, -20.0, -1e-6, 0.0, 1e-6, 20.0, 100.0, 1e30]).expand(3, 1, 9)], -1)
+    up = torch.randn(x.shape, generator=g)
+    ref_gelu = F.gelu(x.double(), approximate="tanh")
+    ref_silu = F.silu(x.double()) * up.double()
+    for y, ref in ((native.gelu_tanh(x), ref_gelu), (native.silu_mul(x, up), ref_silu)):
+        torch.testing.assert_close(y.double(), ref, rtol=1e-6, atol=1e-30 + 1e-6 * 1e-3)
+        assert torch.isfinite(y).all()
+    assert native.gelu_tanh(torch.randn(5, 16)) is None  # prefill rows: PyTorch's op
+    assert native.silu_mul(torch.randn(1, 16), torch.randn(1, 8)) is None  # shapes differ
+    assert native.gelu_tanh(torch.randn(1, 16, requires_grad=True)) is None  # autograd
+
+
 def _sdpa64(q, k, v):
     rep = q.shape[1] // k.shape[1]
     k, v = k.double().repeat_interleave(rep, 1), v.double().repeat_interleave(rep, 1)
@@ -161,6 +190,25 @@ def test_model_decode_with_the_kernels_matches_pytorch_ops(monkeypatch):
     torch.testing.assert_close(with_kernels, without, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(single, single_without, rtol=1e-5, atol=1e-5)
     assert single.std() > 0.1
+
+
+def test_gpt2_like_decode_with_the_kernels_matches_pytorch_ops(monkeypatch):
+    """LayerNorm, tanh GELU and learned positions (GPT-2's family): decode logits agree with the kernels off,
+    and the norm and activation kernels did run."""
+    cfg = ModelConfig(model_type="gpt2", vocab_size=97, d_model=64, n_layers=2, n_heads=4, d_mlp=256, max_seq_len=64,
+                      norm_type="layernorm", norm_eps=1e-5, pos_type="learned", mlp_type="plain", activation="gelu_new",
+                      qkv_bias=True, attn_out_bias=True, mlp_bias=True, norm_bias=True, tie_embeddings=True)
+    model = Transformer(cfg).init_weights(std=0.1, seed=4).eval()
+    calls = {"ln": 0, "gelu": 0}
+    real_ln, real_gelu = native.layer_norm, native.gelu_tanh
+    monkeypatch.setattr(native, "layer_norm", lambda *a: calls.__setitem__("ln", calls["ln"] + 1) or real_ln(*a))
+    monkeypatch.setattr(native, "gelu_tanh", lambda *a: calls.__setitem__("gelu", calls["gelu"] + 1) or real_gelu(*a))
+    prompts = [[5, 9, 2, 7, 1], [3, 3], [8, 1, 4, 4, 6, 2, 9]]
+    with_kernels = _greedy_logits(model, prompts)
+    assert calls["ln"] > 0 and calls["gelu"] > 0
+    monkeypatch.setattr(native, "ENABLED", False)
+    torch.testing.assert_close(with_kernels, _greedy_logits(model, prompts), rtol=1e-5, atol=1e-5)
+    assert with_kernels.std() > 0.1
 
 
 @pytest.mark.parametrize("policy", ["h2o", "keyformer", "window"])

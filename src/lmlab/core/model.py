@@ -38,17 +38,35 @@ class RMSNorm(nn.Module):
         return self.weight * F.rms_norm(x.float(), (x.shape[-1],), None, self.eps).to(x.dtype)
 
 
+class LayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` (same parameters and state dict) whose fp32 decode rows run lmlab's kernel: one call
+    instead of PyTorch's op, ~9 -> ~2 us, twice a layer. Prefill and training are PyTorch's own."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 and len(self.normalized_shape) == 1:
+            y = native.layer_norm(x, self.weight, self.bias, self.eps)  # None unless decode rows at inference
+            if y is not None:
+                return y
+        return super().forward(x)
+
+
 def make_norm(config: ModelConfig) -> nn.Module:
     if config.norm_type == "rmsnorm":
         return RMSNorm(config.d_model, config.norm_eps)
-    return nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=config.norm_bias)
+    return LayerNorm(config.d_model, eps=config.norm_eps, bias=config.norm_bias)
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GPT-2's GELU; decode rows in fp32 through lmlab's kernel (PyTorch's CPU tanh is scalar: ~14 us a call)."""
+    y = native.gelu_tanh(x) if x.dtype == torch.float32 else None
+    return y if y is not None else F.gelu(x, approximate="tanh")
 
 
 ACTIVATION_FNS = {
     "gelu": F.gelu,
-    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_new": gelu_tanh,
+    "gelu_fast": gelu_tanh,
+    "gelu_pytorch_tanh": gelu_tanh,
     "relu": F.relu,
     "silu": F.silu,
 }
@@ -167,6 +185,7 @@ class MLP(nn.Module):
         self.up_proj = Linear(c.d_model, c.d_mlp, bias=c.mlp_bias)
         self.down_proj = Linear(c.d_mlp, c.d_model, bias=c.mlp_bias)
         self.act = ACTIVATION_FNS[c.activation]
+        self.silu_gate = self.gated and c.activation == "silu"  # silu(gate) * up: one kernel call at decode
         self._fused_gate_up = FusedProjections()  # one GEMV for gate and up at inference
         p = f"blocks.{layer}.mlp."
         self.hook_pre, self.hook_post, self.hook_out = points[p + "pre"], points[p + "post"], points[p + "out"]
@@ -176,7 +195,9 @@ class MLP(nn.Module):
             # pre = gate projection (before the activation); post = act(gate) * up, the down projection's input.
             gate_up = self._fused_gate_up(x, [self.gate_proj, self.up_proj])
             gate, up = gate_up if gate_up is not None else (self.gate_proj(x), self.up_proj(x))
-            post = self.act(self.hook_pre(gate)) * up  # [B, T, d_mlp]
+            post = native.silu_mul(gate, up) if self.silu_gate and not self.hook_pre.fns else None
+            if post is None:
+                post = self.act(self.hook_pre(gate)) * up  # [B, T, d_mlp]
         else:
             post = self.act(self.hook_pre(self.up_proj(x)))
         return self.hook_out(self.down_proj(self.hook_post(post)))  # [B, T, d_model]

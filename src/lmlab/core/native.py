@@ -1,4 +1,5 @@
-"""lmlab's fp32 decode kernels (``native_kernels.cpp``, AVX2 + FMA): GEMV for 1-4 rows, one-query attention, RMSNorm.
+"""lmlab's fp32 decode kernels (``native_kernels.cpp``, AVX2 + FMA): GEMV for 1-4 rows, one-query attention, norms
+and MLP activations.
 
 Why: a decode step of a small model is made of fixed costs more than of bytes. On the machine of BENCHMARKS.md,
 per call, weights and caches streamed from memory (``benchmarks/native_kernels.py``, session 10):
@@ -7,7 +8,8 @@ per call, weights and caches streamed from memory (``benchmarks/native_kernels.p
   decode shape measured (GPT-2, SmolLM2, mha-9m);
 - one query over the cache: 1.2-2.1x PyTorch's CPU flash attention (GPT-2, 128 keys: ~82 -> ~55 us; SmolLM2,
   4K: ~827 -> ~393 us);
-- RMSNorm of one row: ~17 -> ~3 us.
+- RMSNorm of one row: ~17 -> ~3 us; LayerNorm ~9 -> ~2 us; GPT-2's tanh GELU over 3,072 values ~14 -> ~2 us
+  (each PyTorch op costs ~2.5-3 us of dispatch here before any arithmetic, and its CPU tanh is scalar).
 
 Where they run (the callers decide, everything else is PyTorch's own op, so training numerics never change):
 
@@ -17,7 +19,7 @@ Where they run (the callers decide, everything else is PyTorch's own op, so trai
   hook on the attention pattern; a cache policy that reads attention scores (H2O, Keyformer) gets the
   kernel's softmax. Otherwise SDPA, or the eager path;
 - ``RMSNorm`` of decode rows (at most ``MAX_ROWS``): one call for PyTorch's CPU composite of ~15 ops
-  (~17 us a call);
+  (~17 us a call); the model's ``LayerNorm``, tanh GELU and a gated MLP's ``silu(gate) * up`` likewise;
 - Keyformer's per-step noise (``hash_uniform``): one call for ~20 int64 tensor ops, the same bits.
 
 Results differ from PyTorch's only in summation order (~1e-6 relative). The GEMV computes each output row
@@ -38,7 +40,8 @@ from lmlab.core.jit_extension import JitExtension
 MAX_ROWS = 4  # the GEMV's limit (activation rows per call)
 ENABLED = True  # module-level switch (tests and benchmarks compare both paths)
 EXTENSION = JitExtension("lmlab_native", Path(__file__).with_name("native_kernels.cpp"),
-                         ["f32_gemv", "decode_attention", "rms_norm", "hash_uniform"], what="lmlab's fp32 decode kernels",
+                         ["f32_gemv", "decode_attention", "rms_norm", "layer_norm", "gelu_tanh", "silu_mul",
+                          "hash_uniform"], what="lmlab's fp32 decode kernels",
                          fallback="PyTorch's ops", env_disable="LMLAB_NATIVE")
 
 
@@ -90,6 +93,40 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor 
         return None
     mod = kernels()
     return None if mod is None else mod.rms_norm(x, weight, eps)
+
+
+def _decode_rows(x: torch.Tensor) -> bool:
+    """x is a plain contiguous fp32 CPU tensor of at most MAX_ROWS rows that autograd does not need."""
+    return (type(x) is torch.Tensor and x.dtype == torch.float32 and x.dim() >= 1
+            and x.numel() <= MAX_ROWS * x.shape[-1] and x.is_cpu and x.is_contiguous()
+            and not (x.requires_grad and torch.is_grad_enabled()))
+
+
+def layer_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float) -> torch.Tensor | None:
+    """``F.layer_norm(x, (D,), weight, bias, eps)`` for decode rows (at most ``MAX_ROWS``, fp32 CPU, no autograd
+    needed), else None: prefill and training keep PyTorch's op (see ``rms_norm``)."""
+    if not (_decode_rows(x) and all(t is None or (t.dtype == torch.float32 and t.is_cpu and t.is_contiguous()
+                                                  and not (t.requires_grad and torch.is_grad_enabled()))
+                                    for t in (weight, bias))):
+        return None
+    mod = kernels()
+    return None if mod is None else mod.layer_norm(x, weight, bias, eps)
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor | None:
+    """``F.gelu(x, approximate="tanh")`` for decode rows, else None (relative difference < 1e-6)."""
+    if not _decode_rows(x):
+        return None
+    mod = kernels()
+    return None if mod is None else mod.gelu_tanh(x)
+
+
+def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor | None:
+    """``F.silu(gate) * up`` for decode rows of one shape, else None."""
+    if not (_decode_rows(gate) and _decode_rows(up) and gate.shape == up.shape):
+        return None
+    mod = kernels()
+    return None if mod is None else mod.silu_mul(gate, up)
 
 
 def hash_uniform(seed: int, layers: torch.Tensor, query_index: torch.Tensor, key_pos: torch.Tensor,

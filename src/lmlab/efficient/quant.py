@@ -375,30 +375,13 @@ class QuantizedLinear(nn.Module):
         # concatenation fall in a tail changes their fp32 rounding (~1e-7; int4 was bit-exact on 240 cases)
         if first.bits != 4 or x.numel() // K > GEMV_MAX_ROWS:
             return None
-        key = []
-        for m in modules:
-            if (type(m) is not QuantizedLinear or m._forward_hooks or m._forward_pre_hooks or m._modules
-                    or m.in_features != K or m.bits != first.bits or m.group_size != first.group_size
-                    or not m._use_kernel(x)):
-                return None
-            plan = m._gemv_plan()
-            bias = m._parameters.get("bias")
-            if plan[3] is None or (bias is not None and plan[2][-1] is None):  # no kernel, or a bias that trains
-                return None
-            tensors = [t for t in (m._buffers["qweight"], m._buffers["scales"], m._buffers.get("qzeros"), bias)
-                       if t is not None]
-            versions = [_version(t) for t in tensors]
-            if None in versions:
-                return None
-            key.append((m, plan[0], tuple(versions)))
         cache = getattr(holder, "_quantized_fused", None)
-        if cache is None or cache[0] != key:
-            cache = _fused_plan(key, modules)
+        if cache is None or not _fused_still_valid(cache[4], x, modules):
+            cache = _fused_build(holder, x, modules)
             if cache is None:
                 return None
-            holder._quantized_fused = cache
-        _, name, args, sizes = cache
-        kernel = getattr(plan[3], name)  # the gemv_kernel module (every plan holds the same one)
+        _, name, args, sizes, _, module = cache
+        kernel = getattr(module, name)  # the gemv_kernel module's function, looked up per call (tests patch it)
         rows = x.numel() // K
         xf = x.reshape(rows, K)  # [M, K]
         if xf.dtype != torch.float32:
@@ -427,6 +410,74 @@ def _version(t: torch.Tensor) -> int | None:
         return t._version
     except RuntimeError:
         return None
+
+
+def _switch_state() -> tuple:
+    """The module-level switches and the environment a decode plan depends on."""
+    return FAST_KERNELS, USE_GEMV, GEMV_ACTIVATIONS, _environment_mode(), DEFAULT_GEMV_ACTIVATIONS
+
+
+def _watched(modules: list[QuantizedLinear]) -> tuple:
+    """(owner dict, name, tensor, data pointer, version) of every buffer and bias a fused plan reads."""
+    out = []
+    for m in modules:
+        for owner, name in ((m._buffers, "qweight"), (m._buffers, "scales"), (m._buffers, "qzeros"), (m._parameters, "bias")):
+            t = owner.get(name)
+            if t is not None:
+                out.append((owner, name, t, t.data_ptr(), t._version))
+    return tuple(out)
+
+
+def _fused_still_valid(check: tuple, x: torch.Tensor, modules: list[nn.Module]) -> bool:
+    """Whether a fused plan built earlier still applies to this call: the same modules, still plain (no hooks, no
+    adapters), the same switches, every buffer the same tensor, storage and version, and an input the kernel
+    takes. A few dozen attribute reads, against ~40 us for re-deriving each module's plan (a decode step calls
+    this once a layer)."""
+    mods, switches, watched, bias_trains = check
+    if len(modules) != len(mods) or not (x.dtype in _FAST_DTYPES and x.is_cpu and FAST_KERNELS):
+        return False
+    grad = torch.is_grad_enabled()
+    if (grad and (x.requires_grad or bias_trains)) or torch.compiler.is_compiling():
+        return False
+    for m, n in zip(modules, mods):
+        if m is not n or m._forward_hooks or m._forward_pre_hooks or m._modules:
+            return False
+    if _switch_state() != switches:
+        return False
+    for owner, name, t, ptr, version in watched:
+        if owner.get(name) is not t or t.data_ptr() != ptr or t._version != version:
+            return False
+    return True
+
+
+def _fused_build(holder: object, x: torch.Tensor, modules: list[nn.Module]) -> tuple | None:
+    """Check every module in full (as the separate calls would) and build the fused plan, or None."""
+    first = modules[0]
+    K = first.in_features
+    key = []
+    for m in modules:
+        if (type(m) is not QuantizedLinear or m._forward_hooks or m._forward_pre_hooks or m._modules
+                or m.in_features != K or m.bits != first.bits or m.group_size != first.group_size
+                or not m._use_kernel(x)):
+            return None
+        plan = m._gemv_plan()
+        bias = m._parameters.get("bias")
+        if plan[3] is None or (bias is not None and plan[2][-1] is None):  # no kernel, or a bias that trains
+            return None
+        tensors = [t for t in (m._buffers["qweight"], m._buffers["scales"], m._buffers.get("qzeros"), bias)
+                   if t is not None]
+        versions = [_version(t) for t in tensors]
+        if None in versions:  # inference-mode tensors keep no version counter: an in-place change would be unseen
+            return None
+        key.append((m, plan[0], tuple(versions)))
+    old = getattr(holder, "_quantized_fused", None)
+    fused = old[:4] if old is not None and old[0] == key else _fused_plan(key, modules)  # the copy, if still good
+    if fused is None:
+        return None
+    bias_trains = any(b is not None and b.requires_grad for b in (m._parameters.get("bias") for m in modules))
+    check = (tuple(modules), _switch_state(), _watched(modules), bias_trains)
+    holder._quantized_fused = fused + (check, plan[3])
+    return holder._quantized_fused
 
 
 def _fused_plan(key: list, modules: list[QuantizedLinear]) -> tuple | None:
