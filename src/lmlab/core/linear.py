@@ -188,7 +188,8 @@ class FusedProjections:
     """
 
     def __init__(self) -> None:
-        self._cache: tuple[list, torch.Tensor, torch.Tensor | None, list[int]] | None = None
+        # (keys, weight, bias, sizes, fast check) -- see _rebuild and _still_valid
+        self._cache: tuple[list, torch.Tensor, torch.Tensor | None, list[int], tuple] | None = None
 
     def __call__(self, x: torch.Tensor, modules: list[nn.Module]) -> list[torch.Tensor] | None:
         """The outputs [..., out_features] of ``modules`` on ``x``, or None when the fused path does not apply."""
@@ -197,6 +198,39 @@ class FusedProjections:
             return kind.fused_inference(self, x, modules)  # (lmlab.efficient's QuantizedLinear, at decode)
         if not FAST_INFERENCE or nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
             return None
+        cache = self._cache
+        if cache is None or not self._still_valid(cache[4], modules):
+            cache = self._rebuild(x, modules)
+            if cache is None:
+                return None
+        _, weight, bias, sizes, _ = cache
+        if x.dtype != weight.dtype or not _inference_call(x, weight, bias):
+            return None
+        y = native.f32_gemv(x, weight, bias) if x.dtype == torch.float32 else None  # decode rows: the kernel
+        if y is None:
+            y = fast_linear(x, weight, bias)
+        return list(y.split(sizes, dim=-1))
+
+    @staticmethod
+    def _still_valid(check: tuple, modules: list[nn.Module]) -> bool:
+        """The cached copy still stands for ``modules``: the same plain modules (no hooks, adapter slots or packed
+        copy), each weight and bias the same tensor, storage and version, and autograd not needing them. A few
+        dozen attribute reads per call, instead of rebuilding the tensor list and its keys (decode calls this
+        twice a layer)."""
+        mods, watched, needs_grad = check
+        if len(modules) != len(mods) or (needs_grad and torch.is_grad_enabled()):
+            return False
+        for m, n in zip(modules, mods):
+            if m is not n or m._forward_hooks or m._forward_pre_hooks or m._modules or m._packed is not None:
+                return False
+        for owner, name, t, ptr, version in watched:
+            if owner.get(name) is not t or t.data_ptr() != ptr or t._version != version:
+                return False
+        return True
+
+    def _rebuild(self, x: torch.Tensor, modules: list[nn.Module]):
+        """Check every module in full and (re)build the concatenated copy when a weight changed; None when the
+        fused path does not apply to this call."""
         tensors = []
         for m in modules:
             if type(m) is not Linear or m._forward_hooks or m._forward_pre_hooks or m._modules or m._packed is not None:
@@ -212,10 +246,12 @@ class FusedProjections:
             cache = self._build(modules, tensors)
             if cache is None:
                 return None
-        _, weight, bias, sizes = cache
-        if x.dtype != weight.dtype or not _inference_call(x, weight, bias):
-            return None
-        return list(fast_linear(x, weight, bias).split(sizes, dim=-1))
+        watched = tuple((m._parameters, name, m._parameters[name], m._parameters[name].data_ptr(),
+                         m._parameters[name]._version) for m in modules for name in ("weight", "bias")
+                        if m._parameters.get(name) is not None)
+        check = (tuple(modules), watched, any(t.requires_grad for t in tensors))
+        self._cache = cache[:4] + (check,)
+        return self._cache
 
     def _build(self, modules: list[nn.Module], tensors: list[torch.Tensor]):
         self._cache = None
