@@ -5,7 +5,8 @@
   the weight to read it from memory, as a decode step does; GB/s = weight bytes / time.
 - one-query attention over a cache view (keys and values narrowed from a larger allocation, as decoding
   reads them) against ``F.scaled_dot_product_attention`` (PyTorch's CPU flash kernel), at several lengths.
-- RMSNorm of one row against ``F.rms_norm``.
+- RMSNorm and LayerNorm of one row against ``F.rms_norm`` / ``F.layer_norm``; GPT-2's tanh GELU and a gated
+  MLP's ``silu(gate) * up`` over one row against ``F.gelu`` / ``F.silu(gate) * up``.
 
 Each cell is the median of ``--reps`` timings of ``--calls`` calls; sides alternate rep by rep. Needs a quiet
 machine (``--wait-quiet``):
@@ -126,6 +127,21 @@ def main(argv: list[str] | None = None) -> int:
             t = compare({"torch": lambda: F.rms_norm(x, (d,), w, 1e-5), "lmlab": lambda: native.rms_norm(x, w, 1e-5)},
                         args.calls, args.reps)
             print(f"| {d} | {t['torch']:.1f} | {t['lmlab']:.1f} | {t['torch'] / t['lmlab']:.1f}x |", flush=True)
+        print("\n| one row | width | PyTorch us | lmlab us | vs PyTorch |")
+        print("|---|---|---|---|---|")
+        for d in (256, 576, 768):
+            x, w, b = torch.randn(1, 1, d), torch.randn(d), torch.randn(d)
+            t = compare({"torch": lambda: F.layer_norm(x, (d,), w, b, 1e-5),
+                         "lmlab": lambda: native.layer_norm(x, w, b, 1e-5)}, args.calls, args.reps)
+            print(f"| LayerNorm | {d} | {t['torch']:.1f} | {t['lmlab']:.1f} | {t['torch'] / t['lmlab']:.1f}x |", flush=True)
+        for d in (768, 1536, 3072):
+            h, u = torch.randn(1, 1, d), torch.randn(1, 1, d)
+            t = compare({"torch": lambda: F.gelu(h, approximate="tanh"), "lmlab": lambda: native.gelu_tanh(h)},
+                        args.calls, args.reps)
+            print(f"| tanh GELU | {d} | {t['torch']:.1f} | {t['lmlab']:.1f} | {t['torch'] / t['lmlab']:.1f}x |", flush=True)
+            t = compare({"torch": lambda: F.silu(h) * u, "lmlab": lambda: native.silu_mul(h, u)}, args.calls, args.reps)
+            print(f"| silu(gate) * up | {d} | {t['torch']:.1f} | {t['lmlab']:.1f} | {t['torch'] / t['lmlab']:.1f}x |",
+                  flush=True)
     return 0
 
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from lmlab.core import jit_extension, native
 from lmlab.core.config import ModelConfig
 from lmlab.core.linear import fast_linear
-from lmlab.core.model import Transformer
+from lmlab.core.model import Block, Transformer
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -173,17 +173,30 @@ def _greedy_logits(model, prompts, steps=6):
     return torch.stack(out)
 
 
+def _count_native_layers(monkeypatch, calls):
+    """Count the blocks computed by the one-call decode layer (``Block._native_decode`` returning a tensor)."""
+    real = Block._native_decode
+
+    def counted(self, *a):
+        y = real(self, *a)
+        calls["layer"] += y is not None
+        return y
+
+    monkeypatch.setattr(Block, "_native_decode", counted)
+
+
 def test_model_decode_with_the_kernels_matches_pytorch_ops(monkeypatch):
     """Rows of uneven length (a ragged cache takes the masked SDPA path, a uniform one the kernel) on a
     grouped-query model: logits agree with the kernels switched off, and the kernels did run."""
     model = _model()
     prompts = [[5, 9, 2, 7, 1], [3, 3], [8, 1, 4, 4, 6, 2, 9]]
-    calls = {"attn": 0}
+    calls = {"attn": 0, "layer": 0}
     real = native.decode_attention
     monkeypatch.setattr(native, "decode_attention", lambda *a: calls.__setitem__("attn", calls["attn"] + 1) or real(*a))
+    _count_native_layers(monkeypatch, calls)
     with_kernels = _greedy_logits(model, prompts)
-    single = _greedy_logits(model, [prompts[2]])  # a uniform cache: every decode step takes the kernel
-    assert calls["attn"] > 0
+    single = _greedy_logits(model, [prompts[2]])  # a uniform cache: every decode step takes the one-call layer
+    assert calls["layer"] > 0
     monkeypatch.setattr(native, "ENABLED", False)
     without = _greedy_logits(model, prompts)
     single_without = _greedy_logits(model, [prompts[2]])
@@ -209,6 +222,47 @@ def test_gpt2_like_decode_with_the_kernels_matches_pytorch_ops(monkeypatch):
     monkeypatch.setattr(native, "ENABLED", False)
     torch.testing.assert_close(with_kernels, _greedy_logits(model, prompts), rtol=1e-5, atol=1e-5)
     assert with_kernels.std() > 0.1
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_one_call_decode_layer_matches_the_layer_by_layer_path(bias, monkeypatch):
+    """Three rows of one length (a uniform cache), grouped-query heads, with and without q/k/v and MLP biases
+    (Qwen2-style): the one-call layer gives the logits of the layer-by-layer kernels, and it did run."""
+    model = _model(qkv_bias=bias, mlp_bias=bias)
+    if bias:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith(".bias"):
+                    p.normal_(0, 0.3, generator=torch.Generator().manual_seed(len(name)))
+    prompts = [[5, 9, 2, 7, 1], [3, 3, 8, 1, 2], [8, 1, 4, 4, 6]]
+    calls = {"layer": 0}
+    _count_native_layers(monkeypatch, calls)
+    fused = _greedy_logits(model, prompts, steps=8)
+    assert calls["layer"] == 8 * model.config.n_layers  # every decode step of every block
+    for block in model.blocks:
+        monkeypatch.setattr(block, "_native_shape", False)
+    torch.testing.assert_close(fused, _greedy_logits(model, prompts, steps=8), rtol=1e-5, atol=1e-5)
+    assert fused.std() > 0.1
+
+
+def test_one_call_decode_layer_steps_aside_for_a_hook(monkeypatch):
+    """A hook on any of the block's points (here the attention output of layer 1) is called at every decode step
+    and changes the logits: the block takes the layer-by-layer path."""
+    model = _model()
+    calls = {"layer": 0, "hook": 0}
+    _count_native_layers(monkeypatch, calls)
+    plain = _greedy_logits(model, [[5, 9, 2]])
+
+    def hook(z, name):
+        calls["hook"] += 1
+        return z * 0.5
+
+    with model.hooks([("blocks.1.attn.out", hook)]):
+        calls["layer"] = 0
+        hooked = _greedy_logits(model, [[5, 9, 2]])
+    assert calls["hook"] == 7  # the prefill and 6 decode steps
+    assert calls["layer"] == 6  # block 0 still took the one-call layer; block 1 did not
+    assert not torch.allclose(plain, hooked)
 
 
 @pytest.mark.parametrize("policy", ["h2o", "keyformer", "window"])

@@ -196,6 +196,18 @@ class FusedProjections:
         kind = type(modules[0])
         if kind is not Linear and hasattr(kind, "fused_inference"):  # a layer type with its own fused path
             return kind.fused_inference(self, x, modules)  # (lmlab.efficient's QuantizedLinear, at decode)
+        fused = self.weights(x, modules)
+        if fused is None:
+            return None
+        weight, bias, sizes = fused
+        y = native.f32_gemv(x, weight, bias) if x.dtype == torch.float32 else None  # decode rows: the kernel
+        if y is None:
+            y = fast_linear(x, weight, bias)
+        return list(y.split(sizes, dim=-1))
+
+    def weights(self, x: torch.Tensor, modules: list[nn.Module]) -> tuple | None:
+        """(weight [sum N, K], bias or None, sizes) of the concatenated plain ``Linear`` modules, current and
+        valid for an inference call on ``x``; None when the fused path does not apply."""
         if not FAST_INFERENCE or nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
             return None
         cache = self._cache
@@ -206,10 +218,7 @@ class FusedProjections:
         _, weight, bias, sizes, _ = cache
         if x.dtype != weight.dtype or not _inference_call(x, weight, bias):
             return None
-        y = native.f32_gemv(x, weight, bias) if x.dtype == torch.float32 else None  # decode rows: the kernel
-        if y is None:
-            y = fast_linear(x, weight, bias)
-        return list(y.split(sizes, dim=-1))
+        return weight, bias, sizes
 
     @staticmethod
     def _still_valid(check: tuple, modules: list[nn.Module]) -> bool:

@@ -213,8 +213,19 @@ class Block(nn.Module):
         self.parallel = config.parallel_residual
         p = f"blocks.{layer}."
         self.hook_pre, self.hook_mid, self.hook_post = points[p + "resid_pre"], points[p + "resid_mid"], points[p + "resid_post"]
+        self._points = tuple(points[p + h] for h in BLOCK_HOOKS)  # every hook point a native decode step would skip
+        c = config
+        # the block shape lmlab's one-call decode layer computes (native.decode_layer): the Llama family
+        self._native_shape = (not c.parallel_residual and not c.shared_block_norm and c.norm_type == "rmsnorm"
+                              and c.mlp_type == "gated" and c.activation == "silu" and c.pos_type == "rotary"
+                              and c.rope_style == "half" and c.rot_dim == c.head_dim and c.head_dim % 8 == 0
+                              and c.window_for_layer(layer) is None and not c.attn_out_bias)
 
     def forward(self, x: torch.Tensor, rope, ctx: "ForwardContext") -> torch.Tensor:
+        if self._native_shape:
+            y = self._native_decode(x, rope, ctx)  # None unless a plain decode step (see there)
+            if y is not None:
+                return y
         x = self.hook_pre(x)
         h = self.ln1(x)
         if self.parallel:
@@ -224,6 +235,53 @@ class Block(nn.Module):
             return self.hook_post(mid + self.mlp(mlp_in))
         mid = self.hook_mid(x + self.attn(h, rope, ctx))
         return self.hook_post(mid + self.mlp(self.ln2(mid)))
+
+
+    def _native_decode(self, x: torch.Tensor, rope, ctx: "ForwardContext") -> torch.Tensor | None:
+        """The whole block for one new token per row as one call of lmlab's kernels (``native.decode_layer``:
+        norm, fused q/k/v, rotary, cache write, attention, output projection, norm, fused gate/up, SiLU gate,
+        down projection, residuals), or None where it does not apply: a forward of more than one token or more
+        than ``native.MAX_ROWS`` rows, autograd on, a hook on any of the block's hook points or modules, a module
+        that is not the plain one (an adapter, a packed or replaced layer), a ragged or masked cache, or no
+        kernels. The same kernels as the layer-by-layer path, so the same numbers up to the rotary's rounding;
+        what it saves is ~30 PyTorch ops and the Python around them, which on a small model cost more than the
+        bytes (docs/efficient.md, session 11)."""
+        B, T, _ = x.shape
+        cache = ctx.cache
+        if (T != 1 or B > native.MAX_ROWS or cache is None or rope is None or x.dtype != torch.float32
+                or torch.is_grad_enabled() or not x.is_contiguous() or type(x) is not torch.Tensor):
+            return None
+        for point in self._points:
+            if point.fns:
+                return None
+        attn, mlp, ln1, ln2 = self.attn, self.mlp, self.ln1, self.ln2
+        if not (type(attn) is Attention and type(mlp) is MLP and type(ln1) is RMSNorm and type(ln2) is RMSNorm):
+            return None
+        o_proj, down = attn.o_proj, mlp.down_proj
+        for m in (attn, mlp, ln1, ln2, o_proj, down):
+            if m._forward_hooks or m._forward_pre_hooks:
+                return None
+        for m in (o_proj, down):
+            if type(m) is not Linear or m._modules or m._packed is not None or not m.weight.is_contiguous():
+                return None
+        if ctx.cache_mask(None) is not None or cache._uniform is None:  # ragged rows, padding or evicted holes
+            return None
+        qkv = attn._fused_qkv.weights(x, [attn.q_proj, attn.k_proj, attn.v_proj])
+        gate_up = mlp._fused_gate_up.weights(x, [mlp.gate_proj, mlp.up_proj])
+        kernels = native.kernels()
+        if qkv is None or gate_up is None or kernels is None or o_proj.weight.dtype != torch.float32:
+            return None
+        cos, sin, _ = rope
+        k_layers, v_layers = cache._layer_views()
+        observe = cache.policy.needs_attention
+        out = kernels.decode_layer(x, ln1.weight, ln1.eps, qkv[0], qkv[1], attn.n_heads, attn.n_kv,
+                                   cos.reshape(B, -1).contiguous(), sin.reshape(B, -1).contiguous(),
+                                   k_layers[attn.layer], v_layers[attn.layer], cache._uniform, o_proj.weight,
+                                   o_proj.bias, ln2.weight, ln2.eps, gate_up[0], gate_up[1], down.weight, down.bias,
+                                   observe)
+        if observe:
+            cache.policy.observe(cache, attn.layer, out[1])
+        return out[0]
 
 
 class ForwardContext:

@@ -41,7 +41,7 @@ MAX_ROWS = 4  # the GEMV's limit (activation rows per call)
 ENABLED = True  # module-level switch (tests and benchmarks compare both paths)
 EXTENSION = JitExtension("lmlab_native", Path(__file__).with_name("native_kernels.cpp"),
                          ["f32_gemv", "decode_attention", "rms_norm", "layer_norm", "gelu_tanh", "silu_mul",
-                          "hash_uniform"], what="lmlab's fp32 decode kernels",
+                          "hash_uniform", "decode_layer"], what="lmlab's fp32 decode kernels",
                          fallback="PyTorch's ops", env_disable="LMLAB_NATIVE")
 
 

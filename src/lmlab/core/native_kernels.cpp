@@ -468,3 +468,70 @@ std::vector<torch::Tensor> decode_attention(torch::Tensor q, torch::Tensor k, to
   if (want_probs) return {out, probs};
   return {out};
 }
+
+// ----------------------------------------------------------------------------------------------------------
+// One decode step of a plain pre-norm block (Llama family: RMSNorm, rotary "half" style over whole heads,
+// grouped-query attention, SiLU-gated MLP; biases optional), for B <= 4 rows of one new token each, over a
+// uniform dense cache (every stored slot visible). The same kernels the layer-by-layer path calls (rms_norm,
+// f32_gemv, decode_attention, silu_mul), chained here so that a layer is one call instead of ~30 PyTorch ops
+// and the Python around them (lmlab.core.model.Block._native_decode decides when it applies).
+//   x [B, 1, D]; wqkv [(H + 2 Hkv) dh, D] (q, k, v stacked); cos / sin [B, dh] from prepare_rotary (sin with
+//   rotate-half's sign folded in); k_store / v_store [B, Hkv, capacity, dh] (the layer's cache views), written
+//   at `slot` and read over [0, slot]; wgu [2 F, D] (gate, up stacked).
+// Returns {x + attn + mlp [B, 1, D]} or, with want_probs, also the softmax [B, H, 1, slot + 1] (H2O/Keyformer).
+std::vector<torch::Tensor> decode_layer(torch::Tensor x, torch::Tensor ln1, double eps1, torch::Tensor wqkv,
+                                        c10::optional<torch::Tensor> bqkv, int64_t n_heads, int64_t n_kv,
+                                        torch::Tensor cos, torch::Tensor sin, torch::Tensor k_store,
+                                        torch::Tensor v_store, int64_t slot, torch::Tensor wo,
+                                        c10::optional<torch::Tensor> bo, torch::Tensor ln2, double eps2,
+                                        torch::Tensor wgu, c10::optional<torch::Tensor> bgu, torch::Tensor wd,
+                                        c10::optional<torch::Tensor> bd, bool want_probs) {
+  TORCH_CHECK(x.dim() == 3 && x.size(1) == 1 && x.is_contiguous() && x.scalar_type() == torch::kFloat,
+              "lmlab decode_layer: x must be a contiguous float32 [B, 1, D]");
+  const int64_t B = x.size(0), D = x.size(2), H = n_heads, Hkv = n_kv;
+  const int64_t dh = k_store.size(3), F = wgu.size(0) / 2;
+  TORCH_CHECK(wqkv.size(0) == (H + 2 * Hkv) * dh && k_store.size(0) == B && k_store.size(1) == Hkv &&
+              v_store.sizes() == k_store.sizes() && k_store.stride(3) == 1 && v_store.stride(3) == 1 &&
+              slot >= 0 && slot < k_store.size(2) && cos.is_contiguous() && sin.is_contiguous() &&
+              cos.numel() == B * dh && sin.numel() == B * dh && dh % 2 == 0,
+              "lmlab decode_layer: shapes");
+  const auto rows = x.view({B, D});
+  const auto h = rms_norm(rows, ln1, eps1);
+  const auto qkv = f32_gemv(h, wqkv, bqkv);  // [B, (H + 2 Hkv) dh]
+  auto q = torch::empty({B, H, 1, dh}, x.options());
+  const float* QKV = qkv.data_ptr<float>();
+  const float* C = cos.data_ptr<float>();
+  const float* Sn = sin.data_ptr<float>();
+  float* Q = q.data_ptr<float>();
+  float* Ks = k_store.data_ptr<float>();
+  float* Vs = v_store.data_ptr<float>();
+  const int64_t half = dh / 2, width = (H + 2 * Hkv) * dh;
+  const auto ks = k_store.strides(), vs = v_store.strides();
+  // x * cos + roll(x, dh / 2) * sin: the rotary of apply_rotary_prepared ("half" style, whole heads)
+  auto rotate = [&](const float* in, const float* c, const float* s, float* out) {
+    for (int64_t i = 0; i < dh; ++i) {
+      const float a = in[i] * c[i];
+      const float b = in[i < half ? i + half : i - half] * s[i];
+      out[i] = a + b;
+    }
+  };
+  for (int64_t b = 0; b < B; ++b) {
+    const float* row = QKV + b * width;
+    for (int64_t hh = 0; hh < H; ++hh) rotate(row + hh * dh, C + b * dh, Sn + b * dh, Q + (b * H + hh) * dh);
+    for (int64_t g = 0; g < Hkv; ++g) {
+      rotate(row + (H + g) * dh, C + b * dh, Sn + b * dh, Ks + b * ks[0] + g * ks[1] + slot * ks[2]);
+      const float* vin = row + (H + Hkv + g) * dh;
+      float* vout = Vs + b * vs[0] + g * vs[1] + slot * vs[2];
+      for (int64_t i = 0; i < dh; ++i) vout[i] = vin[i];
+    }
+  }
+  const auto att = decode_attention(q, k_store.narrow(2, 0, slot + 1), v_store.narrow(2, 0, slot + 1),
+                                    1.0 / std::sqrt(double(dh)), want_probs);
+  const auto o = f32_gemv(att[0].view({B, H * dh}), wo, bo);  // [B, D]
+  const auto mid = rows + o;
+  const auto gu = f32_gemv(rms_norm(mid, ln2, eps2), wgu, bgu);  // [B, 2 F]
+  const auto post = silu_mul(gu.narrow(1, 0, F).contiguous(), gu.narrow(1, F, F).contiguous());
+  auto out = (mid + f32_gemv(post, wd, bd)).view({B, 1, D});
+  if (want_probs) return {out, att[1]};
+  return {out};
+}
