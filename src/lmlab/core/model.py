@@ -236,7 +236,6 @@ class Block(nn.Module):
         mid = self.hook_mid(x + self.attn(h, rope, ctx))
         return self.hook_post(mid + self.mlp(self.ln2(mid)))
 
-
     def _native_decode(self, x: torch.Tensor, rope, ctx: "ForwardContext") -> torch.Tensor | None:
         """The whole block for one new token per row as one call of lmlab's kernels (``native.decode_layer``:
         norm, fused q/k/v, rotary, cache write, attention, output projection, norm, fused gate/up, SiLU gate,
@@ -266,10 +265,13 @@ class Block(nn.Module):
                 return None
         if ctx.cache_mask(None) is not None or cache._uniform is None:  # ragged rows, padding or evicted holes
             return None
+        for t in (ln1.weight, ln2.weight, o_proj.weight, o_proj.bias, down.weight, down.bias, cache.k):
+            if t is not None and t.dtype != torch.float32:  # a mixed-precision model: the kernels are fp32 only
+                return None
         qkv = attn._fused_qkv.weights(x, [attn.q_proj, attn.k_proj, attn.v_proj])
         gate_up = mlp._fused_gate_up.weights(x, [mlp.gate_proj, mlp.up_proj])
         kernels = native.kernels()
-        if qkv is None or gate_up is None or kernels is None or o_proj.weight.dtype != torch.float32:
+        if qkv is None or gate_up is None or kernels is None:
             return None
         cos, sin, _ = rope
         k_layers, v_layers = cache._layer_views()

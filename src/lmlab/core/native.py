@@ -20,7 +20,9 @@ Where they run (the callers decide, everything else is PyTorch's own op, so trai
   kernel's softmax. Otherwise SDPA, or the eager path;
 - ``RMSNorm`` of decode rows (at most ``MAX_ROWS``): one call for PyTorch's CPU composite of ~15 ops
   (~17 us a call); the model's ``LayerNorm``, tanh GELU and a gated MLP's ``silu(gate) * up`` likewise;
-- Keyformer's per-step noise (``hash_uniform``): one call for ~20 int64 tensor ops, the same bits.
+- Keyformer's per-step noise (``hash_uniform``): one call for ~20 int64 tensor ops, the same bits;
+- a whole Llama-family block at decode (``decode_layer``: the kernels above chained in C++, one call instead of
+  ~30 ops), when ``lmlab.core.model.Block._native_decode`` finds nothing that needs the layer-by-layer path.
 
 Results differ from PyTorch's only in summation order (~1e-6 relative). The GEMV computes each output row
 with the same arithmetic for any M <= 4, so a row's logits do not depend on what else is in its batch.
