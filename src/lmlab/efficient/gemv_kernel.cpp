@@ -276,6 +276,20 @@ inline void load_q8_block(const ActQ8& A, int64_t nb, int64_t b, __m256i (&xe)[M
   }
 }
 
+// One 32-byte int4 block (64 columns) against the Q8 activations of that block, for each activation row m:
+// low nibbles (even columns) with xe, high ones (odd) with xo, exact integer pair sums (no saturation, see
+// above), as fp32 lanes 0-3 (Q8 block 2b) and 4-7 (2b + 1). Shared by both int4 block loops.
+template <int M>
+inline void int4_q8_products(__m256i v, const __m256i (&xe)[M], const __m256i (&xo)[M], __m256 (&p)[M]) {
+  const __m256i ones = _mm256_set1_epi16(1), low4 = _mm256_set1_epi8(0x0F);
+  const __m256i lo = _mm256_and_si256(v, low4);                        // even columns
+  const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);  // odd columns
+  UNROLL for (int m = 0; m < M; ++m) {
+    const __m256i p16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xe[m]), _mm256_maddubs_epi16(hi, xo[m]));
+    p[m] = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
+  }
+}
+
 template <int M, int R>
 inline void int8a8_block(const int8_t* W, int64_t K, const ActQ8& A, const float* scale, const float* bias,
                          float* Y, int64_t N, int64_t n, LinearPrefetch& pf) {
@@ -325,7 +339,6 @@ inline void int4a8_block(const uint8_t* W, int64_t ldw, int64_t G, const std::ve
                          const ActQ8& A, const float* SX, const float* scales, const uint8_t* zeros,
                          const float* bias, float* Y, int64_t N, int64_t n, LinearPrefetch& pf) {
   const int64_t full_blocks = ldw / 32, nb = A.Kq / 64;
-  const __m256i ones = _mm256_set1_epi16(1), low4 = _mm256_set1_epi8(0x0F);
   __m256 tot[R][M];
   UNROLL for (int r = 0; r < R; ++r)
     UNROLL for (int m = 0; m < M; ++m) tot[r][m] = _mm256_setzero_ps();
@@ -339,14 +352,9 @@ inline void int4a8_block(const uint8_t* W, int64_t ldw, int64_t G, const std::ve
       __m256 dv[M];
       load_q8_block<M>(A, nb, b, xe, xo, dv);
       UNROLL for (int r = 0; r < R; ++r) {
-        const __m256i v = load_block(W, ldw, n + r, b, full_blocks);
-        const __m256i lo = _mm256_and_si256(v, low4);                         // even columns
-        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);   // odd columns
-        UNROLL for (int m = 0; m < M; ++m) {
-          const __m256i p16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xe[m]), _mm256_maddubs_epi16(hi, xo[m]));
-          const __m256 p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));  // lanes 0-3: block 2b, 4-7: 2b+1
-          acc[r][m] = _mm256_fmadd_ps(p, dv[m], acc[r][m]);
-        }
+        __m256 p[M];
+        int4_q8_products<M>(load_block(W, ldw, n + r, b, full_blocks), xe, xo, p);
+        UNROLL for (int m = 0; m < M; ++m) acc[r][m] = _mm256_fmadd_ps(p[m], dv[m], acc[r][m]);
       }
     }
     UNROLL for (int r = 0; r < R; ++r) {  // the groups' scales once per segment, on the partial sums
@@ -367,7 +375,6 @@ inline void int4a8_block_g32(const uint8_t* W, int64_t ldw, int64_t G, const Act
                              const float* scales, const uint8_t* zeros, const float* bias, float* Y, int64_t N,
                              int64_t n, LinearPrefetch& pf) {
   const int64_t full_blocks = ldw / 32, nb = A.Kq / 64;
-  const __m256i ones = _mm256_set1_epi16(1), low4 = _mm256_set1_epi8(0x0F);
   const __m256i spread = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
   __m256 tot[R][M];
   UNROLL for (int r = 0; r < R; ++r)
@@ -383,13 +390,9 @@ inline void int4a8_block_g32(const uint8_t* W, int64_t ldw, int64_t G, const Act
       const __m256 sv = 2 * b + 1 < G  // a last block of only 32 real columns has one group: never read past it
           ? _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(s)))), spread)
           : _mm256_set1_ps(s[0]);
-      const __m256i lo = _mm256_and_si256(v, low4);                         // even columns
-      const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);   // odd columns
-      UNROLL for (int m = 0; m < M; ++m) {
-        const __m256i p16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xe[m]), _mm256_maddubs_epi16(hi, xo[m]));
-        const __m256 p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));  // lanes 0-3: group 2b, 4-7: 2b+1
-        tot[r][m] = _mm256_fmadd_ps(p, _mm256_mul_ps(dv[m], sv), tot[r][m]);
-      }
+      __m256 p[M];  // lanes 0-3: group 2b, 4-7: group 2b + 1
+      int4_q8_products<M>(v, xe, xo, p);
+      UNROLL for (int m = 0; m < M; ++m) tot[r][m] = _mm256_fmadd_ps(p[m], _mm256_mul_ps(dv[m], sv), tot[r][m]);
     }
   }
   int4_store<M, R>(tot, scales, zeros, SX, G, bias, Y, N, n);
