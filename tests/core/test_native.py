@@ -245,6 +245,66 @@ def test_one_call_decode_layer_matches_the_layer_by_layer_path(bias, monkeypatch
     assert fused.std() > 0.1
 
 
+def _gpt2_like(n_layers=2):
+    cfg = ModelConfig(model_type="gpt2", vocab_size=97, d_model=64, n_layers=n_layers, n_heads=4, d_mlp=256,
+                      max_seq_len=64, norm_type="layernorm", norm_eps=1e-5, pos_type="learned", mlp_type="plain",
+                      activation="gelu_new", qkv_bias=True, attn_out_bias=True, mlp_bias=True, norm_bias=True,
+                      tie_embeddings=True)
+    model = Transformer(cfg).init_weights(std=0.1, seed=4).eval()
+    with torch.no_grad():  # biases and norm shifts away from their init, so a dropped one changes the logits
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.normal_(0, 0.3, generator=torch.Generator().manual_seed(len(name)))
+    return model
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("weights", ["fp32", "int4-a8", "int4-fp32act"])
+def test_one_call_decode_layer_covers_gpt2_and_quantized_blocks(family, weights, monkeypatch):
+    """The GPT-2 family (LayerNorm with bias, learned positions, tanh GELU, biased projections) and int4
+    (group 32, int8 or fp32 activations) projections through the same one-call layer: every decode step of every
+    block takes it, and the logits equal the layer-by-layer kernels' (which call the same GEMV kernels)."""
+    from lmlab.efficient import quant, quantize
+
+    model = _gpt2_like() if family == "gpt2" else _model(qkv_bias=True, mlp_bias=True)
+    if weights != "fp32":
+        quantize(model, bits=4, group_size=32, head=False)
+        monkeypatch.setattr(quant, "GEMV_ACTIVATIONS", "int8" if weights == "int4-a8" else "fp32")
+    prompts = [[5, 9, 2, 7, 1], [3, 3, 8, 1, 2], [8, 1, 4, 4, 6]]
+    calls = {"layer": 0}
+    _count_native_layers(monkeypatch, calls)
+    fused = _greedy_logits(model, prompts, steps=8)
+    assert calls["layer"] == 8 * model.config.n_layers
+    for block in model.blocks:
+        monkeypatch.setattr(block, "_native_shape", False)
+    torch.testing.assert_close(fused, _greedy_logits(model, prompts, steps=8), rtol=1e-5, atol=1e-5)
+    assert fused.std() > 0.1
+
+
+def test_one_call_decode_layer_steps_aside_for_an_adapter_and_for_int8(monkeypatch):
+    """A projection that is neither a plain Linear nor an int4 layer on lmlab's kernel sends its block through the
+    layer-by-layer path: a LoRA adapter (random B, so it changes the logits) on block 0's o_proj computes the
+    adapted model, and int8 (whose q/k/v are not fused) never takes the one-call layer."""
+    from lmlab.efficient import quantize
+    from lmlab.peft import LoraConfig, add_adapter
+
+    calls = {"layer": 0}
+    _count_native_layers(monkeypatch, calls)
+    model = _gpt2_like()
+    plain = _greedy_logits(model, [[5, 9, 2]], steps=4)
+    add_adapter(model, LoraConfig(r=4, target_modules=r"blocks\.0\.attn\.o_proj", init_b="random"))
+    calls["layer"] = 0
+    adapted = _greedy_logits(model, [[5, 9, 2]], steps=4)
+    assert calls["layer"] == 4  # block 1 only
+    for block in model.blocks:
+        monkeypatch.setattr(block, "_native_shape", False)
+    torch.testing.assert_close(adapted, _greedy_logits(model, [[5, 9, 2]], steps=4), rtol=1e-5, atol=1e-5)
+    assert (adapted - plain).abs().max() > 1e-2
+    calls["layer"] = 0
+    _greedy_logits(quantize(_gpt2_like(), bits=8, head=False), [[5, 9, 2]], steps=4)
+    assert calls["layer"] == 0
+
+
 def test_one_call_decode_layer_steps_aside_for_a_hook(monkeypatch):
     """A hook on any of the block's points (here the attention output of layer 1) is called at every decode step
     and changes the logits: the block takes the layer-by-layer path."""

@@ -366,3 +366,27 @@ def test_quant_case_strings_parse_to_quantize_settings_and_bad_ones_name_the_fla
     for bad in ("5-rtn", "4-awq", "4-rtn-h3", "4"):
         with pytest.raises(LmlabError, match="--cases"):
             parse_quant_case(bad)
+
+
+def test_int8_prefill_kernel_takes_odd_widths_and_misaligned_memory():
+    """PyTorch's int8 prefill kernel crashes on AVX-512 CPUs for a weight row or an input that is not aligned (K=200,
+    a checkpoint tensor memory-mapped at an odd offset, an input view): the layer pads and copies where needed and
+    computes the dequantised product, on a weight stored at a 12-byte offset and an input view at an odd one."""
+    from lmlab.efficient.quant import QuantizedLinear
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(200, 24)
+    ql = QuantizedLinear.from_linear(lin, 8, None)
+    storage = torch.zeros(12 + ql.qweight.numel(), dtype=torch.int8)
+    odd = storage[12:].view_as(ql.qweight)
+    odd.copy_(ql.qweight)
+    ql.qweight = odd  # a buffer whose data pointer is 12 bytes past an aligned one
+    assert ql.qweight.data_ptr() % 16 != 0
+    for dtype in (torch.float32, torch.bfloat16):  # a bf16 input reaches the kernel as it is (no cast copies it)
+        base = torch.randn(1 + 10 * 200).to(dtype)
+        x = base[1:].view(10, 200)  # 10 rows: past the batch-1 kernel, PyTorch's int8 kernel (bf16 activations)
+        assert x.data_ptr() % 64 != 0
+        with torch.no_grad():
+            y = ql(x).float()
+        want = torch.nn.functional.linear(x.float(), ql.dequantize(), ql.bias)
+        torch.testing.assert_close(y, want, atol=5e-2, rtol=2e-2)

@@ -41,15 +41,17 @@ def cpu_has_avx2_fma() -> bool:
 
 
 class JitExtension:
-    """One C++ source compiled into a Python module on the first ``module()`` call (None where it cannot run).
+    """C++ sources compiled into one Python module on the first ``module()`` call (None where it cannot run).
 
-    ``what`` names the kernel in messages ("lmlab's fp32 decode kernels"), ``fallback`` what runs instead,
+    ``source``: one file, or several compiled as one translation unit in order (so later ones can call earlier
+    ones' functions); ``what`` names the kernel in messages ("lmlab's fp32 decode kernels"), ``fallback`` what runs instead,
     ``env_disable`` the variable that switches it off when set to ``0``.
     """
 
-    def __init__(self, name: str, source: Path, functions: list[str], *, what: str, fallback: str,
+    def __init__(self, name: str, source: Path | tuple[Path, ...], functions: list[str], *, what: str, fallback: str,
                  env_disable: str) -> None:
-        self.name, self.source, self.functions = name, source, functions
+        self.name, self.functions = name, functions
+        self.sources = (source,) if isinstance(source, Path) else tuple(source)
         self.what, self.fallback, self.env_disable = what, fallback, env_disable
         self._lock = threading.Lock()
         self._module: object = _UNBUILT
@@ -117,7 +119,8 @@ class JitExtension:
         if not self._built_before(where):
             print(f"note: compiling {self.what} (once per machine, ~1 min)", file=sys.stderr, flush=True)
         try:
-            source = PRELUDE.read_text() + "\n" + self.source.read_text()  # the shared helpers, then the kernels
+            # the shared helpers, then the kernels
+            source = "\n".join([PRELUDE.read_text()] + [path.read_text() for path in self.sources])
             return load_inline(name=self.name, cpp_sources=[source], functions=self.functions,
                                extra_cflags=["-O3", "-mavx2", "-mfma", "-fopenmp"], extra_ldflags=["-fopenmp"],
                                build_directory=str(where) if custom else None, verbose=False)

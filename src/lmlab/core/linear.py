@@ -99,6 +99,18 @@ class Linear(nn.Linear):
                 return _onednn_linear(x, packed, b)
         return fast_linear(x, self.weight, self.bias)
 
+    def decode_args(self, x: torch.Tensor) -> tuple | None:
+        """(kind, group, tensors) of this layer for lmlab's one-call decode layer (``native.decode_layer``): kind 0
+        (fp32), ``[weight, bias or native.NO_TENSOR]``; None unless a plain fp32 layer (no hooks, adapter slots
+        or packed copy) on an inference call that the fast path would take."""
+        w, b = self.weight, self.bias
+        if (type(self) is not Linear or self._modules or self._packed is not None or self._forward_hooks
+                or self._forward_pre_hooks or w.dtype != torch.float32 or not w.is_contiguous()
+                or (b is not None and (b.dtype != torch.float32 or not b.is_contiguous()))
+                or not _inference_call(x, w, b)):
+            return None
+        return 0, 0, [w, native.NO_TENSOR if b is None else b]
+
     def __getstate__(self) -> dict:  # copies and pickles never carry the packed (opaque oneDNN) tensor
         state = dict(super().__getstate__())  # a copy: the default returns the live __dict__
         state.pop("_packed", None)
@@ -219,6 +231,20 @@ class FusedProjections:
         if x.dtype != weight.dtype or not _inference_call(x, weight, bias):
             return None
         return weight, bias, sizes
+
+    def decode_args(self, x: torch.Tensor, modules: list[nn.Module]) -> tuple | None:
+        """(kind, group, tensors) of the concatenated projection for lmlab's one-call decode layer (see
+        ``Linear.decode_args``; a layer type with its own fused path, e.g. int4 ``QuantizedLinear``, gives its
+        own), or None when the fused path does not apply."""
+        kind = type(modules[0])
+        if kind is not Linear:
+            own = getattr(kind, "fused_decode_args", None)
+            return None if own is None else own(self, x, modules)
+        fused = self.weights(x, modules)
+        if fused is None or fused[0].dtype != torch.float32 or not fused[0].is_contiguous():
+            return None
+        weight, bias, _ = fused
+        return 0, 0, [weight, native.NO_TENSOR if bias is None else bias]
 
     @staticmethod
     def _still_valid(check: tuple, modules: list[nn.Module]) -> bool:

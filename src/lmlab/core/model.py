@@ -215,11 +215,16 @@ class Block(nn.Module):
         self.hook_pre, self.hook_mid, self.hook_post = points[p + "resid_pre"], points[p + "resid_mid"], points[p + "resid_post"]
         self._points = tuple(points[p + h] for h in BLOCK_HOOKS)  # every hook point a native decode step would skip
         c = config
-        # the block shape lmlab's one-call decode layer computes (native.decode_layer): the Llama family
-        self._native_shape = (not c.parallel_residual and not c.shared_block_norm and c.norm_type == "rmsnorm"
-                              and c.mlp_type == "gated" and c.activation == "silu" and c.pos_type == "rotary"
-                              and c.rope_style == "half" and c.rot_dim == c.head_dim and c.head_dim % 8 == 0
-                              and c.window_for_layer(layer) is None and not c.attn_out_bias)
+        # the block shapes lmlab's one-call decode layer computes (native.decode_layer): pre-norm, sequential
+        # residual, full-width "half" rotary or learned positions, a SiLU-gated or a tanh-GELU MLP -- the Llama
+        # and GPT-2 families
+        positions = (c.pos_type == "learned" or (c.pos_type == "rotary" and c.rope_style == "half"
+                                                 and c.rot_dim == c.head_dim))
+        mlp = ((c.mlp_type == "gated" and c.activation == "silu")
+               or (c.mlp_type == "plain" and ACTIVATION_FNS[c.activation] is gelu_tanh))
+        self._native_shape = (not c.parallel_residual and not c.shared_block_norm and positions and mlp
+                              and c.head_dim % 8 == 0 and c.window_for_layer(layer) is None)
+        self._rotary = c.pos_type == "rotary"
 
     def forward(self, x: torch.Tensor, rope, ctx: "ForwardContext") -> torch.Tensor:
         if self._native_shape:
@@ -238,52 +243,76 @@ class Block(nn.Module):
 
     def _native_decode(self, x: torch.Tensor, rope, ctx: "ForwardContext") -> torch.Tensor | None:
         """The whole block for one new token per row as one call of lmlab's kernels (``native.decode_layer``:
-        norm, fused q/k/v, rotary, cache write, attention, output projection, norm, fused gate/up, SiLU gate,
-        down projection, residuals), or None where it does not apply: a forward of more than one token or more
-        than ``native.MAX_ROWS`` rows, autograd on, a hook on any of the block's hook points or modules, a module
-        that is not the plain one (an adapter, a packed or replaced layer), a ragged or masked cache, or no
-        kernels. The same kernels as the layer-by-layer path, so the same numbers up to the rotary's rounding;
-        what it saves is ~30 PyTorch ops and the Python around them, which on a small model cost more than the
-        bytes (docs/efficient.md, session 11)."""
+        norm, fused q/k/v, rotary, cache write, attention, output projection, norm, MLP projections and
+        activation, residuals), or None where it does not apply: a forward of more than one token or more than
+        ``native.MAX_ROWS`` rows, autograd on, a hook on any of the block's hook points or modules, a module that
+        is neither the plain fp32 one nor a quantized one on lmlab's kernel (an adapter, a packed or replaced
+        layer), a ragged or masked cache, or no kernels. The same kernels as the layer-by-layer path, so the same
+        numbers up to the rotary's rounding; what it saves is ~30 PyTorch ops and the Python around them, which
+        on a small model (or a quantized one) cost more than the bytes (docs/efficient.md, sessions 11-12)."""
         B, T, _ = x.shape
         cache = ctx.cache
-        if (T != 1 or B > native.MAX_ROWS or cache is None or rope is None or x.dtype != torch.float32
-                or torch.is_grad_enabled() or not x.is_contiguous() or type(x) is not torch.Tensor):
+        if (T != 1 or B > native.MAX_ROWS or cache is None or (rope is None) == self._rotary
+                or x.dtype != torch.float32 or torch.is_grad_enabled() or not x.is_contiguous()
+                or type(x) is not torch.Tensor):
             return None
         for point in self._points:
             if point.fns:
                 return None
-        attn, mlp, ln1, ln2 = self.attn, self.mlp, self.ln1, self.ln2
-        if not (type(attn) is Attention and type(mlp) is MLP and type(ln1) is RMSNorm and type(ln2) is RMSNorm):
+        attn, mlp = self.attn, self.mlp
+        norm1, norm2 = _decode_norm(self.ln1), _decode_norm(self.ln2)
+        if type(attn) is not Attention or type(mlp) is not MLP or norm1 is None or norm2 is None:
             return None
-        o_proj, down = attn.o_proj, mlp.down_proj
-        for m in (attn, mlp, ln1, ln2, o_proj, down):
+        for m in (attn, mlp):
             if m._forward_hooks or m._forward_pre_hooks:
                 return None
-        for m in (o_proj, down):
-            if type(m) is not Linear or m._modules or m._packed is not None or not m.weight.is_contiguous():
-                return None
-        if ctx.cache_mask(None) is not None or cache._uniform is None:  # ragged rows, padding or evicted holes
+        if ctx.cache_mask(None) is not None or cache._uniform is None or cache.k.dtype != torch.float32:
+            return None  # ragged rows, padding or evicted holes; a mixed-precision cache (the kernels are fp32)
+        o_proj, down = attn.o_proj, mlp.down_proj
+        qkv = attn._fused_qkv.decode_args(x, [attn.q_proj, attn.k_proj, attn.v_proj])
+        if qkv is None or getattr(o_proj, "decode_args", None) is None or getattr(down, "decode_args", None) is None:
             return None
-        for t in (ln1.weight, ln2.weight, o_proj.weight, o_proj.bias, down.weight, down.bias, cache.k):
-            if t is not None and t.dtype != torch.float32:  # a mixed-precision model: the kernels are fp32 only
-                return None
-        qkv = attn._fused_qkv.weights(x, [attn.q_proj, attn.k_proj, attn.v_proj])
-        gate_up = mlp._fused_gate_up.weights(x, [mlp.gate_proj, mlp.up_proj])
+        o = o_proj.decode_args(x)
+        if mlp.gated:
+            up = mlp._fused_gate_up.decode_args(x, [mlp.gate_proj, mlp.up_proj])
+        else:
+            up = mlp.up_proj.decode_args(x) if getattr(mlp.up_proj, "decode_args", None) is not None else None
+        dn = down.decode_args(x)  # x stands for every projection's input: the same dtype, rows and autograd state
         kernels = native.kernels()
-        if qkv is None or gate_up is None or kernels is None:
+        if o is None or up is None or dn is None or kernels is None:
             return None
-        cos, sin, _ = rope
+        if rope is None:
+            cos = sin = native.NO_TENSOR
+        else:
+            cos, sin = rope[0].reshape(B, -1).contiguous(), rope[1].reshape(B, -1).contiguous()
         k_layers, v_layers = cache._layer_views()
         observe = cache.policy.needs_attention
-        out = kernels.decode_layer(x, ln1.weight, ln1.eps, qkv[0], qkv[1], attn.n_heads, attn.n_kv,
-                                   cos.reshape(B, -1).contiguous(), sin.reshape(B, -1).contiguous(),
-                                   k_layers[attn.layer], v_layers[attn.layer], cache._uniform, o_proj.weight,
-                                   o_proj.bias, ln2.weight, ln2.eps, gate_up[0], gate_up[1], down.weight, down.bias,
-                                   observe)
+        projections = (qkv, o, up, dn)
+        out = kernels.decode_layer(x, norm1[0], norm1[1], qkv[2], attn.n_heads, attn.n_kv, cos, sin,
+                                   k_layers[attn.layer], v_layers[attn.layer], cache._uniform, o[2], norm2[0],
+                                   norm2[1], up[2], mlp.gated, dn[2], [p[0] for p in projections],
+                                   [p[1] for p in projections], observe)
         if observe:
             cache.policy.observe(cache, attn.layer, out[1])
         return out[0]
+
+
+def _decode_norm(norm: nn.Module | None) -> tuple[list[torch.Tensor], float] | None:
+    """(tensors, eps) of a norm for ``native.decode_layer``: RMSNorm ``[weight]``, LayerNorm ``[weight, bias]``
+    (an absent one ``native.NO_TENSOR``); None unless the model's own fp32 norm with no hooks."""
+    kind = type(norm)
+    if (kind is not RMSNorm and kind is not LayerNorm) or norm._forward_hooks or norm._forward_pre_hooks:
+        return None
+    if kind is RMSNorm:
+        tensors = [norm.weight]
+    elif len(norm.normalized_shape) != 1:
+        return None
+    else:
+        tensors = [native.NO_TENSOR if t is None else t for t in (norm.weight, norm.bias)]
+    for t in tensors:
+        if t.dtype != torch.float32 or not t.is_contiguous():
+            return None
+    return tensors, norm.eps
 
 
 class ForwardContext:

@@ -21,8 +21,10 @@ Where they run (the callers decide, everything else is PyTorch's own op, so trai
 - ``RMSNorm`` of decode rows (at most ``MAX_ROWS``): one call for PyTorch's CPU composite of ~15 ops
   (~17 us a call); the model's ``LayerNorm``, tanh GELU and a gated MLP's ``silu(gate) * up`` likewise;
 - Keyformer's per-step noise (``hash_uniform``): one call for ~20 int64 tensor ops, the same bits;
-- a whole Llama-family block at decode (``decode_layer``: the kernels above chained in C++, one call instead of
-  ~30 ops), when ``lmlab.core.model.Block._native_decode`` finds nothing that needs the layer-by-layer path.
+- a whole Llama- or GPT-2-family block at decode (``decode_layer``: the kernels above chained in C++, one call
+  instead of ~30 ops), with fp32 projections or int4 ones on lmlab.efficient's GEMV (compiled into this module
+  with ``gemv_kernel.cpp``), when ``lmlab.core.model.Block._native_decode`` finds nothing that needs the
+  layer-by-layer path.
 
 Results differ from PyTorch's only in summation order (~1e-6 relative). The GEMV computes each output row
 with the same arithmetic for any M <= 4, so a row's logits do not depend on what else is in its batch.
@@ -40,8 +42,11 @@ import torch
 from lmlab.core.jit_extension import JitExtension
 
 MAX_ROWS = 4  # the GEMV's limit (activation rows per call)
+NO_TENSOR = torch.empty(0)  # an absent bias or norm weight in decode_layer's tensor lists
 ENABLED = True  # module-level switch (tests and benchmarks compare both paths)
-EXTENSION = JitExtension("lmlab_native", Path(__file__).with_name("native_kernels.cpp"),
+# decode_layer calls the int8/int4 GEMV of lmlab.efficient (a C++ source, no Python import): one unit
+GEMV_SOURCE = Path(__file__).parents[1] / "efficient" / "gemv_kernel.cpp"
+EXTENSION = JitExtension("lmlab_native", (GEMV_SOURCE, Path(__file__).with_name("native_kernels.cpp")),
                          ["f32_gemv", "decode_attention", "rms_norm", "layer_norm", "gelu_tanh", "silu_mul",
                           "hash_uniform", "decode_layer"], what="lmlab's fp32 decode kernels",
                          fallback="PyTorch's ops", env_disable="LMLAB_NATIVE")

@@ -470,45 +470,85 @@ std::vector<torch::Tensor> decode_attention(torch::Tensor q, torch::Tensor k, to
 }
 
 // ----------------------------------------------------------------------------------------------------------
-// One decode step of a plain pre-norm block (Llama family: RMSNorm, rotary "half" style over whole heads,
-// grouped-query attention, SiLU-gated MLP; biases optional), for B <= 4 rows of one new token each, over a
-// uniform dense cache (every stored slot visible). The same kernels the layer-by-layer path calls (rms_norm,
-// f32_gemv, decode_attention, silu_mul), chained here so that a layer is one call instead of ~30 PyTorch ops
-// and the Python around them (lmlab.core.model.Block._native_decode decides when it applies).
-//   x [B, 1, D]; wqkv [(H + 2 Hkv) dh, D] (q, k, v stacked); cos / sin [B, dh] from prepare_rotary (sin with
-//   rotate-half's sign folded in); k_store / v_store [B, Hkv, capacity, dh] (the layer's cache views), written
-//   at `slot` and read over [0, slot]; wgu [2 F, D] (gate, up stacked).
+// One decode step of a plain pre-norm block, for B <= 4 rows of one new token each, over a uniform dense cache
+// (every stored slot visible): the kernels the layer-by-layer path calls, chained here so that a layer is one
+// call instead of ~30 PyTorch ops and the Python around them (lmlab.core.model.Block._native_decode decides
+// when it applies). It covers the Llama family (RMSNorm, rotary "half" style over whole heads, grouped-query
+// attention, SiLU-gated MLP) and the GPT-2 family (LayerNorm, learned positions added before the blocks, tanh
+// GELU MLP), biases optional, and projections in fp32 or in lmlab.efficient's int8 / int4 formats: this source
+// is compiled together with lmlab/efficient/gemv_kernel.cpp, whose entry points it calls.
+
+// A projection as its module hands it over (Linear.decode_args, QuantizedLinear.decode_args): `kind` and the
+// tensors, an absent bias as an empty tensor.
+//   kind 0, fp32:              {weight [N, K], bias}
+//   kind 1 / 2, int8:          {qweight, scales, bias}          (2: int8 activations, Q8_0)
+//   kind 3 / 4, int4:          {qweight, scales, qzeros, bias}  (4: int8 activations), `group` columns a group
+torch::Tensor project(const torch::Tensor& x, const std::vector<torch::Tensor>& t, int64_t kind, int64_t group) {
+  static const size_t arity[] = {2, 3, 3, 4, 4};
+  TORCH_CHECK(kind >= 0 && kind <= 4 && t.size() == arity[kind], "lmlab decode_layer: projection kind ", kind,
+              " with ", t.size(), " tensors");
+  const auto& bias = t.back();
+  const c10::optional<torch::Tensor> b = bias.numel() ? c10::optional<torch::Tensor>(bias) : c10::nullopt;
+  switch (kind) {
+    case 0: return f32_gemv(x, t[0], b);
+    case 1: return int8_gemv(x, t[0], t[1], b);
+    case 2: return int8_gemv_a8(x, t[0], t[1], b);
+    case 3: return int4_gemv(x, t[0], t[1], t[2], group, b);
+    default: return int4_gemv_a8(x, t[0], t[1], t[2], group, b);
+  }
+}
+
+// RMSNorm for {weight}, LayerNorm for {weight, bias} (either may be empty: no affine part)
+torch::Tensor normalize(const torch::Tensor& x, const std::vector<torch::Tensor>& t, double eps) {
+  TORCH_CHECK(t.size() == 1 || t.size() == 2, "lmlab decode_layer: a norm is {weight} or {weight, bias}");
+  if (t.size() == 1) return rms_norm(x, t[0], eps);
+  auto opt = [](const torch::Tensor& v) { return v.numel() ? c10::optional<torch::Tensor>(v) : c10::nullopt; };
+  return layer_norm(x, opt(t[0]), opt(t[1]), eps);
+}
+
+//   x [B, 1, D]; norm1 / norm2 as for `normalize`; qkv: one projection to [(H + 2 Hkv) dh] (q, k, v stacked);
+//   cos / sin [B, dh] from prepare_rotary (sin with rotate-half's sign folded in), or empty: no rotary;
+//   k_store / v_store [B, Hkv, capacity, dh] (the layer's cache views), written at `slot`, read over [0, slot];
+//   up: to [2 F] (gate, up stacked) when `gated` (silu(gate) * up), else to [F] (tanh GELU); kinds / groups:
+//   of qkv, o, up, down in that order.
 // Returns {x + attn + mlp [B, 1, D]} or, with want_probs, also the softmax [B, H, 1, slot + 1] (H2O/Keyformer).
-std::vector<torch::Tensor> decode_layer(torch::Tensor x, torch::Tensor ln1, double eps1, torch::Tensor wqkv,
-                                        c10::optional<torch::Tensor> bqkv, int64_t n_heads, int64_t n_kv,
+std::vector<torch::Tensor> decode_layer(torch::Tensor x, std::vector<torch::Tensor> norm1, double eps1,
+                                        std::vector<torch::Tensor> qkv_w, int64_t n_heads, int64_t n_kv,
                                         torch::Tensor cos, torch::Tensor sin, torch::Tensor k_store,
-                                        torch::Tensor v_store, int64_t slot, torch::Tensor wo,
-                                        c10::optional<torch::Tensor> bo, torch::Tensor ln2, double eps2,
-                                        torch::Tensor wgu, c10::optional<torch::Tensor> bgu, torch::Tensor wd,
-                                        c10::optional<torch::Tensor> bd, bool want_probs) {
+                                        torch::Tensor v_store, int64_t slot, std::vector<torch::Tensor> o_w,
+                                        std::vector<torch::Tensor> norm2, double eps2, std::vector<torch::Tensor> up_w,
+                                        bool gated, std::vector<torch::Tensor> down_w, std::vector<int64_t> kinds,
+                                        std::vector<int64_t> groups, bool want_probs) {
   TORCH_CHECK(x.dim() == 3 && x.size(1) == 1 && x.is_contiguous() && x.scalar_type() == torch::kFloat,
               "lmlab decode_layer: x must be a contiguous float32 [B, 1, D]");
+  TORCH_CHECK(kinds.size() == 4 && groups.size() == 4, "lmlab decode_layer: kinds and groups of 4 projections");
   const int64_t B = x.size(0), D = x.size(2), H = n_heads, Hkv = n_kv;
-  const int64_t dh = k_store.size(3), F = wgu.size(0) / 2;
-  TORCH_CHECK(wqkv.size(0) == (H + 2 * Hkv) * dh && k_store.size(0) == B && k_store.size(1) == Hkv &&
-              v_store.sizes() == k_store.sizes() && k_store.stride(3) == 1 && v_store.stride(3) == 1 &&
-              slot >= 0 && slot < k_store.size(2) && cos.is_contiguous() && sin.is_contiguous() &&
-              cos.numel() == B * dh && sin.numel() == B * dh && dh % 2 == 0,
+  const int64_t dh = k_store.size(3);
+  const bool rotary = cos.numel() > 0;
+  TORCH_CHECK(k_store.size(0) == B && k_store.size(1) == Hkv && v_store.sizes() == k_store.sizes() &&
+              k_store.stride(3) == 1 && v_store.stride(3) == 1 && slot >= 0 && slot < k_store.size(2) &&
+              (!rotary || (cos.is_contiguous() && sin.is_contiguous() && cos.numel() == B * dh &&
+                           sin.numel() == B * dh && dh % 2 == 0)),
               "lmlab decode_layer: shapes");
   const auto rows = x.view({B, D});
-  const auto h = rms_norm(rows, ln1, eps1);
-  const auto qkv = f32_gemv(h, wqkv, bqkv);  // [B, (H + 2 Hkv) dh]
+  const auto qkv = project(normalize(rows, norm1, eps1), qkv_w, kinds[0], groups[0]);  // [B, (H + 2 Hkv) dh]
+  const int64_t half = dh / 2, width = (H + 2 * Hkv) * dh;
+  TORCH_CHECK(qkv.size(1) == width, "lmlab decode_layer: q/k/v projection gives ", qkv.size(1), ", not ", width);
   auto q = torch::empty({B, H, 1, dh}, x.options());
   const float* QKV = qkv.data_ptr<float>();
-  const float* C = cos.data_ptr<float>();
-  const float* Sn = sin.data_ptr<float>();
+  const float* C = rotary ? cos.data_ptr<float>() : nullptr;
+  const float* Sn = rotary ? sin.data_ptr<float>() : nullptr;
   float* Q = q.data_ptr<float>();
   float* Ks = k_store.data_ptr<float>();
   float* Vs = v_store.data_ptr<float>();
-  const int64_t half = dh / 2, width = (H + 2 * Hkv) * dh;
   const auto ks = k_store.strides(), vs = v_store.strides();
-  // x * cos + roll(x, dh / 2) * sin: the rotary of apply_rotary_prepared ("half" style, whole heads)
+  // x * cos + roll(x, dh / 2) * sin: the rotary of apply_rotary_prepared ("half" style, whole heads); a copy
+  // without rotary
   auto rotate = [&](const float* in, const float* c, const float* s, float* out) {
+    if (!rotary) {
+      std::copy(in, in + dh, out);
+      return;
+    }
     for (int64_t i = 0; i < dh; ++i) {
       const float a = in[i] * c[i];
       const float b = in[i < half ? i + half : i - half] * s[i];
@@ -517,21 +557,27 @@ std::vector<torch::Tensor> decode_layer(torch::Tensor x, torch::Tensor ln1, doub
   };
   for (int64_t b = 0; b < B; ++b) {
     const float* row = QKV + b * width;
-    for (int64_t hh = 0; hh < H; ++hh) rotate(row + hh * dh, C + b * dh, Sn + b * dh, Q + (b * H + hh) * dh);
+    const float* c = rotary ? C + b * dh : nullptr;
+    const float* s = rotary ? Sn + b * dh : nullptr;
+    for (int64_t hh = 0; hh < H; ++hh) rotate(row + hh * dh, c, s, Q + (b * H + hh) * dh);
     for (int64_t g = 0; g < Hkv; ++g) {
-      rotate(row + (H + g) * dh, C + b * dh, Sn + b * dh, Ks + b * ks[0] + g * ks[1] + slot * ks[2]);
+      rotate(row + (H + g) * dh, c, s, Ks + b * ks[0] + g * ks[1] + slot * ks[2]);
       const float* vin = row + (H + Hkv + g) * dh;
-      float* vout = Vs + b * vs[0] + g * vs[1] + slot * vs[2];
-      for (int64_t i = 0; i < dh; ++i) vout[i] = vin[i];
+      std::copy(vin, vin + dh, Vs + b * vs[0] + g * vs[1] + slot * vs[2]);
     }
   }
   const auto att = decode_attention(q, k_store.narrow(2, 0, slot + 1), v_store.narrow(2, 0, slot + 1),
                                     1.0 / std::sqrt(double(dh)), want_probs);
-  const auto o = f32_gemv(att[0].view({B, H * dh}), wo, bo);  // [B, D]
-  const auto mid = rows + o;
-  const auto gu = f32_gemv(rms_norm(mid, ln2, eps2), wgu, bgu);  // [B, 2 F]
-  const auto post = silu_mul(gu.narrow(1, 0, F).contiguous(), gu.narrow(1, F, F).contiguous());
-  auto out = (mid + f32_gemv(post, wd, bd)).view({B, 1, D});
+  const auto mid = rows + project(att[0].view({B, H * dh}), o_w, kinds[1], groups[1]);  // [B, D]
+  const auto u = project(normalize(mid, norm2, eps2), up_w, kinds[2], groups[2]);  // [B, 2 F] or [B, F]
+  torch::Tensor post;
+  if (gated) {
+    const int64_t F = u.size(1) / 2;
+    post = silu_mul(u.narrow(1, 0, F).contiguous(), u.narrow(1, F, F).contiguous());
+  } else {
+    post = gelu_tanh(u);
+  }
+  auto out = (mid + project(post, down_w, kinds[3], groups[3])).view({B, 1, D});
   if (want_probs) return {out, att[1]};
   return {out};
 }

@@ -30,6 +30,12 @@ from lmlab.errors import LmlabError
 
 BITS = (8, 4)
 INT4_KERNEL_GROUPS = (32, 64, 128, 256)  # what _weight_int4pack_mm_for_cpu accepts
+# torch 2.13's _weight_int8pack_mm uses aligned loads on AVX-512 CPUs and crashes (SIGSEGV) on a weight row that
+# does not start on a 16-byte boundary (every K % 16 == 8 tried, 8..264, at 1 and 6 rows; a checkpoint's tensor
+# memory-mapped at an odd offset) or on activations not 64-byte aligned (offsets of 1, 8 and 16 bytes crashed).
+# So its weight is padded to a multiple of 16 columns and copied when misaligned, and its input copied likewise.
+INT8_KERNEL_K_MULTIPLE = 16
+KERNEL_ALIGNMENT = 64  # bytes: what PyTorch's CPU allocator gives a fresh tensor
 FAST_KERNELS = True  # module-level switch: tests compare the packed kernels against the dequantised matmul
 USE_GEMV = True  # module-level switch: lmlab's own batch-1 kernel (gemv_kernel.py) for M <= GEMV_MAX_ROWS rows
 _FAST_DTYPES = (torch.float32, torch.bfloat16)
@@ -283,7 +289,10 @@ class QuantizedLinear(nn.Module):
         return plan
 
     def _padded_k(self) -> int:
-        """Input columns the int4 kernel sees: ``in_features`` rounded up to a whole group."""
+        """Input columns PyTorch's kernel sees: int4, ``in_features`` rounded up to a whole group; int8, to a
+        multiple of ``INT8_KERNEL_K_MULTIPLE`` (zero weight columns meet zero activations)."""
+        if self.bits == 8:
+            return -(-self.in_features // INT8_KERNEL_K_MULTIPLE) * INT8_KERNEL_K_MULTIPLE
         return n_groups(self.in_features, self.group_size) * self.group_size
 
     # -- computing ---------------------------------------------------------------------------------------
@@ -291,7 +300,11 @@ class QuantizedLinear(nn.Module):
         key = (self.qweight.data_ptr(), self.scales.data_ptr(), self.activation_dtype)
         if self._kernel is None or self._kernel[0] != key:
             if self.bits == 8:
-                packed, scales = self.qweight, self.scales[:, 0].to(self.activation_dtype)  # [N]
+                pad = self._padded_k() - self.in_features
+                packed = self.qweight  # [N, K]: a copy only where the kernel needs one (INT8_KERNEL_K_MULTIPLE)
+                if pad or packed.data_ptr() % KERNEL_ALIGNMENT:
+                    packed = F.pad(packed, (0, pad))  # a fresh, aligned [N, Kp]
+                scales = self.scales[:, 0].to(self.activation_dtype)  # [N]
             else:
                 # the kernel wants N % 16 == 0 and K a whole number of groups: pad with zero-scale rows and
                 # columns (a padded row computes 0 and is sliced off; padded columns meet zero activations)
@@ -341,11 +354,11 @@ class QuantizedLinear(nn.Module):
         if fast and self.kernel_supported():
             packed, scales = self._kernel_tensors()
             x2 = x.reshape(-1, self.in_features).to(self.activation_dtype)  # [M, K]
+            if self._padded_k() != self.in_features or x2.data_ptr() % KERNEL_ALIGNMENT or not x2.is_contiguous():
+                x2 = F.pad(x2, (0, self._padded_k() - self.in_features))  # a fresh, aligned [M, Kp]
             if self.bits == 8:
                 y = torch._weight_int8pack_mm(x2, packed, scales)  # [M, N]
             else:
-                if self._padded_k() != self.in_features:
-                    x2 = F.pad(x2, (0, self._padded_k() - self.in_features))  # [M, Kp]
                 y = torch._weight_int4pack_mm_for_cpu(x2, packed, self.group_size, scales)[:, :self.out_features]
             y = y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
             return y if self.bias is None else y + self.bias.to(x.dtype)
@@ -367,19 +380,10 @@ class QuantizedLinear(nn.Module):
         over the same (possibly Q8_0-rounded) input, so the results equal the separate calls bit for bit
         (tests/core/test_decode_fast_path.py).
         """
-        if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
+        cache = _fused_current(holder, x, modules)
+        if cache is None:
             return None
-        first = modules[0]
-        K = first.in_features
-        # int4 only: the int8 kernels compute a block's tail rows in another order, so which rows of a
-        # concatenation fall in a tail changes their fp32 rounding (~1e-7; int4 was bit-exact on 240 cases)
-        if first.bits != 4 or x.numel() // K > GEMV_MAX_ROWS:
-            return None
-        cache = getattr(holder, "_quantized_fused", None)
-        if cache is None or not _fused_still_valid(cache[4], x, modules):
-            cache = _fused_build(holder, x, modules)
-            if cache is None:
-                return None
+        K = modules[0].in_features
         _, name, args, sizes, _, module = cache
         kernel = getattr(module, name)  # the gemv_kernel module's function, looked up per call (tests patch it)
         rows = x.numel() // K
@@ -393,6 +397,26 @@ class QuantizedLinear(nn.Module):
             y = y.to(x.dtype)
         return list(y.view(*x.shape[:-1], y.shape[-1]).split_with_sizes(sizes, dim=-1))  # [..., out_i] views
 
+    @staticmethod
+    def fused_decode_args(holder: object, x: torch.Tensor, modules: list[nn.Module]) -> tuple | None:
+        """(kind, group, tensors) of the fused projection for lmlab's one-call decode layer
+        (``lmlab.core.native.decode_layer``, which calls the same kernel), or None where ``fused_inference``
+        would not apply."""
+        cache = _fused_current(holder, x, modules)
+        return None if cache is None else _decode_args(cache[1], cache[2])
+
+    def decode_args(self, x: torch.Tensor) -> tuple | None:
+        """(kind, group, tensors) of this layer for lmlab's one-call decode layer (the kernel ``forward`` would
+        call, with its bias inside), or None where ``forward`` would not take lmlab's kernel for ``x``: hooks,
+        adapters, a subclass, a bias that trains, no kernel."""
+        if (type(self) is not QuantizedLinear or self._forward_hooks or self._forward_pre_hooks or self._modules
+                or x.numel() // self.in_features > GEMV_MAX_ROWS or not self._use_kernel(x)):
+            return None
+        _, name, args, module = self._gemv_plan()
+        if module is None or (args[-1] is None and self._parameters.get("bias") is not None):
+            return None
+        return _decode_args(name, args)
+
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
                 f"group_size={self.group_size}, bias={self.bias is not None}")
@@ -402,6 +426,36 @@ class QuantizedLinear(nn.Module):
         state["_kernel"] = None
         state["_gemv"] = None
         return state
+
+
+# decode_layer's projection kinds (lmlab/core/native_kernels.cpp, ``project``) of gemv_kernel's functions
+_DECODE_KINDS = {"int8_gemv": 1, "int8_gemv_a8": 2, "int4_gemv": 3, "int4_gemv_a8": 4}
+
+
+def _decode_args(name: str, args: tuple) -> tuple:
+    """(kind, group, tensors) for ``native.decode_layer`` from a gemv plan's kernel name and arguments."""
+    from lmlab.core import native
+
+    bias = native.NO_TENSOR if args[-1] is None else args[-1]
+    if name.startswith("int8"):
+        return _DECODE_KINDS[name], 0, [args[0], args[1], bias]  # qweight, scales
+    return _DECODE_KINDS[name], args[3], [args[0], args[1], args[2], bias]  # qweight, scales, qzeros; group
+
+
+def _fused_current(holder: object, x: torch.Tensor, modules: list[nn.Module]) -> tuple | None:
+    """The fused plan of ``modules`` kept on ``holder``, checked (cheaply) or rebuilt for this call, or None
+    where the fused path does not apply (see ``QuantizedLinear.fused_inference``)."""
+    if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
+        return None
+    first = modules[0]
+    # int4 only: the int8 kernels compute a block's tail rows in another order, so which rows of a
+    # concatenation fall in a tail changes their fp32 rounding (~1e-7; int4 was bit-exact on 240 cases)
+    if first.bits != 4 or x.numel() // first.in_features > GEMV_MAX_ROWS:
+        return None
+    cache = getattr(holder, "_quantized_fused", None)
+    if cache is None or not _fused_still_valid(cache[4], x, modules):
+        cache = _fused_build(holder, x, modules)
+    return cache
 
 
 def _version(t: torch.Tensor) -> int | None:
