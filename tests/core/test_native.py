@@ -351,6 +351,48 @@ def test_evicting_decode_with_the_kernels_matches_pytorch_ops(policy, monkeypatc
     assert torch.equal(kept, kept_without)
 
 
+@pytest.mark.parametrize("policy", ["h2o", "keyformer"])
+def test_score_accumulation_kernel_matches_the_tensor_ops(policy, monkeypatch):
+    """``native.accumulate_scores`` against the policy's tensor ops, on the accumulated per-head scores: three
+    right-padded prompts of uneven length (padded queries add nothing), prefilled in chunks of 7 (T > 1, S not a
+    multiple of 8), then decode steps with per-head evictions (key positions differ per head, empty slots -1);
+    for Keyformer a rising temperature and its Gumbel noise. The kernel did run, and a wrong contribution (the
+    probabilities for Keyformer's softmax, or no padding mask) would move the scores by far more than 1e-5."""
+    from lmlab.efficient import kv_policy
+
+    model = _model()
+    prompts = [[5, 9, 2, 7, 1, 3, 3, 8, 1, 2, 6, 6, 4], [3, 3, 8], [8, 1, 4, 4, 6, 2, 9, 9, 1]]
+    B, T = len(prompts), max(map(len, prompts))
+    ids = torch.zeros(B, T, dtype=torch.long)
+    for i, row in enumerate(prompts):
+        ids[i, :len(row)] = torch.tensor(row)
+    lengths = torch.tensor([len(r) for r in prompts])
+    calls = {"n": 0}
+    real = native.accumulate_scores
+    monkeypatch.setattr(native, "accumulate_scores", lambda *a: calls.__setitem__("n", calls["n"] + 1) or real(*a))
+
+    def scores():
+        cache = model.new_cache(B, 40, policy=kv_policy(policy, budget=8, slack=2))
+        with torch.inference_mode():
+            logits = None
+            for i in range(0, T, 7):
+                chunk = ids[:, i:i + 7]
+                logits = model(chunk, cache=cache, input_lengths=(lengths - i).clamp(0, chunk.shape[1]))
+            tok = torch.tensor([[1], [2], [3]])
+            for _ in range(9):
+                tok = model(tok, cache=cache)[:, -1].argmax(-1, keepdim=True)
+        return cache.policy.score.clone(), cache.positions_per_head().clone()
+
+    fast, pos = scores()
+    assert calls["n"] > 0
+    monkeypatch.setattr(native, "accumulate_scores", lambda *a: False)  # the tensor ops
+    slow, pos_slow = scores()
+    assert torch.equal(pos, pos_slow)  # the same evictions
+    assert (pos[..., :8] != pos[..., :1, :8]).any()  # heads of one layer keep different tokens
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-6)
+    assert slow.abs().max() > 0.5
+
+
 def test_switched_off_by_environment_without_a_warning(monkeypatch, capsys):
     monkeypatch.setattr(native.EXTENSION, "_module", jit_extension._UNBUILT)
     monkeypatch.setenv("LMLAB_NATIVE", "0")

@@ -123,9 +123,9 @@ def test_decode_steps_are_scored_in_one_batched_update_and_large_chunks_per_laye
     calls = []
     original = AccumulatedScorePolicy._accumulate
 
-    def spy(self, cache, first, probs):
-        calls.append((first, probs.shape[0], probs.shape[3]))  # (first layer, layers, queries T)
-        return original(self, cache, first, probs)
+    def spy(self, cache, first, layer_probs):
+        calls.append((first, len(layer_probs), layer_probs[0].shape[2]))  # (first layer, layers, queries T)
+        return original(self, cache, first, layer_probs)
 
     monkeypatch.setattr(AccumulatedScorePolicy, "_accumulate", spy)
     L = model.config.n_layers

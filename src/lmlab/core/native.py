@@ -20,7 +20,9 @@ Where they run (the callers decide, everything else is PyTorch's own op, so trai
   kernel's softmax. Otherwise SDPA, or the eager path;
 - ``RMSNorm`` of decode rows (at most ``MAX_ROWS``): one call for PyTorch's CPU composite of ~15 ops
   (~17 us a call); the model's ``LayerNorm``, tanh GELU and a gated MLP's ``silu(gate) * up`` likewise;
-- Keyformer's per-step noise (``hash_uniform``): one call for ~20 int64 tensor ops, the same bits;
+- Keyformer's per-step noise (``hash_uniform``): one call for ~20 int64 tensor ops, the same bits; and the
+  score update of H2O and Keyformer after a forward (``accumulate_scores``: the noise, log, softmax and sums over
+  every layer in one pass instead of ~20 ops over [L, B, H, T, S] temporaries);
 - a whole Llama- or GPT-2-family block at decode (``decode_layer``: the kernels above chained in C++, one call
   instead of ~30 ops), with fp32 projections or int4 ones on lmlab.efficient's GEMV (compiled into this module
   with ``gemv_kernel.cpp``), when ``lmlab.core.model.Block._native_decode`` finds nothing that needs the
@@ -48,7 +50,7 @@ ENABLED = True  # module-level switch (tests and benchmarks compare both paths)
 GEMV_SOURCE = Path(__file__).parents[1] / "efficient" / "gemv_kernel.cpp"
 EXTENSION = JitExtension("lmlab_native", (GEMV_SOURCE, Path(__file__).with_name("native_kernels.cpp")),
                          ["f32_gemv", "decode_attention", "rms_norm", "layer_norm", "gelu_tanh", "silu_mul",
-                          "hash_uniform", "decode_layer"], what="lmlab's fp32 decode kernels",
+                          "hash_uniform", "decode_layer", "accumulate_scores"], what="lmlab's fp32 decode kernels",
                          fallback="PyTorch's ops", env_disable="LMLAB_NATIVE")
 
 
@@ -134,6 +136,20 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor | None:
         return None
     mod = kernels()
     return None if mod is None else mod.silu_mul(gate, up)
+
+
+def accumulate_scores(score: torch.Tensor, layer_probs: list[torch.Tensor], first: int, real: torch.Tensor,
+                      keyformer: bool, seed: int, tau: torch.Tensor, query_index: torch.Tensor,
+                      key_pos: torch.Tensor) -> bool:
+    """``score`` [L, B, n_kv, capacity] += what the attention probabilities of the layers ``first``, ``first + 1``,
+    ... (``layer_probs``, one [B, H, T, S] each, fp32 contiguous) add to each slot: H2O's probabilities, or with
+    ``keyformer`` its Gumbel softmax (see the C++ source); ``real`` [B, T] uint8 or ``NO_TENSOR``. False when the
+    kernels are unavailable (the caller computes it with tensor ops)."""
+    mod = kernels()
+    if mod is None:
+        return False
+    mod.accumulate_scores(score, layer_probs, first, real, keyformer, seed, tau, query_index, key_pos)
+    return True
 
 
 def hash_uniform(seed: int, layers: torch.Tensor, query_index: torch.Tensor, key_pos: torch.Tensor,

@@ -470,6 +470,157 @@ std::vector<torch::Tensor> decode_attention(torch::Tensor q, torch::Tensor k, to
 }
 
 // ----------------------------------------------------------------------------------------------------------
+// Score-based KV policies (lmlab.efficient.kv_policies): what one forward's attention adds to each cached slot.
+
+namespace {
+
+// natural log of x > 0 (x = m 2^e, m in [sqrt(1/2), sqrt(2)), log m by the atanh series in t = (m - 1) / (m + 1)
+// to t^9: relative error < 2e-7 over the normal floats); x == 0 gives -inf, as std::log
+inline __m256 log_positive(__m256 x) {
+  const __m256i bits = _mm256_castps_si256(x);
+  __m256i e = _mm256_sub_epi32(_mm256_srli_epi32(bits, 23), _mm256_set1_epi32(127));
+  __m256 m = _mm256_castsi256_ps(_mm256_or_si256(_mm256_and_si256(bits, _mm256_set1_epi32(0x007FFFFF)),
+                                                 _mm256_set1_epi32(0x3F800000)));  // [1, 2)
+  const __m256 big = _mm256_cmp_ps(m, _mm256_set1_ps(1.41421356f), _CMP_GE_OQ);  // to [sqrt(1/2), sqrt(2))
+  m = _mm256_blendv_ps(m, _mm256_mul_ps(m, _mm256_set1_ps(0.5f)), big);
+  e = _mm256_sub_epi32(e, _mm256_castps_si256(big));  // big lanes are all ones (-1): e + 1
+  const __m256 t = _mm256_div_ps(_mm256_sub_ps(m, _mm256_set1_ps(1.0f)), _mm256_add_ps(m, _mm256_set1_ps(1.0f)));
+  const __m256 t2 = _mm256_mul_ps(t, t);
+  __m256 p = _mm256_set1_ps(1.0f / 9);
+  p = _mm256_fmadd_ps(p, t2, _mm256_set1_ps(1.0f / 7));
+  p = _mm256_fmadd_ps(p, t2, _mm256_set1_ps(1.0f / 5));
+  p = _mm256_fmadd_ps(p, t2, _mm256_set1_ps(1.0f / 3));
+  p = _mm256_fmadd_ps(p, t2, _mm256_set1_ps(1.0f));
+  const __m256 log_m = _mm256_mul_ps(_mm256_mul_ps(p, t), _mm256_set1_ps(2.0f));
+  const __m256 y = _mm256_fmadd_ps(_mm256_cvtepi32_ps(e), _mm256_set1_ps(0.693147180559945f), log_m);
+  return _mm256_blendv_ps(y, _mm256_set1_ps(-INFINITY), _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_EQ_OQ));
+}
+
+inline __m256i mix32x8(__m256i x) {  // mix32 on 8 lanes
+  const __m256i k = _mm256_set1_epi32(0x45D9F3B);
+  x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 16));
+  x = _mm256_mullo_epi32(x, k);
+  x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 16));
+  x = _mm256_mullo_epi32(x, k);
+  return _mm256_xor_si256(x, _mm256_srli_epi32(x, 16));
+}
+
+}  // namespace
+
+// score[first + l, b, g, :S] += the contribution of probs[l] [B, H, T, S] (l < L'), summed over the rep = H / n_kv
+// query heads of KV head g and over the real queries t (real [B, T] as uint8, or empty: all real):
+//   H2O (keyformer false): the probabilities themselves;
+//   Keyformer: softmax_s((log p + G) / tau_b) per query, G = -log(-log u) Gumbel noise whose uniform u is
+//   hash_uniform's (seed, layer first + l, query head, query_index [B, T], key_pos [L', B, n_kv, S] (any
+//   strides)), tau [B]; a query whose probabilities are all 0 adds 0 (the tensor path's nan_to_num).
+// The tensor ops of AccumulatedScorePolicy._accumulate / Keyformer.contribution in one pass (~20 ops and their
+// [L', B, H, T, S] temporaries per decode step), with vectorised log / exp: the same values to ~1e-6 relative.
+void accumulate_scores(torch::Tensor score, std::vector<torch::Tensor> probs, int64_t first, torch::Tensor real,
+                       bool keyformer, int64_t seed, torch::Tensor tau, torch::Tensor query_index,
+                       torch::Tensor key_pos) {
+  TORCH_CHECK(score.dim() == 4 && score.scalar_type() == torch::kFloat && score.is_contiguous() && !probs.empty(),
+              "lmlab accumulate_scores: score [L, B, n_kv, capacity] contiguous float32, probs non-empty");
+  const int64_t Lp = int64_t(probs.size()), B = score.size(1), n_kv = score.size(2), cap = score.size(3);
+  const int64_t H = probs[0].size(1), T = probs[0].size(2), S = probs[0].size(3);
+  for (const auto& pr : probs)
+    TORCH_CHECK(pr.dim() == 4 && pr.size(0) == B && pr.size(1) == H && pr.size(2) == T && pr.size(3) == S &&
+                pr.scalar_type() == torch::kFloat && pr.is_contiguous(),
+                "lmlab accumulate_scores: every probs [B, H, T, S] contiguous float32, of one shape");
+  TORCH_CHECK(H % n_kv == 0 && S <= cap && first >= 0 && first + Lp <= score.size(0),
+              "lmlab accumulate_scores: shapes");
+  const bool masked = real.numel() > 0;
+  TORCH_CHECK(!masked || (real.scalar_type() == torch::kByte && real.is_contiguous() && real.numel() == B * T),
+              "lmlab accumulate_scores: real [B, T] uint8");
+  if (keyformer)
+    TORCH_CHECK(tau.scalar_type() == torch::kFloat && tau.numel() == B && tau.is_contiguous() &&
+                query_index.scalar_type() == torch::kLong && query_index.is_contiguous() &&
+                query_index.numel() == B * T && key_pos.scalar_type() == torch::kLong && key_pos.dim() == 4 &&
+                key_pos.size(0) == Lp && key_pos.size(1) == B && key_pos.size(2) == n_kv && key_pos.size(3) >= S,
+                "lmlab accumulate_scores: Keyformer needs tau [B] float32, query_index [B, T], key_pos [L', B, n_kv, S]");
+  const int64_t rep = H / n_kv;
+  float* SC = score.data_ptr<float>();
+  const uint8_t* REAL = masked ? real.data_ptr<uint8_t>() : nullptr;
+  const float* TAU = keyformer ? tau.data_ptr<float>() : nullptr;
+  const int64_t* QI = keyformer ? query_index.data_ptr<int64_t>() : nullptr;
+  const int64_t* KP = keyformer ? key_pos.data_ptr<int64_t>() : nullptr;
+  const auto kps = keyformer ? key_pos.strides() : score.strides();
+  std::vector<const float*> P(Lp);
+  for (int64_t l = 0; l < Lp; ++l) P[l] = probs[l].data_ptr<float>();
+  const uint32_t seed32 = uint32_t(uint64_t(seed) & 0xFFFFFFFFull);
+  at::parallel_for(0, Lp * B * n_kv, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<uint32_t> keys(keyformer ? S + 8 : 0);
+    std::vector<float> z(keyformer ? S + 8 : 0);
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t g = i % n_kv, b = (i / n_kv) % B, l = i / (n_kv * B);
+      float* out = SC + (((first + l) * B + b) * n_kv + g) * cap;
+      if (keyformer)
+        for (int64_t s = 0; s < S; ++s)
+          keys[s] = uint32_t(uint64_t(KP[l * kps[0] + b * kps[1] + g * kps[2] + s * kps[3]]) & 0xFFFFFFFFull);
+      for (int64_t r = 0; r < rep; ++r) {
+        const int64_t h = g * rep + r;
+        for (int64_t t = 0; t < T; ++t) {
+          if (masked && !REAL[b * T + t]) continue;
+          const float* p = P[l] + ((b * H + h) * T + t) * S;
+          if (!keyformer) {
+            int64_t s = 0;
+            for (; s + 8 <= S; s += 8)
+              _mm256_storeu_ps(out + s, _mm256_add_ps(_mm256_loadu_ps(out + s), _mm256_loadu_ps(p + s)));
+            for (; s < S; ++s) out[s] += p[s];
+            continue;
+          }
+          // z = (log p + G) / tau, G = -log(-log u), u = ((hash >> 8) + 0.5) 2^-24 (hash_uniform's bits)
+          const uint32_t base = mix32(uint32_t(uint64_t(h) * 0x9E3779Bull + uint64_t(first + l) * 0x7F4A7C1ull +
+                                               seed32));
+          const uint32_t bq = mix32(base ^ uint32_t(uint64_t(QI[b * T + t]) & 0xFFFFFFFFull));
+          const __m256 inv_tau = _mm256_set1_ps(1.0f / TAU[b]);
+          const __m256i vbq = _mm256_set1_epi32(int32_t(bq));
+          __m256 vmax = _mm256_set1_ps(-INFINITY);
+          int64_t s = 0;
+          for (; s < S; s += 8) {  // the last block reads past S into the padding of keys / p: masked below
+            const __m256i bits = mix32x8(_mm256_xor_si256(vbq, _mm256_loadu_si256(
+                                                                     reinterpret_cast<const __m256i*>(keys.data() + s))));
+            const __m256 u = _mm256_mul_ps(_mm256_add_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(bits, 8)),
+                                                         _mm256_set1_ps(0.5f)), _mm256_set1_ps(5.9604644775390625e-08f));
+            const __m256 gumbel = _mm256_sub_ps(_mm256_setzero_ps(),
+                                                log_positive(_mm256_sub_ps(_mm256_setzero_ps(), log_positive(u))));
+            __m256 pv;
+            if (s + 8 <= S) {
+              pv = _mm256_loadu_ps(p + s);
+            } else {
+              alignas(32) float tail[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+              std::copy(p + s, p + S, tail);
+              pv = _mm256_load_ps(tail);
+            }
+            const __m256 zv = _mm256_mul_ps(_mm256_add_ps(log_positive(pv), gumbel), inv_tau);  // p = 0: -inf
+            _mm256_storeu_ps(z.data() + s, zv);
+            vmax = _mm256_max_ps(vmax, zv);
+          }
+          float mx = -INFINITY;
+          alignas(32) float lanes[8];
+          _mm256_store_ps(lanes, vmax);
+          for (float v : lanes) mx = std::max(mx, v);
+          if (mx == -INFINITY) continue;  // no probability mass (all keys masked): adds 0
+          const __m256 vmx = _mm256_set1_ps(mx);
+          __m256 vsum = _mm256_setzero_ps();
+          for (s = 0; s < S; s += 8) {  // the padding past S is -inf: exp gives ~0 there, and it is not stored
+            const __m256 e = exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(z.data() + s), vmx));
+            _mm256_storeu_ps(z.data() + s, e);
+            vsum = _mm256_add_ps(vsum, e);
+          }
+          float total = 0.f;
+          _mm256_store_ps(lanes, vsum);
+          for (int j = 0; j < 8; ++j) total += lanes[j];
+          // exp_nonpositive floors its argument at -87 (e^-87 ~ 1.6e-38 for a key of probability 0, which the
+          // tensor path gives exactly 0): far below anything a selection can tell apart
+          const float inv = 1.f / total;
+          for (s = 0; s < S; ++s) out[s] += z[s] * inv;
+        }
+      }
+    }
+  });
+}
+
+// ----------------------------------------------------------------------------------------------------------
 // One decode step of a plain pre-norm block, for B <= 4 rows of one new token each, over a uniform dense cache
 // (every stored slot visible): the kernels the layer-by-layer path calls, chained here so that a layer is one
 // call instead of ~30 PyTorch ops and the Python around them (lmlab.core.model.Block._native_decode decides

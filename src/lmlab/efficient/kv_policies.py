@@ -297,11 +297,15 @@ class AccumulatedScorePolicy(BudgetPolicy):
         if cache.k.shape[0] * probs.numel() <= self.batch_limit:
             self._held[layer] = probs  # scored with the other layers' after the forward (``_flush``)
             return
-        self._accumulate(cache, layer, probs[None])
+        self._accumulate(cache, layer, [probs])
 
-    def _accumulate(self, cache: KVCache, first: int, probs: torch.Tensor) -> None:
-        """Add the contributions of ``probs`` [L', B, H, T, S], the layers first .. first + L' - 1."""
+    def _accumulate(self, cache: KVCache, first: int, layer_probs: list[torch.Tensor]) -> None:
+        """Add the contributions of ``layer_probs`` (one [B, H, T, S] per layer, the layers first, first + 1, ...):
+        in one pass of lmlab's kernel where it applies (``native.accumulate_scores``), else with tensor ops."""
         score = self._score_for(cache)
+        if self._accumulate_native(cache, score, first, layer_probs):
+            return
+        probs = torch.stack(layer_probs)  # [L', B, H, T, S]
         Lp, B, H, _, S = probs.shape
         n_kv = score.shape[2]
         layers = torch.arange(first, first + Lp)
@@ -319,10 +323,29 @@ class AccumulatedScorePolicy(BudgetPolicy):
         if not held:
             return
         if sorted(held) == list(range(cache.k.shape[0])):
-            self._accumulate(cache, 0, torch.stack([held[i] for i in range(len(held))]))
+            self._accumulate(cache, 0, [held[i] for i in range(len(held))])
             return
         for layer in sorted(held):
-            self._accumulate(cache, layer, held[layer][None])
+            self._accumulate(cache, layer, [held[layer]])
+
+    def _accumulate_native(self, cache: KVCache, score: torch.Tensor, first: int,
+                           layer_probs: list[torch.Tensor]) -> bool:
+        """``score`` += the contributions, by ``native.accumulate_scores``; False where it does not apply (a policy
+        whose contribution the kernel does not compute, no kernels, probabilities not fp32 CPU)."""
+        mode = self._native_mode(cache, first, layer_probs)
+        if mode is None or not score.is_cpu:
+            return False
+        for p in layer_probs:
+            if not (type(p) is torch.Tensor and p.dtype == torch.float32 and p.is_cpu and p.is_contiguous()):
+                return False
+        real = cache.new_token_mask()  # [B, T] or None
+        real = native.NO_TENSOR if real is None else real.to(torch.uint8).contiguous()
+        return native.accumulate_scores(score, layer_probs, first, real, *mode)
+
+    def _native_mode(self, cache: KVCache, first: int, layer_probs: list[torch.Tensor]) -> tuple | None:
+        """(keyformer, seed, tau [B], query_index [B, T], key_pos [L', B, n_kv, >= S]) for the kernel, or None
+        where it does not compute this policy's contribution."""
+        return None
 
     def slot_scores(self, cache: KVCache, n: int) -> torch.Tensor:
         budget = self.resolve(cache)
@@ -384,6 +407,11 @@ class HeavyHitters(AccumulatedScorePolicy):
     def contribution(self, probs: torch.Tensor, cache: KVCache, layers: torch.Tensor) -> torch.Tensor:
         return probs  # [L', B, H, T, S]
 
+    def _native_mode(self, cache: KVCache, first: int, layer_probs: list[torch.Tensor]) -> tuple | None:
+        if type(self).contribution is not HeavyHitters.contribution:  # a subclass with its own contribution
+            return None
+        return False, 0, native.NO_TENSOR, native.NO_TENSOR, native.NO_TENSOR
+
 
 @register_policy("keyformer")
 class Keyformer(AccumulatedScorePolicy):
@@ -418,6 +446,14 @@ class Keyformer(AccumulatedScorePolicy):
         scores = probs.log()  # = attention logits - logsumexp per query; masked keys stay -inf
         scores = scores.add_(gumbel).div_(tau[None, :, None, None, None])  # in place: the same values, no copies
         return scores.softmax(dim=-1).nan_to_num_(0.0)  # [L', B, H, T, S]
+
+    def _native_mode(self, cache: KVCache, first: int, layer_probs: list[torch.Tensor]) -> tuple | None:
+        if type(self).contribution is not Keyformer.contribution or cache.token_index is None:
+            return None
+        B = layer_probs[0].shape[0]
+        tau = (self.tau_init + self._steps(B, layer_probs[0].device) * self.tau_delta).to(torch.float32)  # [B]
+        key_pos = cache.positions_per_head()[first:first + len(layer_probs)]  # [L', B, n_kv, capacity] (a view)
+        return True, self.seed, tau.contiguous(), cache.token_index.contiguous(), key_pos
 
     def step_done(self, cache: KVCache) -> None:
         index = cache.token_index  # [B, T] of the forward just done
