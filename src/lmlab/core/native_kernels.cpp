@@ -20,6 +20,10 @@
 // here, ~17 calls a step on an 8-layer model). layer_norm, gelu_tanh and silu_mul: the same for LayerNorm
 // (~9 us a call), GPT-2's tanh GELU (~14 us for 3,072 values: PyTorch's CPU tanh is not vectorised here) and
 // a gated MLP's silu(gate) * up (two ops); the activations reuse the attention's exp (see sigmoid_times).
+//
+// accumulate_scores: H2O's / Keyformer's per-step score update over every layer in one pass. decode_layer: a
+// whole pre-norm block at decode in one call (fp32 or int8 / int4 projections: this file is compiled after
+// lmlab/efficient/gemv_kernel.cpp, in one unit, and calls its entry points).
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
