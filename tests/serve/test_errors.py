@@ -120,8 +120,14 @@ def test_full_queue_answers_429():
     from lmlab.serve.engine import Engine
     from lmlab.serve.server import ServerThread
 
-    eng = Engine(lmlab.load(ASSET_DIR), lmlab.load_tokenizer(ASSET_DIR),
-                 ServeConfig(max_batch_size=1, max_queue=1), model_name="small").start()
+    import time
+
+    model = lmlab.load(ASSET_DIR)
+    # ~20 ms a forward, so the running request (100 tokens, ~2 s) still holds its row when the gauges are read; the
+    # bare 0.9M model decodes 100 tokens in ~0.1 s, about the time the 429 round trip takes
+    model.blocks[0].register_forward_hook(lambda *_: time.sleep(0.02))
+    eng = Engine(model, lmlab.load_tokenizer(ASSET_DIR), ServeConfig(max_batch_size=1, max_queue=1),
+                 model_name="small").start()
     body = {"model": "small", "prompt": "Kamsa speaks", "max_tokens": 100, "ignore_eos": True, "stream": True}
     try:
         with ServerThread(create_app(eng)) as s, httpx.Client(timeout=30) as h1, httpx.Client(timeout=30) as h2:
@@ -135,8 +141,7 @@ def test_full_queue_answers_429():
                             c.completions.create(model="small", prompt="x", max_tokens=2)
                     assert exc.value.status_code == 429 and "max_queue 1" in _error(exc)["message"]
                     assert metric(s, "lmlab_queue_depth") == 1 and metric(s, "lmlab_batch_size") == 1
-            import time
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + 20
             while (eng.queue_depth or eng.batch_size) and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert metric(s, "lmlab_queue_depth") == 0 and metric(s, "lmlab_batch_size") == 0
