@@ -40,11 +40,13 @@ def test_seeded_request_same_alone_and_with_15_others(client, server, engine):
         next(iter(stream))  # the request has its row: it is decoding
         return stream
 
-    with ThreadPoolExecutor(15) as pool:  # all at once, so none is near its end when the seeded one comes
-        others = list(pool.map(start, range(15)))
-    assert engine.batch_size == 15
-    loaded = client.completions.create(**seeded).choices[0].text
-    assert engine.batch_size == 15  # the others were still running when the seeded one finished
+    # 5 ms a step: the others' 86-100 tokens outlast the requests' arrival however fast the model decodes
+    with engine.model.hooks([("logits", lambda x, hook: time.sleep(0.005))]):
+        with ThreadPoolExecutor(15) as pool:  # all at once, so none is near its end when the seeded one comes
+            others = list(pool.map(start, range(15)))
+        assert engine.batch_size == 15
+        loaded = client.completions.create(**seeded).choices[0].text
+        assert engine.batch_size == 15  # the others were still running when the seeded one finished
     assert loaded == alone and alone.strip()
     for stream in others:  # hang up: their rows leave the batch
         stream.close()
@@ -55,7 +57,9 @@ def test_closing_a_stream_frees_its_row(server, engine):
     wait_idle(server, engine)
     cancelled = metric(server, "lmlab_requests_cancelled_total")
     body = {"model": "world", "prompt": "Kamsa speaks", "max_tokens": 100, "stream": True, "ignore_eos": True}
-    with httpx.Client(timeout=30) as http, http.stream("POST", server.url + "/v1/completions", json=body) as r:
+    # 10 ms a step: the 100 tokens outlast the 6 lines read here however fast the model decodes
+    with engine.model.hooks([("logits", lambda x, hook: time.sleep(0.01))]), httpx.Client(timeout=30) as http, \
+            http.stream("POST", server.url + "/v1/completions", json=body) as r:
         assert r.status_code == 200
         lines = r.iter_lines()
         got = [next(lines) for _ in range(6)]
