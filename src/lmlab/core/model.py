@@ -268,18 +268,13 @@ class Block(nn.Module):
                 return None
         if ctx.cache_mask(None) is not None or cache._uniform is None or cache.k.dtype != torch.float32:
             return None  # ragged rows, padding or evicted holes; a mixed-precision cache (the kernels are fp32)
-        o_proj, down = attn.o_proj, mlp.down_proj
+        # x stands for every projection's input: the same dtype, rows and autograd state
         qkv = attn._fused_qkv.decode_args(x, [attn.q_proj, attn.k_proj, attn.v_proj])
-        if qkv is None or getattr(o_proj, "decode_args", None) is None or getattr(down, "decode_args", None) is None:
-            return None
-        o = o_proj.decode_args(x)
-        if mlp.gated:
-            up = mlp._fused_gate_up.decode_args(x, [mlp.gate_proj, mlp.up_proj])
-        else:
-            up = mlp.up_proj.decode_args(x) if getattr(mlp.up_proj, "decode_args", None) is not None else None
-        dn = down.decode_args(x)  # x stands for every projection's input: the same dtype, rows and autograd state
+        o, dn = _projection_args(attn.o_proj, x), _projection_args(mlp.down_proj, x)
+        up = (mlp._fused_gate_up.decode_args(x, [mlp.gate_proj, mlp.up_proj]) if mlp.gated
+              else _projection_args(mlp.up_proj, x))
         kernels = native.kernels()
-        if o is None or up is None or dn is None or kernels is None:
+        if qkv is None or o is None or up is None or dn is None or kernels is None:
             return None
         if rope is None:
             cos = sin = native.NO_TENSOR
@@ -295,6 +290,13 @@ class Block(nn.Module):
         if observe:
             cache.policy.observe(cache, attn.layer, out[1])
         return out[0]
+
+
+def _projection_args(module: nn.Module, x: torch.Tensor) -> tuple | None:
+    """(kind, group, tensors) of one projection for ``native.decode_layer`` (its ``decode_args``), or None for a
+    module type without one (a wrapper, a replaced layer)."""
+    args = getattr(module, "decode_args", None)
+    return None if args is None else args(x)
 
 
 def _decode_norm(norm: nn.Module | None) -> tuple[list[torch.Tensor], float] | None:

@@ -438,9 +438,13 @@ class Keyformer(AccumulatedScorePolicy):
             self.row_step = torch.zeros(B, dtype=torch.long, device=device)
         return self.row_step
 
+    def _tau(self, B: int, device) -> torch.Tensor:
+        """[B] each row's temperature tau_t = tau_init + t * tau_delta at its generation step t."""
+        return self.tau_init + self._steps(B, device) * self.tau_delta
+
     def contribution(self, probs: torch.Tensor, cache: KVCache, layers: torch.Tensor) -> torch.Tensor:
         Lp, B, H, T, S = probs.shape
-        tau = (self.tau_init + self._steps(B, probs.device) * self.tau_delta).to(probs.dtype)  # [B]
+        tau = self._tau(B, probs.device).to(probs.dtype)  # [B]
         key_pos = cache.positions_per_head()[int(layers[0]):int(layers[-1]) + 1, :, :, :S]  # [L', B, n_kv, S]
         gumbel = layers_gumbel_noise(self.seed, layers, cache.token_index, key_pos, H // key_pos.shape[2])
         scores = probs.log()  # = attention logits - logsumexp per query; masked keys stay -inf
@@ -451,7 +455,7 @@ class Keyformer(AccumulatedScorePolicy):
         if type(self).contribution is not Keyformer.contribution or cache.token_index is None:
             return None
         B = layer_probs[0].shape[0]
-        tau = (self.tau_init + self._steps(B, layer_probs[0].device) * self.tau_delta).to(torch.float32)  # [B]
+        tau = self._tau(B, layer_probs[0].device).to(torch.float32)  # [B]
         key_pos = cache.positions_per_head()[first:first + len(layer_probs)]  # [L', B, n_kv, capacity] (a view)
         return True, self.seed, tau.contiguous(), cache.token_index.contiguous(), key_pos
 
