@@ -1,9 +1,11 @@
 """Which held-out phrasings can a world model understand at all? Held-out recall split by vocabulary.
 
 The world's held-out paraphrase templates and held-out question forms never appear in training text (by design).
-Many of them also use a *word* that no training text contains ("draws a salary from", "can converse in"): a model
-has never seen that word in any context, so reading the phrasing means ignoring it. This script lists those
-words, counts the probes they affect, and measures each reference model's recall on the two halves:
+Until session 13, 13 of the 18 held-out templates also used a *word* that no training text contains ("draws a
+salary from", "can converse in"): a model has never seen that word in any context, so reading the phrasing means
+ignoring it. The templates now recombine training words (tests/data/test_world_tasks.py pins it); three held-out
+question forms still use an unseen word ("have", "talk", "lie"). This script lists such words, counts the probes
+they affect, and measures each reference model's recall on the two halves:
 
 - held-out templates / question forms whose every word occurs somewhere in the recipe's training text,
 - those with at least one word that occurs nowhere in it.

@@ -45,21 +45,19 @@ def test_heldout_templates_questions_and_two_hop_never_occur_in_the_corpus(world
     assert not set(heldout_questions) & set(train_questions)
 
 
-def test_heldout_paraphrase_words_missing_from_training_text_are_as_documented(world, corpus_text):
-    """docs/world.md and scripts/heldout_vocabulary.py: 13 of the 18 held-out templates use a word no training text
-    contains, which bounds what held-out paraphrase recall can measure. Pinned here, so a world change that
-    closes (or widens) the gap has to update the docs too."""
+def test_every_heldout_paraphrase_word_occurs_in_training_text(world, corpus_text):
+    """Held-out templates recombine training words (docs/world.md): a word no training text contains would
+    measure whether a model can read past a token it never met, not paraphrase generalisation. Until session 13,
+    13 of the 18 templates had one ("draws a salary from"). No held-out prompt is a prefix of a training
+    sentence either, so the training text's own continuation is never the expected answer by accident."""
     from lmlab.data.world.templates import template_words
 
     seen = template_words([corpus_text])
-    missing = {t: sorted(template_words([t]) - seen) for r in world.relations.values() for t in r.heldout_templates}
-    gaps = {t: words for t, words in missing.items() if words}
-    assert len(missing) == 18 and len(gaps) == 13
-    assert gaps["{s} draws a salary from {o}"] == ["draws", "from", "salary"]
-    assert "The city where {s} was born is {o}" not in gaps  # a recombination of seen words
-    probes = world.probes("heldout")
-    affected = [p for p in probes if any(t.replace("{s}", p.fact.subject).startswith(p.prompt) for t in gaps)]
-    assert (len(affected), len(probes)) == (408, 652)
+    heldout = [t for r in world.relations.values() for t in r.heldout_templates]
+    assert len(heldout) == 18
+    assert {t: sorted(template_words([t]) - seen) for t in heldout if template_words([t]) - seen} == {}
+    assert "town" not in seen and "salary" not in seen  # the detector would fire on the old templates
+    assert [p.prompt for p in world.probes("heldout") if p.prompt + " " in corpus_text] == []
 
 
 def test_every_fact_is_asked_in_every_training_question_form(world, corpus_text):

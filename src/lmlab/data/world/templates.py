@@ -6,6 +6,11 @@ object (``... {o}``) so the prompt is simply the prefix; see :mod:`lmlab.data.wo
 leading-space answer convention.
 
 Occupations all start with a consonant so "works as a {o}" never needs "an".
+
+Held-out templates recombine words the training text uses elsewhere ("The nation that has {s} as its capital
+is {o}"): a phrasing whose word occurs in no training text measures whether a model can ignore a token it never
+met, not whether it generalises across phrasings. Until session 13, 13 of the 18 did use such a word ("draws a
+salary from"); docs/claims.md (issue 11) has the figures under both sets.
 """
 
 from __future__ import annotations
@@ -23,59 +28,59 @@ RELATIONS: tuple[Relation, ...] = (
         "born_in", "person", "city",
         ("{s} was born in {o}", "The birthplace of {s} is {o}", "{s} is a native of {o}",
          "{s} came into the world in {o}"),
-        ("The city where {s} was born is {o}", "{s} was born in the town of {o}"),
+        ("The city where {s} was born is {o}", "{s} was born in the city of {o}"),
         "Where was {s} born?",
     ),
     Relation(
         "lives_in", "person", "city",
         ("{s} lives in {o}", "The home of {s} is in {o}", "{s} is a resident of {o}", "{s} has a house in {o}"),
-        ("The city where {s} lives is {o}", "{s} makes a home in {o}"),
+        ("The city where {s} lives is {o}", "{s} has a home in {o}"),
         "Where does {s} live?",
     ),
     Relation(
         "works_as", "person", "occupation",
         ("{s} works as a {o}", "The occupation of {s} is {o}", "{s} is employed as a {o}",
          "{s} earns a living as a {o}"),
-        ("The job of {s} is {o}", "{s} has a job as a {o}"),
+        ("The occupation that {s} has is {o}", "{s} is employed in the occupation of {o}"),
         "What is the occupation of {s}?",
     ),
     Relation(
         "works_for", "person", "organisation",
         ("{s} works for {o}", "The employer of {s} is {o}", "{s} is employed by {o}", "{s} is on the staff of {o}"),
-        ("The company that employs {s} is {o}", "{s} draws a salary from {o}"),
+        ("The company that employs {s} is {o}", "{s} is a person employed by {o}"),
         "Who employs {s}?",
     ),
     Relation(
         "speaks", "person", "language",
         ("{s} speaks {o}", "The language of {s} is {o}", "{s} is fluent in {o}", "{s} talks in {o}"),
-        ("The language that {s} speaks is {o}", "{s} can converse in {o}"),
+        ("The language that {s} speaks is {o}", "{s} speaks the language {o}"),
         "What language does {s} speak?",
     ),
     Relation(
         "city_in", "city", "country",
         ("{s} is a city in {o}", "{s} lies in {o}", "The city of {s} is in {o}", "{s} is located in {o}"),
-        ("The country that contains {s} is {o}", "{s} can be found in {o}"),
+        ("The country where {s} lies is {o}", "{s} is a city located in {o}"),
         "Which country is {s} in?",
     ),
     Relation(
         "capital_of", "city", "country",
         ("{s} is the capital of {o}", "{s} is the capital city of {o}", "{s} serves as the capital of {o}",
          "{s} is the seat of government of {o}"),
-        ("{s} acts as the capital of {o}", "The nation governed from {s} is {o}"),
+        ("{s} serves as the capital city of {o}", "The nation that has {s} as its capital is {o}"),
         "Which country has {s} as its capital?",
     ),
     Relation(
         "headquartered_in", "organisation", "city",
         ("{s} is headquartered in {o}", "The headquarters of {s} is in {o}", "{s} has its main office in {o}",
          "{s} is based in {o}"),
-        ("The head office of {s} is in {o}", "{s} runs its business from {o}"),
+        ("The main office of {s} is in {o}", "The city where {s} is based is {o}"),
         "Where is {s} headquartered?",
     ),
     Relation(
         "official_language", "country", "language",
         ("{s} has the official language {o}", "The official language of {s} is {o}",
          "People in {s} officially speak {o}", "In {s} the state language is {o}"),
-        ("The main language of {s} is {o}", "{s} conducts its affairs in {o}"),
+        ("The main language of {s} is {o}", "The state language of {s} is {o}"),
         "What is the official language of {s}?",
     ),
 )
