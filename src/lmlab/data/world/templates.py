@@ -41,7 +41,7 @@ RELATIONS: tuple[Relation, ...] = (
         "works_as", "person", "occupation",
         ("{s} works as a {o}", "The occupation of {s} is {o}", "{s} is employed as a {o}",
          "{s} earns a living as a {o}"),
-        ("The occupation that {s} has is {o}", "{s} is employed in the occupation of {o}"),
+        ("The occupation that {s} has is {o}", "{s} is a person employed as a {o}"),
         "What is the occupation of {s}?",
     ),
     Relation(
@@ -53,7 +53,7 @@ RELATIONS: tuple[Relation, ...] = (
     Relation(
         "speaks", "person", "language",
         ("{s} speaks {o}", "The language of {s} is {o}", "{s} is fluent in {o}", "{s} talks in {o}"),
-        ("The language that {s} speaks is {o}", "{s} speaks the language {o}"),
+        ("The language that {s} speaks is {o}", "{s} is a person who speaks {o}"),
         "What language does {s} speak?",
     ),
     Relation(
