@@ -22,7 +22,7 @@ import torch
 
 from lmlab.data.recall import recall
 from lmlab.reference import RECORD_FILE, REFERENCES, load_reference, resolve
-from lmlab.train.world_quality import _every
+from lmlab.train.world_quality import evenly_spaced
 
 KEY = "heldout_paraphrase_recall"
 REASON = ("session 13: held-out paraphrase templates replaced by recombinations of training words "
@@ -39,7 +39,7 @@ def remeasure(name: str) -> dict:
         if KEY not in record.get(section, {}):
             continue
         subset = record.get("quality_subset_options", {}).get("subset") if section == "quality_subset" else None
-        new = recall(ref.model, ref.tokenizer, _every(probes, subset))
+        new = recall(ref.model, ref.tokenizer, evenly_spaced(probes, subset))
         earlier = record.get("remeasured", {}).get(KEY, {}).get(section)  # a second run keeps the first "before"
         changes[section] = {"before": earlier["before"] if earlier else record[section][KEY], "after": new}
         record[section][KEY] = new

@@ -36,7 +36,7 @@ DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 CONTEXT_TOKENS = (256, 512, 1024)
 
 
-def _every(items: list, n: int | None) -> list:
+def evenly_spaced(items: list, n: int | None) -> list:
     """``n`` evenly spaced items (all when ``n`` is None or larger than the list)."""
     if n is None or n >= len(items):
         return list(items)
@@ -75,7 +75,7 @@ def _generate_text(model, tokenizer, prompts: list[str], max_new_tokens: int, te
 def attribute_scores(model, tokenizer, world, n_samples: int = 32, n_subjects: int | None = 24) -> dict[str, float]:
     """Control-code and instruction attribute generation, per axis (mean over the axis's labels)."""
     im_end = tokenizer.token_to_id("<|im_end|>")
-    subjects = _every(sorted({t.subject for t in world.attribute_texts()}), n_subjects)
+    subjects = evenly_spaced(sorted({t.subject for t in world.attribute_texts()}), n_subjects)
     scores: dict[str, float] = {}
     for axis, labels in AXES.items():
         code_hits, instr_hits, code_n, instr_n = 0, 0, 0, 0
@@ -140,15 +140,15 @@ def evaluate_world_model(model, tokenizer, world, subset: int | None = None, n_s
                          n_per_cell: int = 4, context_tokens=CONTEXT_TOKENS) -> dict[str, float]:
     """Every figure of the module doc; ``subset`` caps each probe list (evenly spaced)."""
     model.eval()
-    two_hop = _every(world.two_hop_probes(), subset)
+    two_hop = evenly_spaced(world.two_hop_probes(), subset)
     q = {
-        "train_fact_recall": recall(model, tokenizer, _every(world.probes("train"), subset)),
-        "heldout_paraphrase_recall": recall(model, tokenizer, _every(world.probes("heldout"), subset)),
-        "qa_train_accuracy": recall(model, tokenizer, _every(world.qa_probes("train"), subset)),
-        "qa_heldout_accuracy": recall(model, tokenizer, _every(world.qa_probes("heldout"), subset)),
+        "train_fact_recall": recall(model, tokenizer, evenly_spaced(world.probes("train"), subset)),
+        "heldout_paraphrase_recall": recall(model, tokenizer, evenly_spaced(world.probes("heldout"), subset)),
+        "qa_train_accuracy": recall(model, tokenizer, evenly_spaced(world.qa_probes("train"), subset)),
+        "qa_heldout_accuracy": recall(model, tokenizer, evenly_spaced(world.qa_probes("heldout"), subset)),
         "two_hop_direct": recall(model, tokenizer, two_hop),
         "two_hop_two_step": two_step_accuracy(model, tokenizer, world, two_hop),
-        "chat_politeness": chat_politeness(model, tokenizer, world, _every(list(world.facts), subset or 64)),
+        "chat_politeness": chat_politeness(model, tokenizer, world, evenly_spaced(list(world.facts), subset or 64)),
     }
     q.update(attribute_scores(model, tokenizer, world, n_samples=n_samples, n_subjects=subset or 24))
     q.update(long_context_scores(model, tokenizer, world, lengths=context_tokens, n_per_cell=n_per_cell))
