@@ -136,6 +136,21 @@ def test_long_context_task_places_the_answer_at_the_requested_depth(world, kind)
     assert world.long_context_task(kind, 600, 0.5, seed=3) != world.long_context_task(kind, 600, 0.5, seed=4)
 
 
+def test_invented_keys_replace_the_world_names_of_a_key_value_list(world):
+    """A 600-word list is keyed by the world's names; with ``invented_keys`` by names no entity has, deterministic
+    per seed, and the task keeps its length, depth and unique answer."""
+    import re
+
+    names = {e.name for group in world.entities.values() for e in group}
+    plain = world.long_context_task("kv_retrieval", 600, 0.5, seed=3)
+    invented = world.long_context_task("kv_retrieval", 600, 0.5, seed=3, invented_keys=True)
+    keys = [re.findall(r"The code of (.+?) is \d+\.", t.context) for t in (plain, invented)]
+    assert set(keys[0][:40]) <= names and not set(keys[1]) & names
+    assert len(set(keys[1])) == len(keys[1]) and invented.key in keys[1]
+    assert invented.context.count(invented.answer.strip()) == 1 and abs(invented.depth - 0.5) < 0.05
+    assert invented == world.long_context_task("kv_retrieval", 600, 0.5, seed=3, invented_keys=True)
+
+
 # ---- counterfactual edits ------------------------------------------------------------------------------
 def _all_facts(w) -> set:
     return set(w.facts) | set(w.two_hop_facts())

@@ -75,6 +75,30 @@ def test_packed_long_rows_hold_several_tasks_and_extra_questions_with_true_answe
             assert block.group(1).strip()[20:] not in trained  # no list is
 
 
+def test_invented_keys_share_keys_whole_lists_by_invented_names_and_leaves_other_streams_alone(tiny_mix):
+    """``invented_keys_share=1``: every key-value list in a long row is keyed by names that are no entity of the
+    world; ``0`` keys a short list by the world's names and gives the very batches of a mix built without it."""
+    import re
+
+    world, tokenizer, _ = tiny_mix
+    texts = [d.text for d in world.corpus("train")]
+    names = {e.name for group in world.entities.values() for e in group}
+    options = dict(block_size=512, long_rows=3, short_block=32, short_rows=4, long_every=2, long_words=(32, 120),
+                   kv_share=1.0, pack_tasks=True, extra_questions=2, seed=3)
+    keys = {}
+    for share in (0.0, 1.0):
+        batch = WorldMixBlocks(world, tokenizer, texts, invented_keys_share=share, **options).batch(0)
+        text = "".join(tokenizer.decode(ids.tolist()) for ids in batch["input_ids"])
+        keys[share] = set(re.findall(r"The code of (.+?) is \d+\.", text))
+    assert keys[0.0] and keys[0.0] <= names
+    assert keys[1.0] and not keys[1.0] & names
+    plain = WorldMixBlocks(world, tokenizer, texts, **options).batch(0)
+    zero = WorldMixBlocks(world, tokenizer, texts, invented_keys_share=0.0, **options).batch(0)
+    assert torch.equal(plain["input_ids"], zero["input_ids"])
+    with pytest.raises(LmlabError, match="invented_keys_share"):
+        WorldMixBlocks(world, tokenizer, texts, invented_keys_share=1.5)
+
+
 def test_length_curriculum_grows_the_longest_task(tiny_mix):
     world, tokenizer, _ = tiny_mix
     texts = [d.text for d in world.corpus("train")]

@@ -293,20 +293,25 @@ class World:
                                               more_keys, rng_for(self.config.seed, "longcontext", seed,
                                                                  n_tokens_approx))
 
-    def long_context_task(self, kind: str, n_words: int, depth: float, seed: int) -> longcontext.LongContextTask:
+    def long_context_task(self, kind: str, n_words: int, depth: float, seed: int,
+                          invented_keys: bool = False) -> longcontext.LongContextTask:
         """One task of ``kind`` about ``n_words`` words with its needle (or queried line) at ``depth`` in [0, 1];
-        a stream of its own per ``seed`` (training draws use seeds the written files never use)."""
+        a stream of its own per ``seed`` (training draws use seeds the written files never use).
+
+        ``invented_keys`` keys every line of a key-value list with an invented name instead of the world's names
+        first: a lookup that must match a key by its tokens, never by a name the model knows (a long list's last
+        lines are invented-keyed anyway; docs/claims.md, issue 11, session 13)."""
         if kind not in longcontext.KINDS:
             raise LmlabError(f"kind must be one of {', '.join(longcontext.KINDS)}, got {kind!r}")
         if not isinstance(n_words, int) or n_words < 32:
             raise LmlabError(f"n_words must be an integer >= 32, got {n_words!r}")
         if not 0.0 <= depth <= 1.0:
             raise LmlabError(f"depth must be in [0, 1], got {depth!r}")
-        label = ("longcontext_task", kind, seed, n_words, depth)
+        label = ("longcontext_task", kind, seed, n_words, depth) + (("invented_keys",) if invented_keys else ())
         keys, filler, people, more_keys = self._long_context_inputs(label)
         rng = rng_for(self.config.seed, *label)
         if kind == "kv_retrieval":
-            return longcontext.kv_retrieval(n_words, keys, more_keys, depth, rng)
+            return longcontext.kv_retrieval(n_words, [] if invented_keys else keys, more_keys, depth, rng)
         return longcontext.needle(n_words, filler, people, depth, rng)
 
     @cached_property
