@@ -5,7 +5,7 @@ The weights and everything else in a record stay as they are; ``quality["heldout
 the world references, ``quality_subset["heldout_paraphrase_recall"]`` are measured again with the probe
 selection the build used (``lmlab.reference.build_world_reference``, ``lmlab.train.world_quality``), and the old
 values are kept under ``remeasured`` so the record says what changed and why. Each record is rewritten
-atomically (a temporary file, then a rename).
+atomically (``lmlab.io.atomic.atomic_write_json``).
 
     PYTHONPATH=src python scripts/remeasure_heldout.py [--names world-llama-0.9m,world-llama-2m-1k] [--dry-run]
 """
@@ -13,14 +13,13 @@ atomically (a temporary file, then a rename).
 from __future__ import annotations
 
 import argparse
-import json
-import os
+import copy
 import sys
-import tempfile
 
 import torch
 
 from lmlab.data.recall import recall
+from lmlab.io.atomic import atomic_write_json
 from lmlab.reference import RECORD_FILE, REFERENCES, load_reference, resolve
 from lmlab.train.world_quality import evenly_spaced
 
@@ -32,7 +31,7 @@ REASON = ("session 13: held-out paraphrase templates replaced by recombinations 
 def remeasure(name: str) -> dict:
     """The record of ``name`` with its held-out paraphrase figures measured again (old ones under ``remeasured``)."""
     ref = load_reference(name)
-    record = json.loads(json.dumps(ref.record))
+    record = copy.deepcopy(ref.record)
     probes = ref.world.probes("heldout")
     changes = {}
     for section in ("quality", "quality_subset"):
@@ -45,14 +44,6 @@ def remeasure(name: str) -> dict:
         record[section][KEY] = new
     record["remeasured"] = {"reason": REASON, KEY: changes}
     return record
-
-
-def write_atomically(path, record: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(record, indent=2) + "\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         for section, change in record["remeasured"][KEY].items():
             print(f"{name} {section}: {change['before']:.1%} -> {change['after']:.1%}")
         if not args.dry_run:
-            write_atomically(resolve(name) / RECORD_FILE, record)
+            atomic_write_json(resolve(name) / RECORD_FILE, record)
     return 0
 
 
