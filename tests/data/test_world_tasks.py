@@ -45,6 +45,62 @@ def test_heldout_templates_questions_and_two_hop_never_occur_in_the_corpus(world
     assert not set(heldout_questions) & set(train_questions)
 
 
+def _word_grams(text: str, n: int = 4) -> set[tuple[str, ...]]:
+    words = re.findall(r"\{s\}|\{o\}|[a-z]+", text.lower())
+    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+def test_augmentation_question_forms_stay_apart_from_the_heldout_forms(world, corpus_text):
+    """The ``extra`` forms (opt-in training text, written after the held-out forms were known) leak no held-out
+    form, are not in the corpus, and add no four-word span of a held-out form beyond what the statement templates
+    and training forms already hold -- so held-out QA still measures extraction under a new question form."""
+    extra_docs = world.qa_extra_documents(split=None)
+    assert len(extra_docs) == 4 * len(world.facts)
+    extra_text = "\n".join(extra_docs)
+    extras = [q for forms in QUESTIONS.values() for q in forms.extra]
+    assert all(len(forms.extra) == 4 for forms in QUESTIONS.values())
+    assert all(question_regex(q).search(extra_text) for q in extras)  # the detector fires on them
+    heldout_questions = [q for forms in QUESTIONS.values() for q in forms.heldout]
+    assert [q for q in heldout_questions if question_regex(q).search(extra_text)] == []
+    assert not set(extras) & {q for forms in QUESTIONS.values() for q in (*forms.train, *forms.heldout)}
+    assert [q for q in extras if question_regex(q).search(corpus_text)] == []  # opt-in only
+    hidden = [t for r in world.relations.values() for t in r.heldout_templates]
+    assert find_template_leaks(hidden, extra_text) == []
+    known = set().union(*(_word_grams(t) for r in RELATIONS for t in r.train_templates),
+                        *(_word_grams(q) for forms in QUESTIONS.values() for q in forms.train))
+    new_spans = set().union(*(_word_grams(q) for q in extras)) - known
+    assert {q: _word_grams(q) & new_spans for q in heldout_questions if _word_grams(q) & new_spans} == {}
+    assert _word_grams("Tell me the birthplace of {s}.") & {("the", "birthplace", "of", "{s}")}  # spans fire
+    train = world.qa_extra_documents()
+    assert set(train) < set(extra_docs) and len(train) > 0.8 * len(extra_docs)
+    assert not set(train) & set(world.qa_extra_documents("validation"))
+    assert train == build_world(WorldConfig.quickstart()).qa_extra_documents()
+    assert {p.answer for p in world.qa_probes("extra")} <= {" " + f.object for f in world.facts}
+
+
+def test_sentiment_contrasts_are_minimal_pairs_carrying_their_label(world):
+    """Each sentiment text gets one copy per other label that differs only in its sentiment word (and article):
+    the labelling function gives the new label, formality is unchanged, and the train side holds no validation
+    text."""
+    originals = [t for t in world.attribute_texts() if t.axis == "sentiment"]
+    contrasts = world.sentiment_contrast_texts(split=None)
+    assert len(contrasts) == 2 * len(originals)
+    for i, original in enumerate(originals):
+        pair = contrasts[2 * i:2 * i + 2]
+        assert sorted(t.label for t in pair) == sorted({1, 0, -1} - {original.label})
+        for t in pair:
+            assert label_sentiment(t.text) == t.label and label_formality(t.text) == label_formality(original.text)
+            before, after = original.text.split(), t.text.split()
+            changed = [(a, b) for a, b in zip(before, after) if a != b]
+            assert len(before) == len(after) and 1 <= len(changed) <= 2
+            assert all(a in ("a", "an") for a, _ in changed[:-1]) and t.subject == original.subject
+    train = world.sentiment_contrast_texts()
+    validation = {d.text for d in world.corpus("validation")}
+    assert 0.8 * len(contrasts) < len(train) < len(contrasts) and not {t.prefixed for t in train} & validation
+    assert [t.prefixed for t in train] == [t.prefixed for t in build_world(WorldConfig.quickstart())
+                                           .sentiment_contrast_texts()]
+
+
 def test_every_heldout_paraphrase_word_occurs_in_training_text(world, corpus_text):
     """Held-out templates recombine training words (docs/world.md): a word no training text contains would
     measure whether a model can read past a token it never met, not paraphrase generalisation. Until session 13,

@@ -192,6 +192,19 @@ def test_finer_kinds_pick_dialogues_by_their_labels():
         weighted_texts(world, (("chats", 1.0),))
 
 
+def test_sentiment_codes_and_extra_question_forms_are_kinds_a_recipe_can_weight():
+    world = build_world(WorldConfig.tiny())
+    train_attributes = [d.text for d in world.corpus("train", kinds=("attributes",))]
+    codes = weighted_texts(world, (("sentiment_codes", 1.0),))
+    assert codes and all(t.split()[0] in ("<positive>", "<neutral>", "<negative>") for t in codes)
+    assert sorted(codes) == sorted(t for t in train_attributes if t.split()[0] in ("<positive>", "<neutral>", "<negative>"))
+    extra = weighted_texts(world, (("qa_extra", 2.0),))
+    assert extra == world.qa_extra_documents("train") * 2 and len(extra) > 2 * 0.8 * 4 * len(world.facts)
+    assert not set(extra) & {d.text for d in world.corpus()}  # text outside the corpus
+    contrasts = weighted_texts(world, (("sentiment_contrasts", 1.0),))
+    assert contrasts == [t.prefixed for t in world.sentiment_contrast_texts("train")] and contrasts
+
+
 def test_scaled_down_recipe_learns_and_resumes(tmp_path):
     recipe = ReferenceRecipe().scaled(d_model=64, n_layers=2, n_heads=2, block_size=192, long_rows=2,
                                       short_block=64, short_rows=8, steps=40, warmup_steps=4, lr=3e-3,

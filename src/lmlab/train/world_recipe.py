@@ -190,16 +190,26 @@ _RETRIEVAL = ReferenceRecipe(init_from="world-llama-2m-1k-v2", long_every=2, ste
                              kind_weights=(("facts", 4.0), ("qa", 2.0), ("dialogues", 0.5), ("attributes", 1.0),
                                            ("sentiment_dialogues", 2.0)))
 
+# The shipped world reference: a fresh 2.15M-parameter model; long rows packed with tasks plus extra
+# key-value questions, task lengths on a curriculum. Trained on one thread while the machine was shared
+# (docs/claims.md: facts 99.2%, held-out QA 42.6%, attributes by code/instruction, retrieval 0%).
+_WORLD_2M_1K = ReferenceRecipe(init_from=None, vocab_size=2048, d_model=192, n_layers=4, n_heads=6,
+                               long_every=2, steps=1800, lr=2e-3, warmup_steps=50,
+                               long_words=(32, 800), ckpt_every=100, threads=1, pack_tasks=True,
+                               extra_questions=3, length_ramp=0.5,
+                               kind_weights=(("facts", 4.0), ("qa", 2.0), ("dialogues", 0.5), ("attributes", 1.0)))
+
 WORLD_RECIPES: dict[str, ReferenceRecipe] = {
-    # The shipped world reference: a fresh 2.15M-parameter model; long rows packed with tasks plus extra
-    # key-value questions, task lengths on a curriculum. Trained on one thread while the machine was shared
-    # (docs/claims.md: facts 99.2%, held-out QA 42.6%, attributes by code/instruction, retrieval 0%).
-    "world-llama-2m-1k": ReferenceRecipe(init_from=None, vocab_size=2048, d_model=192, n_layers=4, n_heads=6,
-                                         long_every=2, steps=1800, lr=2e-3, warmup_steps=50,
-                                         long_words=(32, 800), ckpt_every=100, threads=1, pack_tasks=True,
-                                         extra_questions=3, length_ramp=0.5,
-                                         kind_weights=(("facts", 4.0), ("qa", 2.0), ("dialogues", 0.5),
-                                                       ("attributes", 1.0))),
+    "world-llama-2m-1k": _WORLD_2M_1K,
+    # world-llama-2m-1k trained 500 steps more at lr 1e-3 with two augmentations outside the world's corpus:
+    # four more training question forms per relation (QUESTIONS[r].extra) and every sentiment text's
+    # counterfactual copies under the other codes (World.sentiment_contrast_texts); long batches one in three
+    # (docs/claims.md, issue 11, session 14: held-out QA 73.0%, sentiment by control code 100%).
+    "world-llama-2m-1k-aug": _WORLD_2M_1K.scaled(init_from="world-llama-2m-1k", steps=500, lr=1e-3, warmup_steps=20,
+                                                 long_every=3, length_ramp=0.0, threads=2,
+                                                 kind_weights=(("facts", 4.0), ("qa", 2.0), ("dialogues", 0.5),
+                                                               ("attributes", 1.0), ("qa_extra", 2.0),
+                                                               ("sentiment_contrasts", 1.0))),
     # The same shape with a copy phase first (800 steps of random segments and their copies, the
     # induction-head trigger), copy rows kept in the world mix, more questions per key-value list, and
     # sentiment requests weighted up (docs/claims.md, issue 11, session 8).
@@ -264,13 +274,20 @@ SUBKINDS = {
     "attribute_dialogues": ("dialogues", lambda world: {d.text for d in world.dialogues() if d.kind == "attribute"}),
     "sentiment_dialogues": ("dialogues", lambda world: {d.text for d in world.dialogues()
                                                        if d.style.startswith("sentiment:")}),
+    "sentiment_codes": ("attributes", lambda world: {t.prefixed for t in world.attribute_texts()
+                                                     if t.axis == "sentiment"}),
 }
+# Kinds outside the world's corpus a recipe may add: the augmentation question forms (QUESTIONS[r].extra) and the
+# sentiment texts' counterfactual copies with their codes (World.sentiment_contrast_texts).
+EXTRA_KINDS = {"qa_extra": lambda world: world.qa_extra_documents("train"),
+               "sentiment_contrasts": lambda world: [t.prefixed for t in world.sentiment_contrast_texts("train")]}
 
 
 def weighted_texts(world, kind_weights) -> list[str]:
     """The training split of the corpus, each kind repeated ``weight`` times (a fractional part keeps an
-    evenly spaced share of that kind's texts). A kind is a corpus kind or one of :data:`SUBKINDS`; weights
-    add up, so ``("dialogues", 1.0), ("sentiment_dialogues", 2.0)`` gives sentiment requests three copies."""
+    evenly spaced share of that kind's texts). A kind is a corpus kind, one of :data:`SUBKINDS` or one of
+    :data:`EXTRA_KINDS` (training text outside the corpus); weights add up, so ``("dialogues", 1.0),
+    ("sentiment_dialogues", 2.0)`` gives sentiment requests three copies."""
     from lmlab.data.world.world import CORPUS_KINDS
     from lmlab.errors import LmlabError
 
@@ -282,9 +299,11 @@ def weighted_texts(world, kind_weights) -> list[str]:
             docs = [d.text for d in world.corpus("train", kinds=(parent,)) if d.text in wanted]
         elif kind in CORPUS_KINDS:
             docs = [d.text for d in world.corpus("train", kinds=(kind,))]
+        elif kind in EXTRA_KINDS:
+            docs = EXTRA_KINDS[kind](world)
         else:
             raise LmlabError(f"kind_weights: unknown kind {kind!r} (corpus kinds: {', '.join(CORPUS_KINDS)}; "
-                             f"finer kinds: {', '.join(SUBKINDS)})")
+                             f"finer kinds: {', '.join(SUBKINDS)}; added kinds: {', '.join(EXTRA_KINDS)})")
         whole, part = int(weight), weight - int(weight)
         texts += docs * whole
         if part > 0:

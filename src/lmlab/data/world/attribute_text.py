@@ -18,9 +18,12 @@ import re
 from dataclasses import dataclass
 
 from lmlab.data.world.attributes import (
+    NEGATIVE_WORDS,
     NEUTRAL_WORDS,
     NOUNS,
+    POSITIVE_WORDS,
     attribute_sentence,
+    indefinite_article,
     label_formality,
     label_politeness,
     label_sentiment,
@@ -85,6 +88,33 @@ def attribute_texts(subjects: list[tuple[str, str]], n_variants: int, rng: rando
             for politeness in (1, -1):
                 out.append(AttributeText(politeness_sentence(name, kind, politeness, rng), "politeness",
                                          politeness, name, kind))
+    return out
+
+
+_SENTIMENT_WORDS = {1: POSITIVE_WORDS, 0: NEUTRAL_WORDS, -1: NEGATIVE_WORDS}
+_SENTIMENT_WORD = re.compile(r"\b(?:(an?) )?(" + "|".join(w for ws in _SENTIMENT_WORDS.values() for w in ws) + r")\b")
+
+
+def sentiment_contrasts(items: list[AttributeText], rng: random.Random) -> list[AttributeText]:
+    """For every sentiment text, the same sentence with its sentiment word swapped for a word of each other
+    label (its article fixed): minimal pairs that differ only in the word the control code decides.
+
+    Why: a subject's sentences are few and each opening (subject, marker, frame) almost always belongs to one
+    of them, so a model trained on them predicts the sentiment word from the opening and never needs the code:
+    ``world-llama-2m-1k`` gives the same word after ``<positive>`` as after ``<negative>`` (docs/claims.md,
+    issue 11, session 14). With the contrasts, only the code tells which word follows an opening -- the
+    counterfactual data augmentation of Lu et al. (2020) and Zmigrod et al. (2019), applied to a label.
+    """
+    out = []
+    for item in items:
+        if item.axis != "sentiment":
+            continue
+        for label in (1, 0, -1):
+            if label != item.label:
+                word = rng.choice(_SENTIMENT_WORDS[label])
+                text = _SENTIMENT_WORD.sub(lambda m: (f"{indefinite_article(word)} " if m.group(1) else "") + word,
+                                           item.text, count=1)
+                out.append(AttributeText(text, "sentiment", label, item.subject, item.subject_type))
     return out
 
 

@@ -86,7 +86,7 @@ def lexicon_words() -> set[str]:
     return words | {"a", "an", "is", "lol"}
 
 
-def _article(word: str) -> str:
+def indefinite_article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
@@ -98,7 +98,7 @@ def attribute_sentence(subject: str, subject_type: str, sentiment: int, formalit
     if formality > 0:
         frame = rng.choice(_FORMAL_FRAMES)
         marker = rng.choice(FORMAL_WORDS)
-        text = frame.format(m=marker, e=subject, art=_article(adj), adj=adj,
+        text = frame.format(m=marker, e=subject, art=indefinite_article(adj), adj=adj,
                             noun=rng.choice(NOUNS[subject_type]))
         return text[0].upper() + text[1:]
     frame = rng.choice(_INFORMAL_FRAMES)

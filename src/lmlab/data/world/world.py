@@ -15,7 +15,7 @@ from functools import cached_property
 
 from lmlab.data.world import attributes as attr
 from lmlab.data.world import dialogues, editing, longcontext, preferences, questions, text
-from lmlab.data.world.attribute_text import AttributeText, attribute_texts
+from lmlab.data.world.attribute_text import AttributeText, attribute_texts, sentiment_contrasts
 from lmlab.data.world.bias import BIAS_TEMPLATES, counterfactual_pairs, measure_association
 from lmlab.data.world.config import OCCUPATIONS, WorldConfig
 from lmlab.data.world.entities import Entities, build_entities, first_name_genders
@@ -183,14 +183,24 @@ class World:
 
     # ---- questions, dialogues, attribute text, edits -----------------------------------------
     def qa_probes(self, split: str) -> list[Probe]:
-        """``split`` "train": every fact under every training question form; "heldout": held-out forms
-        (see :mod:`questions`)."""
-        if split not in ("train", "heldout"):
-            raise LmlabError(f"split must be 'train' or 'heldout', got {split!r}")
+        """``split`` "train": every fact under every training question form; "heldout": held-out forms;
+        "extra": the augmentation forms only some recipes train on (see :mod:`questions`)."""
+        if split not in ("train", "heldout", "extra"):
+            raise LmlabError(f"split must be 'train', 'heldout' or 'extra', got {split!r}")
         return questions.qa_probes(self.facts, split)
 
     def qa_documents(self) -> list[str]:
         return questions.qa_documents(self.facts)
+
+    def qa_extra_documents(self, split: str | None = "train") -> list[str]:
+        """QA documents under the augmentation question forms (``QUESTIONS[r].extra``), which are not part of
+        :meth:`corpus`; a recipe adds them with the kind ``"qa_extra"``. ``split`` selects by the same content
+        split as the corpus (None: all)."""
+        if split not in (None, "train", "validation"):
+            raise LmlabError(f"split must be 'train', 'validation' or None, got {split!r}")
+        seed, fraction = self.config.seed, self.config.validation_fraction
+        return [t for t in questions.qa_documents(self.facts, "extra")
+                if split is None or content_split(t, seed, fraction) == split]
 
     @cached_property
     def _dialogues(self) -> tuple[dialogues.Dialogue, ...]:
@@ -213,6 +223,17 @@ class World:
     def attribute_texts(self) -> list[AttributeText]:
         """Sentiment, formality and politeness sentences with their control codes (see :mod:`attribute_text`)."""
         return list(self._attribute_texts)
+
+    def sentiment_contrast_texts(self, split: str | None = "train") -> list[AttributeText]:
+        """Two counterfactual copies of every sentiment text, its sentiment word swapped for each other label
+        (:func:`attribute_text.sentiment_contrasts`). Not part of :meth:`corpus`: a recipe adds their prefixed
+        form with the kind ``"sentiment_contrasts"``. ``split`` keeps those whose prefixed text falls on that
+        side of the corpus's content split (None: all), so none equals a validation text."""
+        if split not in (None, "train", "validation"):
+            raise LmlabError(f"split must be 'train', 'validation' or None, got {split!r}")
+        seed, fraction = self.config.seed, self.config.validation_fraction
+        items = sentiment_contrasts(list(self._attribute_texts), rng_for(seed, "sentiment_contrasts"))
+        return [t for t in items if split is None or content_split(t.prefixed, seed, fraction) == split]
 
     def edit_requests(self, n: int | None = None) -> list[dict]:
         """``n`` (default ``config.n_edit_requests``) counterfactual edit requests (see :mod:`editing`)."""
