@@ -15,8 +15,10 @@ Layout (JSONL = one JSON object per line):
     counterfactual.jsonl  World.counterfactual_pairs() records
     corpus.jsonl          CorpusDocument.to_dict(): every training text with its kind and content split
     qa_train.jsonl        Probe.to_dict() for World.qa_probes("train")   qa_heldout.jsonl likewise
+    qa_extra.jsonl        Probe.to_dict() for World.qa_probes("extra"): augmentation forms, not in the corpus
     dialogues.jsonl       Dialogue.to_dict()
     attribute_text.jsonl  AttributeText.to_dict()
+    sentiment_contrasts.jsonl  AttributeText.to_dict() + {"split"}: World.sentiment_contrast_texts(None), not in the corpus
     edits.jsonl           World.edit_requests() records
     facts.json            {"relations": {...}, "two_hop_relations": {...}, "facts": [...]}
     entities.json         {type: [Entity.to_dict()]}
@@ -76,8 +78,11 @@ def _files(world) -> dict[str, tuple[str, object]]:
         "corpus.jsonl": ("jsonl", (d.to_dict() for d in world.corpus())),
         "qa_train.jsonl": ("jsonl", (p.to_dict() for p in world.qa_probes("train"))),
         "qa_heldout.jsonl": ("jsonl", (p.to_dict() for p in world.qa_probes("heldout"))),
+        "qa_extra.jsonl": ("jsonl", (p.to_dict() for p in world.qa_probes("extra"))),
         "dialogues.jsonl": ("jsonl", (d.to_dict() for d in world.dialogues())),
         "attribute_text.jsonl": ("jsonl", (t.to_dict() for t in world.attribute_texts())),
+        "sentiment_contrasts.jsonl": ("jsonl", ({**t.to_dict(), "split": split} for split in ("train", "validation")
+                                                for t in world.sentiment_contrast_texts(split))),
         "edits.jsonl": ("jsonl", world.edit_requests()),
         "facts.json": ("json", {
             "relations": {name: r.to_dict() for name, r in world.relations.items()},
