@@ -13,9 +13,9 @@ a recipe adds them with the kind ``"qa_extra"`` (:meth:`World.qa_extra_documents
 from declarative text but extracts it under a new question form only when its training questions vary
 (Allen-Zhu & Li 2023: "knowledge augmentation"). With two forms per relation the world references keyed the
 relation on exact phrasing: "What city is the birthplace of X?" got an occupation. They were written after the
-held-out forms were known, so tests/data/test_world_tasks.py holds them to the same rules as the training forms:
-no held-out form occurs in their text, and none shares a four-word span with them that the statement templates
-do not already contain.
+held-out forms were known, so tests/data/test_world_tasks.py holds them to rules a form tailored to a held-out one
+would break: no held-out form occurs in their text, and they add no four-word span of a held-out form that the
+training statements and training forms do not already contain.
 
 QA format (the preference pairs' format too): prompt ``"Question: Where was Zarek Vell born?\\nAnswer:"``,
 answer ``" Mirova"``; in QA documents the answer is followed by ``"."``.
