@@ -11,9 +11,9 @@ from lmlab.errors import LmlabError
 NAME = "world-llama-0.9m"  # the default: the quickstart model
 WORLD_NAME = "world-llama-2m-1k"  # the model that knows the whole world (issue 11)
 # every world reference: the first warm-started 0.9M one, session 8's copy-phase model and its continuations
-# that retrieve, and session 14's continuation with augmented questions and sentiment contrasts (docs/world.md)
+# that retrieve, and session 14's continuations with augmented questions and sentiment contrasts (docs/world.md)
 WORLD_NAMES = (WORLD_NAME, "world-llama-0.9m-1k", "world-llama-2m-1k-v2", "world-llama-2m-1k-retrieval",
-               "world-llama-2m-1k-retrieval-2", "world-llama-2m-1k-aug")
+               "world-llama-2m-1k-retrieval-2", "world-llama-2m-1k-aug", "world-llama-2m-1k-retrieval-3")
 ASSETS = Path(__file__).resolve().parent / "assets"
 ASSET_DIR = ASSETS / NAME
 REFERENCES = (NAME, *WORLD_NAMES)

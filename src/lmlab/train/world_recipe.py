@@ -226,6 +226,13 @@ WORLD_RECIPES: dict[str, ReferenceRecipe] = {
     # ... and that model 700 steps more at half the lr, nothing else changed: needles and key-value lists at
     # 1,024 tokens retrieved at most depths (docs/claims.md, issue 11, session 9).
     "world-llama-2m-1k-retrieval-2": _RETRIEVAL.scaled(init_from="world-llama-2m-1k-retrieval", lr=5e-4),
+    # ... and that model 1,500 steps more at lr 1e-3 with 30% of the key-value lists keyed by invented names (the
+    # lookup must match tokens, not known names) and session 14's two augmentations (docs/claims.md, issue 11,
+    # session 14: the best retrieval so far, held-out QA 66.6%, every attribute by code and instruction >= 95%).
+    "world-llama-2m-1k-retrieval-3": _RETRIEVAL.scaled(init_from="world-llama-2m-1k-retrieval-2", steps=1500,
+                                                       invented_keys_share=0.3,
+                                                       kind_weights=(*_RETRIEVAL.kind_weights, ("qa_extra", 2.0),
+                                                                     ("sentiment_contrasts", 1.0))),
     # Not shipped, kept for its record (docs/claims.md, issue 11, session 13): the chain above (v2, then two
     # continuations: 3,600 steps, 62 minutes on session 8's machine) as one fresh run sized for the 30-minute
     # budget -- the same copy phase and mix, attribute text weighted x1.5, the continuations' lower learning
