@@ -245,6 +245,17 @@ WORLD_RECIPES: dict[str, ReferenceRecipe] = {
                                             copy_block=64, copy_batch=40,
                                             kind_weights=(("facts", 4.0), ("qa", 2.0), ("dialogues", 0.5),
                                                           ("attributes", 1.5), ("sentiment_dialogues", 2.0))),
+    # v3 with session 14's additions from the start: 30% of the key-value lists keyed by invented names, the extra
+    # question forms and the sentiment contrasts -- the retrieval chain's gains as one fresh run sized for 30 minutes
+    # (docs/claims.md, issue 11, session 14).
+    "world-llama-2m-1k-v4": ReferenceRecipe(init_from=None, vocab_size=2048, d_model=192, n_layers=4, n_heads=6,
+                                            long_every=2, steps=3400, lr=3e-3, warmup_steps=50, decay_fraction=0.4,
+                                            long_words=(32, 800), ckpt_every=100, threads=2, pack_tasks=True,
+                                            extra_questions=8, length_ramp=0.3, copy_steps=800, copy_rows=4,
+                                            copy_block=64, copy_batch=40, invented_keys_share=0.3,
+                                            kind_weights=(("facts", 4.0), ("qa", 2.0), ("dialogues", 0.5),
+                                                          ("attributes", 1.5), ("sentiment_dialogues", 2.0),
+                                                          ("qa_extra", 2.0), ("sentiment_contrasts", 1.0))),
     # The first one: a warm start of the quickstart model (world-llama-0.9m), one task per long row.
     "world-llama-0.9m-1k": ReferenceRecipe(),
 }
