@@ -192,7 +192,7 @@ def test_finer_kinds_pick_dialogues_by_their_labels():
         weighted_texts(world, (("chats", 1.0),))
 
 
-def test_sentiment_codes_and_extra_question_forms_are_kinds_a_recipe_can_weight():
+def test_sentiment_codes_contrasts_and_extra_question_forms_are_kinds_a_recipe_can_weight():
     world = build_world(WorldConfig.tiny())
     train_attributes = [d.text for d in world.corpus("train", kinds=("attributes",))]
     codes = weighted_texts(world, (("sentiment_codes", 1.0),))
