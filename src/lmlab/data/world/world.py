@@ -196,11 +196,7 @@ class World:
         """QA documents under the augmentation question forms (``QUESTIONS[r].extra``), which are not part of
         :meth:`corpus`; a recipe adds them with the kind ``"qa_extra"``. ``split`` selects by the same content
         split as the corpus (None: all)."""
-        if split not in (None, "train", "validation"):
-            raise LmlabError(f"split must be 'train', 'validation' or None, got {split!r}")
-        seed, fraction = self.config.seed, self.config.validation_fraction
-        return [t for t in questions.qa_documents(self.facts, "extra")
-                if split is None or content_split(t, seed, fraction) == split]
+        return [t for t in questions.qa_documents(self.facts, "extra") if self._on_side(t, split)]
 
     @cached_property
     def _dialogues(self) -> tuple[dialogues.Dialogue, ...]:
@@ -229,11 +225,14 @@ class World:
         (:func:`attribute_text.sentiment_contrasts`). Not part of :meth:`corpus`: a recipe adds their prefixed
         form with the kind ``"sentiment_contrasts"``. ``split`` keeps those whose prefixed text falls on that
         side of the corpus's content split (None: all), so none equals a validation text."""
+        items = sentiment_contrasts(list(self._attribute_texts), rng_for(self.config.seed, "sentiment_contrasts"))
+        return [t for t in items if self._on_side(t.prefixed, split)]
+
+    def _on_side(self, text: str, split: str | None) -> bool:
+        """Whether ``text`` falls on ``split``'s side of the corpus's content split (None: either)."""
         if split not in (None, "train", "validation"):
             raise LmlabError(f"split must be 'train', 'validation' or None, got {split!r}")
-        seed, fraction = self.config.seed, self.config.validation_fraction
-        items = sentiment_contrasts(list(self._attribute_texts), rng_for(seed, "sentiment_contrasts"))
-        return [t for t in items if split is None or content_split(t.prefixed, seed, fraction) == split]
+        return split is None or content_split(text, self.config.seed, self.config.validation_fraction) == split
 
     def edit_requests(self, n: int | None = None) -> list[dict]:
         """``n`` (default ``config.n_edit_requests``) counterfactual edit requests (see :mod:`editing`)."""
