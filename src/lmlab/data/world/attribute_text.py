@@ -18,10 +18,9 @@ import re
 from dataclasses import dataclass
 
 from lmlab.data.world.attributes import (
-    NEGATIVE_WORDS,
     NEUTRAL_WORDS,
     NOUNS,
-    POSITIVE_WORDS,
+    SENTIMENT_WORDS,
     attribute_sentence,
     indefinite_article,
     label_formality,
@@ -91,8 +90,7 @@ def attribute_texts(subjects: list[tuple[str, str]], n_variants: int, rng: rando
     return out
 
 
-_SENTIMENT_WORDS = {1: POSITIVE_WORDS, 0: NEUTRAL_WORDS, -1: NEGATIVE_WORDS}
-_SENTIMENT_WORD = re.compile(r"\b(?:(an?) )?(" + "|".join(w for ws in _SENTIMENT_WORDS.values() for w in ws) + r")\b")
+_SENTIMENT_WORD = re.compile(r"\b(?:(an?) )?(" + "|".join(w for ws in SENTIMENT_WORDS.values() for w in ws) + r")\b")
 
 
 def sentiment_contrasts(items: list[AttributeText], rng: random.Random) -> list[AttributeText]:
@@ -111,7 +109,7 @@ def sentiment_contrasts(items: list[AttributeText], rng: random.Random) -> list[
             continue
         for label in (1, 0, -1):
             if label != item.label:
-                word = rng.choice(_SENTIMENT_WORDS[label])
+                word = rng.choice(SENTIMENT_WORDS[label])
                 text = _SENTIMENT_WORD.sub(lambda m: (f"{indefinite_article(word)} " if m.group(1) else "") + word,
                                            item.text, count=1)
                 out.append(AttributeText(text, "sentiment", label, item.subject, item.subject_type))

@@ -27,6 +27,7 @@ POLITE_WORDS = ("please", "thank", "thanks", "kindly", "glad", "gladly", "happy"
 RUDE_WORDS = ("ugh", "whatever", "obviously", "stupid", "duh", "annoying", "lazy")
 
 SENTIMENT_LEXICON = {"positive": POSITIVE_WORDS, "negative": NEGATIVE_WORDS}
+SENTIMENT_WORDS = {1: POSITIVE_WORDS, 0: NEUTRAL_WORDS, -1: NEGATIVE_WORDS}  # label -> the words that carry it
 FORMALITY_LEXICON = {"formal": FORMAL_WORDS, "informal": INFORMAL_WORDS}
 POLITENESS_LEXICON = {"polite": POLITE_WORDS, "rude": RUDE_WORDS}
 
@@ -93,7 +94,7 @@ def indefinite_article(word: str) -> str:
 def attribute_sentence(subject: str, subject_type: str, sentiment: int, formality: int,
                        rng: random.Random) -> str:
     """One sentence about ``subject`` carrying exactly the requested labels."""
-    adjectives = {1: POSITIVE_WORDS, -1: NEGATIVE_WORDS, 0: NEUTRAL_WORDS}[sentiment]
+    adjectives = SENTIMENT_WORDS[sentiment]
     adj = rng.choice(adjectives)
     if formality > 0:
         frame = rng.choice(_FORMAL_FRAMES)
