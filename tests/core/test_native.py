@@ -428,10 +428,13 @@ def test_hash_uniform_is_the_tensor_computation_bit_for_bit():
         assert torch.equal(u, want) and 0 < float(u.min()) and float(u.max()) < 1
 
 
-def test_a_stale_build_lock_is_removed_and_a_fresh_one_kept(tmp_path, monkeypatch, capsys):
-    """torch's build lock is a bare file: one left by a killed build would make every later process wait for it
-    forever. Older than STALE_LOCK_SECONDS (a build takes 1-2 minutes) it is removed, with a note."""
+def test_a_stale_build_lock_is_removed_and_a_live_one_waited_for(tmp_path, monkeypatch, capsys):
+    """torch's build lock is a bare file and torch waits for it without limit: one left by a killed build would
+    make every later process hang. A lock older than STALE_LOCK_SECONDS (a build takes 1-2 minutes) is removed
+    with a note; a younger one is waited for, until its build removes it or it grows stale while we wait (the
+    lock of a build killed a moment before this process started: session 14's hang)."""
     import os
+    import threading
     import time
 
     monkeypatch.setenv("LMLAB_KERNEL_DIR", str(tmp_path))
@@ -440,10 +443,26 @@ def test_a_stale_build_lock_is_removed_and_a_fresh_one_kept(tmp_path, monkeypatc
     where.mkdir()
     lock = where / "lock"
     lock.touch()
-    assert not native.EXTENSION.clear_stale_lock(where) and lock.exists()  # a build may be running
     old = time.time() - jit_extension.STALE_LOCK_SECONDS - 5
     os.utime(lock, (old, old))
     assert native.EXTENSION.clear_stale_lock(where) and not lock.exists()
     err = capsys.readouterr().err
     assert err.startswith("note: removed a stale build lock") and err.count("\n") == 1
     assert not native.EXTENSION.clear_stale_lock(where)  # nothing left to remove
+
+    # a live build: its lock goes away after 0.3 s; we wait, say so once, and remove nothing
+    lock.touch()
+    threading.Timer(0.3, lock.unlink).start()
+    start = time.monotonic()
+    assert not native.EXTENSION.clear_stale_lock(where, poll_seconds=0.05)
+    assert 0.25 < time.monotonic() - start < 5
+    err = capsys.readouterr().err
+    assert err.startswith("note: waiting for another build") and err.count("\n") == 1
+
+    # a lock fresh when we start that nobody removes: it becomes stale while we wait, then it is removed
+    monkeypatch.setattr(jit_extension, "STALE_LOCK_SECONDS", 0.5)
+    lock.touch()
+    start = time.monotonic()
+    assert native.EXTENSION.clear_stale_lock(where, poll_seconds=0.05) and not lock.exists()
+    assert 0.4 < time.monotonic() - start < 5
+    assert capsys.readouterr().err.count("note: removed a stale build lock") == 1

@@ -93,15 +93,31 @@ class JitExtension:
         except Exception:  # noqa: BLE001 -- a private helper; without it torch picks the place itself
             return None
 
-    def clear_stale_lock(self, where: Path | None) -> bool:
-        """Remove a build lock older than ``STALE_LOCK_SECONDS`` (left by a killed build); True if removed."""
+    def clear_stale_lock(self, where: Path | None, poll_seconds: float = 1.0) -> bool:
+        """Wait while another build holds the lock; remove it once older than ``STALE_LOCK_SECONDS`` (a killed
+        build's). True if a stale lock was removed.
+
+        Why wait here: torch's own wait never gives up, so a lock left by a build killed a minute ago (fresh at
+        our start) would block this process for ever. A live build ends within the limit and removes its lock.
+        """
         lock = None if where is None else where / "lock"
-        if lock is None or not lock.exists() or time.time() - lock.stat().st_mtime < STALE_LOCK_SECONDS:
-            return False
-        lock.unlink(missing_ok=True)
-        print(f"note: removed a stale build lock of {self.what} ({lock}), left by an interrupted build",
-              file=sys.stderr, flush=True)
-        return True
+        said = False
+        while lock is not None and lock.exists():
+            try:
+                age = time.time() - lock.stat().st_mtime
+            except FileNotFoundError:  # the other build finished between the two calls
+                return False
+            if age >= STALE_LOCK_SECONDS:
+                lock.unlink(missing_ok=True)
+                print(f"note: removed a stale build lock of {self.what} ({lock}), left by an interrupted build",
+                      file=sys.stderr, flush=True)
+                return True
+            if not said:
+                print(f"note: waiting for another build of {self.what} ({lock}); a lock older than "
+                      f"{STALE_LOCK_SECONDS} s is taken as left by an interrupted build", file=sys.stderr, flush=True)
+                said = True
+            time.sleep(min(poll_seconds, STALE_LOCK_SECONDS - age + 0.01))
+        return False
 
     def _build(self) -> ModuleType | None:
         reason = self.unavailable_reason()
