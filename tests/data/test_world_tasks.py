@@ -198,13 +198,41 @@ def test_invented_keys_replace_the_world_names_of_a_key_value_list(world):
     import re
 
     names = {e.name for group in world.entities.values() for e in group}
-    plain = world.long_context_task("kv_retrieval", 600, 0.5, seed=3)
+    plain = world.long_context_task("kv_retrieval", 600, 0.5, seed=3, spread_invented=False)
     invented = world.long_context_task("kv_retrieval", 600, 0.5, seed=3, invented_keys=True)
     keys = [re.findall(r"The code of (.+?) is \d+\.", t.context) for t in (plain, invented)]
     assert set(keys[0][:40]) <= names and not set(keys[1]) & names
     assert len(set(keys[1])) == len(keys[1]) and invented.key in keys[1]
     assert invented.context.count(invented.answer.strip()) == 1 and abs(invented.depth - 0.5) < 0.05
     assert invented == world.long_context_task("kv_retrieval", 600, 0.5, seed=3, invented_keys=True)
+
+
+def test_a_list_longer_than_the_world_has_names_spreads_its_invented_keys_over_every_depth(world):
+    """A list that runs out of world names takes invented keys; by default its lines are shuffled so that an
+    invented key is as likely at the start as at the end (else depth ~0.8+ would always ask an invented key:
+    "depth" would mean "novelty" too). ``spread_invented=False`` keeps the shipped training streams' order (world
+    names, then invented keys), and a list the world's names suffice for is the same task either way."""
+    import re
+
+    names = {e.name for group in world.entities.values() for e in group}
+
+    def invented_at(task) -> list[bool]:
+        return [key not in names for key in re.findall(r"The code of (.+?) is \d+\.", task.context)]
+
+    tail = world.long_context_task("kv_retrieval", 900, 0.9, seed=30, spread_invented=False)
+    spread = world.long_context_task("kv_retrieval", 900, 0.9, seed=10)
+    flags = invented_at(tail)
+    first = flags.index(True)
+    assert 0 < first and all(flags[first:]) and tail.key not in names  # world names, then invented: depth 0.9 is novel
+    flags = invented_at(spread)
+    half = len(flags) // 2
+    assert any(flags[:half // 2]) and not all(flags[half:])  # invented keys near the start, world names near the end
+    asked = [world.long_context_task("kv_retrieval", 900, 0.9, seed=s) for s in range(40)]
+    assert 0 < sum(t.key not in names for t in asked) < 30  # depth 0.9 asks a world name most of the time
+    for task in asked[:5]:
+        assert abs(task.depth - 0.9) < 0.05 and task.context.count(task.answer.strip()) == 1
+    short = [world.long_context_task("kv_retrieval", 300, 0.9, seed=3, spread_invented=spread) for spread in (True, False)]
+    assert short[0] == short[1] and not any(invented_at(short[0]))
 
 
 # ---- counterfactual edits ------------------------------------------------------------------------------

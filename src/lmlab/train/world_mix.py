@@ -125,8 +125,9 @@ class WorldMixBlocks:
             n_words, depth = rng.randint(lo, hi), rng.randrange(DEPTH_BINS) / 10
             # drawn only when asked for, so that recipes without it keep their exact stream
             invented = kind == "kv_retrieval" and self.invented_keys_share > 0 and rng.random() < self.invented_keys_share
+            # invented keys at a long list's end, as every shipped recipe's stream was drawn
             task = self.world.long_context_task(kind, n_words, depth, seed=self._task_seed(k, r, attempt),
-                                                invented_keys=invented)
+                                                invented_keys=invented, spread_invented=False)
             context = [self.eos, *self.tokenizer.encode(task.context)]
             tail = self.tokenizer.encode("\n" + task.question + task.answer + "." + self._more_questions(task, rng))
             n = len(context) + len(tail)

@@ -16,7 +16,10 @@ Every figure is a fraction in [0, 1]:
   ("Write a positive sentence about Mirova."); ``chat_politeness``: greedy replies to a held-out
   question with a polite / rude system instruction, labelled by ``label_politeness``;
 * ``kv_retrieval/<tokens>/<depth>`` and ``needle/<tokens>/<depth>``: exact-match retrieval from prompts of
-  about ``tokens`` tokens (measured with the model's tokenizer) with the queried line at ``depth``.
+  about ``tokens`` tokens (measured with the model's tokenizer) with the queried line at ``depth``. A list
+  longer than the world has names (1,024 tokens in the quickstart world) mixes in invented keys, spread over
+  the list, so every depth asks one now and then; ``kv_retrieval_invented/<tokens>``: the same tasks at every
+  depth with every key invented (a lookup by the key's tokens alone, never by a name the model knows).
 
 ``subset`` evaluates a fixed, evenly spaced subset of every probe list (for fast re-checks in tests).
 """
@@ -106,13 +109,17 @@ def chat_politeness(model, tokenizer, world, facts) -> float:
     return sum(LABELLERS["politeness"](r) == w for r, w in zip(replies, wanted)) / max(1, len(replies))
 
 
-def words_for_tokens(world, tokenizer, target_tokens: int) -> int:
-    """Words of a key-value task giving about ``target_tokens`` prompt tokens with this tokenizer."""
-    sample = world.long_context_task("kv_retrieval", 400, 0.5, seed=-1)
+def words_for_tokens(world, tokenizer, target_tokens: int, invented_keys: bool = False) -> int:
+    """Words of a key-value task giving about ``target_tokens`` prompt tokens with this tokenizer (``invented_keys``:
+    of a list keyed only by invented names, which a world-trained BPE splits into more tokens)."""
+    def task(n_words: int):
+        return world.long_context_task("kv_retrieval", n_words, 0.5, seed=-1, invented_keys=invented_keys)
+
+    sample = task(400)
     ratio = len(tokenizer.encode(sample.prompt)) / sample.n_words
     n_words = max(32, round(target_tokens / ratio))
     for _ in range(4):  # longer lists need invented keys, which a world-trained BPE splits into more tokens
-        tokens = len(tokenizer.encode(world.long_context_task("kv_retrieval", n_words, 0.5, seed=-1).prompt))
+        tokens = len(tokenizer.encode(task(n_words).prompt))
         if tokens <= target_tokens * 1.02:
             break
         n_words = max(32, round(n_words * target_tokens / tokens))
@@ -130,9 +137,21 @@ def long_context_scores(model, tokenizer, world, lengths=CONTEXT_TOKENS, depths=
                 conts = greedy_continuations(model, tokenizer, [t.prompt for t in tasks], max_new_tokens=6,
                                              batch_size=8)
                 out[f"{kind}/{target}/{depth}"] = sum(is_exact_match(c, t.answer) for c, t in zip(conts, tasks)) / len(tasks)
+        if "kv_retrieval" in kinds:
+            out[f"kv_retrieval_invented/{target}"] = invented_key_retrieval(
+                model, tokenizer, world, words_for_tokens(world, tokenizer, target, invented_keys=True), depths,
+                n_per_cell)
         out[f"tokens/{target}"] = round(sum(len(tokenizer.encode(world.long_context_task(
             "kv_retrieval", n_words, 0.5, seed=-1000 - i).prompt)) for i in range(4)) / 4, 1)
     return out
+
+
+def invented_key_retrieval(model, tokenizer, world, n_words: int, depths=DEPTHS, n_per_cell: int = 8) -> float:
+    """Exact-match retrieval from key-value lists of ``n_words`` words keyed only by invented names, over ``depths``."""
+    tasks = [world.long_context_task("kv_retrieval", n_words, depth, seed=-1000 - i, invented_keys=True)
+             for depth in depths for i in range(n_per_cell)]
+    conts = greedy_continuations(model, tokenizer, [t.prompt for t in tasks], max_new_tokens=6, batch_size=8)
+    return sum(is_exact_match(c, t.answer) for c, t in zip(conts, tasks)) / len(tasks)
 
 
 @torch.inference_mode()

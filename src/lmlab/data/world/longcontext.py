@@ -4,7 +4,9 @@ Why: KV-cache compression and long-context methods are judged by whether the ans
 retrieved from far back in the context. Two kinds:
 
 * ``kv_retrieval``: a list of lines ``"The code of <key> is <4-digit code>."`` (keys are world names,
-  then extra invented names; codes unique), question about one key;
+  then extra invented names once the world's run out; codes unique), question about one key. With
+  ``spread_invented`` the lines of a list that needed invented keys are shuffled, so the invented ones are spread
+  over the list instead of filling its end (which would make "depth" mean "key novelty" too);
 * ``needle``: filler made of world fact sentences with one needle
   ``"The secret number of <person> is <code>."`` inserted at a chosen depth.
 
@@ -64,8 +66,11 @@ def _depth_for(index: int, n_tasks: int) -> float:
 
 
 def kv_retrieval(n_words: int, keys: list[str], more_keys: NameGenerator, target_depth: float,
-                 rng: random.Random) -> LongContextTask:
-    """One key-value task of about ``n_words`` words (``keys`` are used first, then invented ones)."""
+                 rng: random.Random, spread_invented: bool = False) -> LongContextTask:
+    """One key-value task of about ``n_words`` words (``keys`` are used first, then invented ones).
+
+    ``spread_invented``: a list longer than ``keys`` has its lines shuffled, so an invented key is as likely at any
+    depth; a list keyed by ``keys`` alone is the same task either way (its keys are already in random order)."""
     pool = list(keys)
     rng.shuffle(pool)
     chosen: list[str] = []
@@ -75,6 +80,10 @@ def kv_retrieval(n_words: int, keys: list[str], more_keys: NameGenerator, target
         chosen.append(key)
         total += 5 + len(key.split())
     codes = _codes(len(chosen), rng)
+    if spread_invented and 0 < len(pool) < len(chosen):  # world names and invented ones
+        order = list(range(len(chosen)))
+        rng.shuffle(order)
+        chosen, codes = [chosen[i] for i in order], [codes[i] for i in order]
     lines = [f"The code of {k} is {c}." for k, c in zip(chosen, codes)]
     index = round(target_depth * (len(lines) - 1))
     key, code = chosen[index], codes[index]
@@ -107,13 +116,13 @@ def needle(n_words: int, filler: list[str], people: list[str], target_depth: flo
 def long_context_tasks(n_words: int, n_tasks: int, kinds: tuple[str, ...], keys: list[str],
                        filler: list[str], people: list[str], more_keys: NameGenerator,
                        rng: random.Random) -> list[LongContextTask]:
-    """``n_tasks`` tasks of each kind, kind-major, depths spread evenly."""
+    """``n_tasks`` tasks of each kind, kind-major, depths spread evenly (invented keys spread over each list)."""
     out = []
     for kind in kinds:
         for i in range(n_tasks):
             depth = _depth_for(i, n_tasks)
             if kind == "kv_retrieval":
-                out.append(kv_retrieval(n_words, keys, more_keys, depth, rng))
+                out.append(kv_retrieval(n_words, keys, more_keys, depth, rng, spread_invented=True))
             else:
                 out.append(needle(n_words, filler, people, depth, rng))
     return out
