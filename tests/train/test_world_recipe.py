@@ -99,6 +99,32 @@ def test_invented_keys_share_keys_whole_lists_by_invented_names_and_leaves_other
         WorldMixBlocks(world, tokenizer, texts, invented_keys_share=1.5)
 
 
+def test_spread_invented_keys_puts_invented_keys_among_the_world_names_of_a_long_list(tiny_mix):
+    """A list longer than the tiny world's 23 names needs invented keys: by default (every shipped recipe's
+    stream) they end the list; ``spread_invented_keys`` shuffles them in among the world's names."""
+    import re
+
+    world, tokenizer, _ = tiny_mix
+    texts = [d.text for d in world.corpus("train")]
+    names = {e.name for group in world.entities.values() for e in group}
+    options = dict(block_size=1024, long_rows=3, short_block=32, short_rows=4, long_every=1, long_words=(200, 230),
+                   kv_share=1.0, seed=3)
+    lists = re.compile(r"((?:The code of [^.]+? is \d+\. ?)+)\n")
+
+    def novelty_runs(spread: bool) -> list[list[bool]]:
+        batch = WorldMixBlocks(world, tokenizer, texts, spread_invented_keys=spread, **options).batch(0)
+        text = "".join(tokenizer.decode(ids.tolist()) for ids in batch["input_ids"])
+        return [[key not in names for key in re.findall(r"The code of (.+?) is \d+\.", block.group(1))]
+                for block in lists.finditer(text)]
+
+    at_end, spread = novelty_runs(False), novelty_runs(True)
+    assert len(at_end) == len(spread) == 3 and all(len(flags) > 28 for flags in at_end + spread)
+    for flags in at_end:  # world names, then only invented keys
+        assert not any(flags[:20]) and all(flags[flags.index(True):])
+    for flags in spread:  # the same number of invented keys, one among the first ten lines
+        assert 5 < sum(flags) < len(flags) and any(flags[:10]) and not all(flags[flags.index(True):])
+
+
 def test_length_curriculum_grows_the_longest_task(tiny_mix):
     world, tokenizer, _ = tiny_mix
     texts = [d.text for d in world.corpus("train")]

@@ -171,6 +171,9 @@ class ReferenceRecipe:
     # Share of key-value tasks keyed only by invented names, so the key match must work on token identity
     # (docs/claims.md, issue 11, session 13: the world's names alone teach a lookup that fails on unseen keys).
     invented_keys_share: float = 0.0
+    # A list longer than the world has names spreads its invented keys over the list (World.long_context_task's
+    # default since session 15); False, their end, is how every earlier recipe's stream was drawn.
+    spread_invented_keys: bool = False
 
     def scaled(self, **changes) -> ReferenceRecipe:
         return dataclasses.replace(self, **changes)
@@ -381,7 +384,8 @@ def train_reference_model(out: Path, recipe: ReferenceRecipe = ReferenceRecipe()
                           long_words=r.long_words, pack_tasks=r.pack_tasks, extra_questions=r.extra_questions,
                           length_ramp=round(r.length_ramp * (r.steps - r.copy_steps)), kv_share=r.kv_share,
                           copy_steps=r.copy_steps, copy_rows=r.copy_rows, copy_block=r.copy_block,
-                          copy_batch=r.copy_batch, invented_keys_share=r.invented_keys_share, seed=r.seed)
+                          copy_batch=r.copy_batch, invented_keys_share=r.invented_keys_share,
+                          spread_invented_keys=r.spread_invented_keys, seed=r.seed)
     say(f"world: {len(world.facts)} facts, {len(texts)} training texts; tokenizer {len(tokenizer)} tokens; "
         f"world-text stream {len(data.stream)} tokens")
     cfg = load_config(TrainConfig, None, [
