@@ -21,7 +21,8 @@ from the question shrinks. Accuracy rising as lines are cut means distance; not 
         --depths 0,1 --cut-lines 75,50,25,10
 
 ``--key-novelty`` separates a line's place from its key. A list longer than the world has names (82 in the
-quickstart world, so ~530 words) ends in invented keys ("Kesis"), so depth and key novelty go together. For each
+quickstart world, so ~530 words) takes invented keys ("Kesis"); until session 15 they ended the list, so depth and
+key novelty went together (now they are spread over it: ``World.long_context_task``). For each
 list, one line keyed by a world name and one keyed by an invented name are each re-asked with the line moved to
 the list's start, middle and end (the other lines in their order).
 
