@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 
+import lmlab
 from lmlab.core.tokenizer import train_bpe
 from lmlab.errors import LmlabError
 from lmlab.data.world import WorldConfig, build_world
@@ -257,3 +258,37 @@ def test_scaled_down_recipe_learns_and_resumes(tmp_path):
     logged = [json.loads(line) for line in (out / "train" / "copy_gain.jsonl").read_text().splitlines()]
     assert [row["step"] for row in logged] == [4, 20, 40]
     assert all(math.isfinite(row["copy_gain"]) for row in logged) and math.isfinite(report["copy_gain"])
+
+
+def test_a_recipe_can_start_from_an_unshipped_stage_which_is_trained_first(tmp_path, monkeypatch):
+    """``init_from`` naming a recipe of WORLD_RECIPES that is not shipped trains that stage first, beside the run,
+    and continues from it (its weights and tokenizer); ``stream_seed`` gives the stage after it other batches of
+    the same world."""
+    import lmlab.train.world_mix as world_mix
+    from lmlab.train import world_recipe
+
+    stage = ReferenceRecipe(init_from=None).scaled(d_model=32, n_layers=1, n_heads=2, block_size=128, long_rows=1,
+                                                   short_block=64, short_rows=2, steps=3, warmup_steps=1,
+                                                   long_words=(40, 60), ckpt_every=10, vocab_size=300, threads=1)
+    monkeypatch.setitem(world_recipe.WORLD_RECIPES, "tiny-stage", stage)
+    seeds = []
+
+    class Recorded(world_mix.WorldMixBlocks):
+        def __init__(self, *args, **kwargs):
+            seeds.append(kwargs["seed"])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(world_mix, "WorldMixBlocks", Recorded)
+    said = []
+    out = tmp_path / "run"
+    model, tokenizer, _, report = train_reference_model(out, stage.scaled(init_from="tiny-stage", steps=2,
+                                                                          stream_seed=7),
+                                                        progress=False, evaluate=False, say=said.append)
+    built = tmp_path / "run.tiny-stage"
+    assert (built / "report.json").exists() and (built / "model" / "model.safetensors").exists()
+    assert seeds == [0, 7]  # the stage's stream, then this recipe's own
+    assert any(line.startswith("stage tiny-stage: training it first") for line in said)
+    assert any("from tiny-stage" in line for line in said)
+    assert tokenizer.encode("Mirova was born in") == lmlab.load_tokenizer(built / "model").encode("Mirova was born in")
+    assert report["recipe"]["init_from"] == "tiny-stage" and report["recipe"]["stream_seed"] == 7
+    assert model.num_parameters() == lmlab.load(built / "model").num_parameters()

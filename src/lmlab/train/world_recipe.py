@@ -133,7 +133,8 @@ class ReferenceRecipe:
 
     seed: int = 0
     # Warm start: continue from a shipped reference (its weights and tokenizer; the size fields and
-    # vocab_size below are then unused). None = train a fresh model of the size below.
+    # vocab_size below are then unused), or from a recipe of WORLD_RECIPES that is not shipped (trained first, in
+    # a run directory beside this one: a stage of a chain). None = train a fresh model of the size below.
     init_from: str | None = "world-llama-0.9m"
     vocab_size: int = 2048
     d_model: int = 192
@@ -174,6 +175,9 @@ class ReferenceRecipe:
     # A list longer than the world has names spreads its invented keys over the list (World.long_context_task's
     # default since session 15); False, their end, is how every earlier recipe's stream was drawn.
     spread_invented_keys: bool = False
+    # The seed of the training stream (batches, tasks), when it should differ from ``seed`` (the world's, the
+    # model's): two stages of a chain then draw different data from the same world.
+    stream_seed: int | None = None
 
     def scaled(self, **changes) -> ReferenceRecipe:
         return dataclasses.replace(self, **changes)
@@ -373,9 +377,16 @@ def train_reference_model(out: Path, recipe: ReferenceRecipe = ReferenceRecipe()
     r = recipe
     base = None
     if r.init_from is not None:
-        from lmlab.reference_names import resolve
+        from lmlab.reference_names import REFERENCES, resolve
 
-        base = resolve(r.init_from)
+        if r.init_from in WORLD_RECIPES and r.init_from not in REFERENCES:  # an unshipped stage: train it first
+            stage = out.with_name(f"{out.name}.{r.init_from}")
+            say(f"stage {r.init_from}: training it first in {stage}")
+            train_reference_model(stage, WORLD_RECIPES[r.init_from], resume=resume, progress=progress,
+                                  evaluate=False, say=say)
+            base = stage / "model"
+        else:
+            base = resolve(r.init_from)
         tokenizer = lmlab.load_tokenizer(base)
     else:
         tokenizer = reference_tokenizer(world, recipe.vocab_size)
@@ -385,7 +396,8 @@ def train_reference_model(out: Path, recipe: ReferenceRecipe = ReferenceRecipe()
                           length_ramp=round(r.length_ramp * (r.steps - r.copy_steps)), kv_share=r.kv_share,
                           copy_steps=r.copy_steps, copy_rows=r.copy_rows, copy_block=r.copy_block,
                           copy_batch=r.copy_batch, invented_keys_share=r.invented_keys_share,
-                          spread_invented_keys=r.spread_invented_keys, seed=r.seed)
+                          spread_invented_keys=r.spread_invented_keys,
+                          seed=r.seed if r.stream_seed is None else r.stream_seed)
     say(f"world: {len(world.facts)} facts, {len(texts)} training texts; tokenizer {len(tokenizer)} tokens; "
         f"world-text stream {len(data.stream)} tokens")
     cfg = load_config(TrainConfig, None, [
