@@ -126,6 +126,29 @@ def test_spread_invented_keys_puts_invented_keys_among_the_world_names_of_a_long
         assert 5 < sum(flags) < len(flags) and any(flags[:10]) and not all(flags[flags.index(True):])
 
 
+def test_last_line_every_asks_the_line_right_before_the_question(tiny_mix):
+    """``last_line_every=N``: the key-value tasks whose seed N divides ask their list's last line (the one right
+    before the question); 1 asks it of every list, 0 (the default) leaves depths uniform."""
+    import re
+
+    world, tokenizer, _ = tiny_mix
+    texts = [d.text for d in world.corpus("train")]
+    options = dict(block_size=512, long_rows=3, short_block=32, short_rows=4, long_every=1, long_words=(32, 80),
+                   kv_share=1.0, pack_tasks=True, seed=3)
+    task = re.compile(r"((?:The code of [^.]+? is \d+\. ?)+)\nWhat is the code of ([^?]+)\?")
+
+    def asked_last(every: int) -> list[bool]:
+        mix = WorldMixBlocks(world, tokenizer, texts, last_line_every=every, **options)
+        text = "".join(tokenizer.decode(ids.tolist()) for k in range(4) for ids in mix.batch(k)["input_ids"])
+        return [re.findall(r"The code of (.+?) is \d+\.", m.group(1))[-1] == m.group(2) for m in task.finditer(text)]
+
+    every, uniform = asked_last(1), asked_last(0)
+    assert len(every) >= 12 and all(every)
+    assert len(uniform) >= 12 and sum(uniform) < len(uniform) / 2
+    with pytest.raises(LmlabError, match="last_line_every"):
+        WorldMixBlocks(world, tokenizer, texts, last_line_every=-1)
+
+
 def test_length_curriculum_grows_the_longest_task(tiny_mix):
     world, tokenizer, _ = tiny_mix
     texts = [d.text for d in world.corpus("train")]

@@ -43,7 +43,8 @@ class WorldMixBlocks:
                  long_words: tuple[int, int] = (60, 680), kv_share: float = 0.75, epochs: int = 8,
                  pack_tasks: bool = False, extra_questions: int = 0, length_ramp: int = 0, copy_steps: int = 0,
                  copy_rows: int = 0, copy_block: int | None = None, copy_batch: int | None = None,
-                 invented_keys_share: float = 0.0, spread_invented_keys: bool = False, seed: int = 0) -> None:
+                 invented_keys_share: float = 0.0, spread_invented_keys: bool = False, last_line_every: int = 0,
+                 seed: int = 0) -> None:
         if not texts:
             raise LmlabError("texts: the training corpus is empty")
         if short_block < 16 or block_size < short_block or long_rows < 1 or short_rows < 1 or long_every < 1:
@@ -60,6 +61,9 @@ class WorldMixBlocks:
             raise LmlabError(f"world mix: invented_keys_share must be in [0, 1], got {invented_keys_share}")
         self.invented_keys_share = invented_keys_share
         self.spread_invented_keys = spread_invented_keys
+        if last_line_every < 0:
+            raise LmlabError(f"world mix: last_line_every must be >= 0, got {last_line_every}")
+        self.last_line_every = last_line_every
         # the copy phase's batches: copy_batch rows (default: a short batch's tokens) of copy_block tokens
         # (default short_block); short rows form the circuit sooner than long ones, and too small a batch
         # stalls it (docs/claims.md, issue 11, session 8: 56 x 64 formed, 24 x 64 and 14 x 256 did not)
@@ -126,8 +130,11 @@ class WorldMixBlocks:
             n_words, depth = rng.randint(lo, hi), rng.randrange(DEPTH_BINS) / 10
             # drawn only when asked for, so that recipes without it keep their exact stream
             invented = kind == "kv_retrieval" and self.invented_keys_share > 0 and rng.random() < self.invented_keys_share
-            task = self.world.long_context_task(kind, n_words, depth, seed=self._task_seed(k, r, attempt),
-                                                invented_keys=invented, spread_invented=self.spread_invented_keys)
+            seed = self._task_seed(k, r, attempt)
+            if kind == "kv_retrieval" and self.last_line_every and seed % self.last_line_every == 0:
+                depth = 1.0  # the list's last line, right before the question (see last_line_every)
+            task = self.world.long_context_task(kind, n_words, depth, seed=seed, invented_keys=invented,
+                                                spread_invented=self.spread_invented_keys)
             context = [self.eos, *self.tokenizer.encode(task.context)]
             tail = self.tokenizer.encode("\n" + task.question + task.answer + "." + self._more_questions(task, rng))
             n = len(context) + len(tail)
