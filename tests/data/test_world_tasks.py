@@ -235,6 +235,23 @@ def test_a_list_longer_than_the_world_has_names_spreads_its_invented_keys_over_e
     assert short[0] == short[1] and not any(invented_at(short[0]))
 
 
+def test_code_prefixes_make_a_lists_codes_share_a_few_beginnings(world):
+    """``code_prefixes=4`` (training only): the codes are still distinct 4-digit numbers, the answer still occurs
+    once, and they begin with just 4 two-digit prefixes, a quarter of the lines each; 0 is the plain task."""
+    import re
+    from collections import Counter
+
+    task = world.long_context_task("kv_retrieval", 600, 0.5, seed=3, code_prefixes=4)
+    codes = re.findall(r"The code of .+? is (\d+)\.", task.context)
+    heads = Counter(code[:2] for code in codes)
+    assert len(codes) == len(set(codes)) > 80 and all(len(code) == 4 for code in codes)
+    assert len(heads) == 4 and max(heads.values()) - min(heads.values()) <= 1 + len(codes) % 4
+    assert task.context.count(task.answer.strip()) == 1 and abs(task.depth - 0.5) < 0.05
+    plain = world.long_context_task("kv_retrieval", 600, 0.5, seed=3)
+    assert plain == world.long_context_task("kv_retrieval", 600, 0.5, seed=3, code_prefixes=0)
+    assert len({code[:2] for code in re.findall(r"is (\d+)\.", plain.context)}) > 30
+
+
 # ---- counterfactual edits ------------------------------------------------------------------------------
 def _all_facts(w) -> set:
     return set(w.facts) | set(w.two_hop_facts())

@@ -149,6 +149,30 @@ def test_last_line_every_asks_the_line_right_before_the_question(tiny_mix):
         WorldMixBlocks(world, tokenizer, texts, last_line_every=-1)
 
 
+def test_code_prefix_share_gives_lists_whose_codes_share_four_beginnings(tiny_mix):
+    """``code_prefix_share=1``: every list's codes begin with 4 two-digit prefixes; 0 leaves the stream as it was."""
+    import re
+
+    world, tokenizer, _ = tiny_mix
+    texts = [d.text for d in world.corpus("train")]
+    options = dict(block_size=512, long_rows=3, short_block=32, short_rows=4, long_every=1, long_words=(60, 100),
+                   kv_share=1.0, pack_tasks=True, seed=3)
+    batch = WorldMixBlocks(world, tokenizer, texts, code_prefix_share=1.0, **options).batch(0)
+    heads = []
+    for ids in batch["input_ids"].tolist():  # each task's context follows an eos; its list ends at the "\n"
+        starts = [i + 1 for i, t in enumerate(ids) if t == tokenizer.eos_id]
+        for start, end in zip(starts, starts[1:] + [len(ids)]):
+            piece = tokenizer.decode(ids[start:end])
+            if piece.startswith("The code of") and "\n" in piece:
+                heads.append({code[:2] for code in re.findall(r"is (\d+)\.", piece.split("\n")[0])})
+    assert len(heads) >= 3 and all(2 <= len(h) <= 4 for h in heads) and max(len(h) for h in heads) == 4
+    plain = WorldMixBlocks(world, tokenizer, texts, **options).batch(0)
+    zero = WorldMixBlocks(world, tokenizer, texts, code_prefix_share=0.0, **options).batch(0)
+    assert torch.equal(plain["input_ids"], zero["input_ids"])
+    with pytest.raises(LmlabError, match="code_prefix_share"):
+        WorldMixBlocks(world, tokenizer, texts, code_prefix_share=2.0)
+
+
 def test_length_curriculum_grows_the_longest_task(tiny_mix):
     world, tokenizer, _ = tiny_mix
     texts = [d.text for d in world.corpus("train")]

@@ -32,6 +32,7 @@ from lmlab.errors import LmlabError
 from lmlab.train.objectives import IGNORE_INDEX
 
 DEPTH_BINS = 11  # depths drawn from {0, 0.1, ..., 1}
+CODE_PREFIXES = 4  # a list with shared code beginnings (code_prefix_share) has this many, a quarter of its lines each
 _KV_LINE = re.compile(r"The code of (.+?) is (\d+)\.")
 
 
@@ -44,7 +45,7 @@ class WorldMixBlocks:
                  pack_tasks: bool = False, extra_questions: int = 0, length_ramp: int = 0, copy_steps: int = 0,
                  copy_rows: int = 0, copy_block: int | None = None, copy_batch: int | None = None,
                  invented_keys_share: float = 0.0, spread_invented_keys: bool = False, last_line_every: int = 0,
-                 seed: int = 0) -> None:
+                 code_prefix_share: float = 0.0, seed: int = 0) -> None:
         if not texts:
             raise LmlabError("texts: the training corpus is empty")
         if short_block < 16 or block_size < short_block or long_rows < 1 or short_rows < 1 or long_every < 1:
@@ -64,6 +65,9 @@ class WorldMixBlocks:
         if last_line_every < 0:
             raise LmlabError(f"world mix: last_line_every must be >= 0, got {last_line_every}")
         self.last_line_every = last_line_every
+        if not 0.0 <= code_prefix_share <= 1.0:
+            raise LmlabError(f"world mix: code_prefix_share must be in [0, 1], got {code_prefix_share}")
+        self.code_prefix_share = code_prefix_share
         # the copy phase's batches: copy_batch rows (default: a short batch's tokens) of copy_block tokens
         # (default short_block); short rows form the circuit sooner than long ones, and too small a batch
         # stalls it (docs/claims.md, issue 11, session 8: 56 x 64 formed, 24 x 64 and 14 x 256 did not)
@@ -133,8 +137,11 @@ class WorldMixBlocks:
             seed = self._task_seed(k, r, attempt)
             if kind == "kv_retrieval" and self.last_line_every and seed % self.last_line_every == 0:
                 depth = 1.0  # the list's last line, right before the question (see last_line_every)
+            # drawn only when asked for, like ``invented``
+            shared = kind == "kv_retrieval" and self.code_prefix_share > 0 and rng.random() < self.code_prefix_share
             task = self.world.long_context_task(kind, n_words, depth, seed=seed, invented_keys=invented,
-                                                spread_invented=self.spread_invented_keys)
+                                                spread_invented=self.spread_invented_keys,
+                                                code_prefixes=CODE_PREFIXES if shared else 0)
             context = [self.eos, *self.tokenizer.encode(task.context)]
             tail = self.tokenizer.encode("\n" + task.question + task.answer + "." + self._more_questions(task, rng))
             n = len(context) + len(tail)

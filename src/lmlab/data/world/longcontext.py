@@ -50,14 +50,26 @@ class LongContextTask:
                 "answer": self.answer, "depth": self.depth, "key": self.key, "n_words": self.n_words}
 
 
-def _codes(n: int, rng: random.Random) -> list[str]:
+def _codes(n: int, rng: random.Random, prefixes: int = 0) -> list[str]:
     """``n`` distinct codes of equal digit count (4 unless more are needed); equal length means one
-    code can never be a substring of another."""
+    code can never be a substring of another.
+
+    ``prefixes > 0``: the codes share that many two-digit beginnings, in equal turns (a training-only variant:
+    a code's first BPE piece then points at many lines, so its later pieces must be copied from the line whose
+    key matched, not from any line whose code began the same way)."""
     digits = 4
     while 9 * 10 ** (digits - 1) < n:
         digits += 1
     low = 10 ** (digits - 1)
-    return [str(c) for c in rng.sample(range(low, 10 * low), n)]
+    if prefixes <= 0:
+        return [str(c) for c in rng.sample(range(low, 10 * low), n)]
+    heads = rng.sample(range(10, 100), min(prefixes, 90))
+    tail = 10 ** (digits - 2)
+    per_head = -(-n // len(heads))  # ceil
+    if per_head > tail:
+        raise ValueError(f"{n} codes do not fit {len(heads)} shared prefixes of {digits} digits")
+    codes = [str(head * tail + rest) for head in heads for rest in rng.sample(range(tail), per_head)]
+    return [codes[i] for i in rng.sample(range(len(codes)), n)]
 
 
 def _depth_for(index: int, n_tasks: int) -> float:
@@ -66,11 +78,12 @@ def _depth_for(index: int, n_tasks: int) -> float:
 
 
 def kv_retrieval(n_words: int, keys: list[str], more_keys: NameGenerator, target_depth: float,
-                 rng: random.Random, spread_invented: bool = False) -> LongContextTask:
+                 rng: random.Random, spread_invented: bool = False, code_prefixes: int = 0) -> LongContextTask:
     """One key-value task of about ``n_words`` words (``keys`` are used first, then invented ones).
 
     ``spread_invented``: a list longer than ``keys`` has its lines shuffled, so an invented key is as likely at any
-    depth; a list keyed by ``keys`` alone is the same task either way (its keys are already in random order)."""
+    depth; a list keyed by ``keys`` alone is the same task either way (its keys are already in random order).
+    ``code_prefixes``: the codes share that many two-digit beginnings (see ``_codes``)."""
     pool = list(keys)
     rng.shuffle(pool)
     chosen: list[str] = []
@@ -79,7 +92,7 @@ def kv_retrieval(n_words: int, keys: list[str], more_keys: NameGenerator, target
         key = pool[len(chosen)] if len(chosen) < len(pool) else more_keys.key()
         chosen.append(key)
         total += 5 + len(key.split())
-    codes = _codes(len(chosen), rng)
+    codes = _codes(len(chosen), rng, code_prefixes)
     if spread_invented and 0 < len(pool) < len(chosen):  # world names and invented ones
         order = list(range(len(chosen)))
         rng.shuffle(order)

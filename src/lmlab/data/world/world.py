@@ -314,7 +314,8 @@ class World:
                                                                  n_tokens_approx))
 
     def long_context_task(self, kind: str, n_words: int, depth: float, seed: int,
-                          invented_keys: bool = False, spread_invented: bool = True) -> longcontext.LongContextTask:
+                          invented_keys: bool = False, spread_invented: bool = True,
+                          code_prefixes: int = 0) -> longcontext.LongContextTask:
         """One task of ``kind`` about ``n_words`` words with its needle (or queried line) at ``depth`` in [0, 1];
         a stream of its own per ``seed`` (training draws use seeds the written files never use).
 
@@ -323,19 +324,21 @@ class World:
         A list longer than the world has names (~530 words in the quickstart world) needs invented keys anyway;
         ``spread_invented`` shuffles its lines so they are spread over the list. ``False`` puts them at its end,
         where "depth" would also mean "key novelty" (docs/claims.md, issue 11, sessions 13 and 15): the shipped
-        recipes' training streams were drawn that way and keep it."""
+        recipes' training streams were drawn that way and keep it. ``code_prefixes > 0`` (training only) makes
+        the codes share that many two-digit beginnings."""
         if kind not in longcontext.KINDS:
             raise LmlabError(f"kind must be one of {', '.join(longcontext.KINDS)}, got {kind!r}")
         if not isinstance(n_words, int) or n_words < 32:
             raise LmlabError(f"n_words must be an integer >= 32, got {n_words!r}")
         if not 0.0 <= depth <= 1.0:
             raise LmlabError(f"depth must be in [0, 1], got {depth!r}")
-        label = ("longcontext_task", kind, seed, n_words, depth) + (("invented_keys",) if invented_keys else ())
+        label = (("longcontext_task", kind, seed, n_words, depth) + (("invented_keys",) if invented_keys else ())
+                 + (("code_prefixes", code_prefixes) if code_prefixes else ()))
         keys, filler, people, more_keys = self._long_context_inputs(label)
         rng = rng_for(self.config.seed, *label)
         if kind == "kv_retrieval":
             return longcontext.kv_retrieval(n_words, [] if invented_keys else keys, more_keys, depth, rng,
-                                            spread_invented=spread_invented)
+                                            spread_invented=spread_invented, code_prefixes=code_prefixes)
         return longcontext.needle(n_words, filler, people, depth, rng)
 
     @cached_property
