@@ -161,7 +161,7 @@ def build_world_reference(out: Path | None = None, run: Path | None = None, step
     import torch
 
     import lmlab
-    from lmlab.train.world_quality import evaluate_world_model
+    from lmlab.train.world_quality import N_PER_CELL, evaluate_world_model
     from lmlab.train.world_recipe import WORLD_RECIPES, train_reference_model
 
     out = Path(out) if out is not None else ASSETS / name
@@ -188,7 +188,7 @@ def build_world_reference(out: Path | None = None, run: Path | None = None, step
         "recipe_fields": recipe.to_dict(), "world": {"preset": "quickstart", "seed": recipe.seed},
         "seed": recipe.seed, "steps": recipe.steps, "vocab_size": report["vocab_size"],
         "parameters": report["parameters"], "n_facts": report["n_facts"], "final_loss": report["final_loss"],
-        "quality": quality, "quality_subset": subset,
+        "quality": quality, "quality_options": {"n_per_cell": N_PER_CELL}, "quality_subset": subset,
         "quality_subset_options": {"subset": SUBSET, "n_samples": 8, "n_per_cell": 2, "context_tokens": [1024]},
         "built_with": {"lmlab": lmlab.__version__, "torch": torch.__version__, "python": platform.python_version(),
                        "machine": platform.machine(), "threads": recipe.threads,
