@@ -137,9 +137,7 @@ def long_context_scores(model, tokenizer, world, lengths=CONTEXT_TOKENS, depths=
         for kind in kinds:
             for depth in depths:
                 tasks = [world.long_context_task(kind, n_words, depth, seed=-1000 - i) for i in range(n_per_cell)]
-                conts = greedy_continuations(model, tokenizer, [t.prompt for t in tasks], max_new_tokens=6,
-                                             batch_size=8)
-                out[f"{kind}/{target}/{depth}"] = sum(is_exact_match(c, t.answer) for c, t in zip(conts, tasks)) / len(tasks)
+                out[f"{kind}/{target}/{depth}"] = retrieved_share(model, tokenizer, tasks)
         if "kv_retrieval" in kinds:
             out[f"kv_retrieval_invented/{target}"] = invented_key_retrieval(
                 model, tokenizer, world, words_for_tokens(world, tokenizer, target, invented_keys=True), depths,
@@ -153,6 +151,11 @@ def invented_key_retrieval(model, tokenizer, world, n_words: int, depths=DEPTHS,
     """Exact-match retrieval from key-value lists of ``n_words`` words keyed only by invented names, over ``depths``."""
     tasks = [world.long_context_task("kv_retrieval", n_words, depth, seed=-1000 - i, invented_keys=True)
              for depth in depths for i in range(n_per_cell)]
+    return retrieved_share(model, tokenizer, tasks)
+
+
+def retrieved_share(model, tokenizer, tasks) -> float:
+    """Share of long-context ``tasks`` whose greedy continuation (6 tokens) is the exact answer."""
     conts = greedy_continuations(model, tokenizer, [t.prompt for t in tasks], max_new_tokens=6, batch_size=8)
     return sum(is_exact_match(c, t.answer) for c, t in zip(conts, tasks)) / len(tasks)
 
