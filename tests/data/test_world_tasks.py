@@ -16,8 +16,8 @@ from lmlab.data.world.attribute_text import AXES, attribute_text_words
 from lmlab.data.world.dialogues import dialogue_words
 from lmlab.data.world.questions import QUESTIONS, question_regex, question_words
 from lmlab.data.world.split import content_split
-from lmlab.data.world.templates import RELATIONS
-from lmlab.data.world.text import find_template_leaks
+from lmlab.data.world.templates import EXTRA_TEMPLATES, RELATIONS
+from lmlab.data.world.text import find_template_leaks, sentence
 from lmlab.errors import LmlabError
 
 
@@ -76,6 +76,34 @@ def test_augmentation_question_forms_stay_apart_from_the_heldout_forms(world, co
     assert not set(train) & set(world.qa_extra_documents("validation"))
     assert train == build_world(WorldConfig.quickstart()).qa_extra_documents()
     assert {p.answer for p in world.qa_probes("extra")} <= {" " + f.object for f in world.facts}
+
+
+def test_augmentation_templates_state_every_fact_and_stay_apart_from_the_heldout_ones(world, corpus_text):
+    """The ``facts_extra`` biographies (EXTRA_TEMPLATES, opt-in training text written after the held-out templates
+    were known) state every fact once under each augmentation template, are not in the corpus, leak no held-out or
+    two-hop phrasing and add no four-word span of one beyond what the training templates hold -- so held-out
+    paraphrase recall still measures phrasings the model never read."""
+    docs = world.fact_extra_documents(split=None)
+    text = "\n".join(docs)
+    sentences = re.split(r"(?<=\.) ", " ".join(docs))
+    wanted = [sentence(t, f) for f in world.facts for t in EXTRA_TEMPLATES[f.relation]]
+    assert sorted(sentences) == sorted(wanted)
+    assert set(EXTRA_TEMPLATES) == set(world.relations) and {len(t) for t in EXTRA_TEMPLATES.values()} == {2}
+    extras = [t for templates in EXTRA_TEMPLATES.values() for t in templates]
+    assert find_template_leaks(extras, text) == extras  # the detector fires on them
+    assert find_template_leaks(extras, corpus_text) == []  # opt-in only
+    hidden = [t for r in world.relations.values() for t in r.heldout_templates]
+    hidden += [t for r in world.two_hop_relations.values() for t in r.templates]
+    assert find_template_leaks(hidden, text) == []
+    assert not set(extras) & {t for r in RELATIONS for t in (*r.train_templates, *r.heldout_templates)}
+    known = set().union(*(_word_grams(t) for r in RELATIONS for t in r.train_templates))
+    new_spans = set().union(*(_word_grams(t) for t in extras)) - known
+    assert {t: _word_grams(t) & new_spans for t in hidden if _word_grams(t) & new_spans} == {}
+    assert _word_grams("The city where {s} came into the world is {o}") & _word_grams(hidden[0]) - known  # fires
+    train = world.fact_extra_documents()
+    assert set(train) < set(docs) and len(train) > 0.8 * len(docs)
+    assert not set(train) & set(world.fact_extra_documents("validation"))
+    assert train == build_world(WorldConfig.quickstart()).fact_extra_documents()
 
 
 def test_sentiment_contrasts_are_minimal_pairs_carrying_their_label(world):

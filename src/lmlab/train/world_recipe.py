@@ -339,9 +339,11 @@ SUBKINDS = {
     "sentiment_codes": ("attributes", lambda world: {t.prefixed for t in world.attribute_texts()
                                                      if t.axis == "sentiment"}),
 }
-# Kinds outside the world's corpus a recipe may add: the augmentation question forms (QUESTIONS[r].extra) and the
-# sentiment texts' counterfactual copies with their codes (World.sentiment_contrast_texts).
+# Kinds outside the world's corpus a recipe may add: the augmentation question forms (QUESTIONS[r].extra), the fact
+# biographies under the augmentation templates (templates.EXTRA_TEMPLATES) and the sentiment texts' counterfactual
+# copies with their codes (World.sentiment_contrast_texts).
 EXTRA_KINDS = {"qa_extra": lambda world: world.qa_extra_documents("train"),
+               "facts_extra": lambda world: world.fact_extra_documents("train"),
                "sentiment_contrasts": lambda world: [t.prefixed for t in world.sentiment_contrast_texts("train")]}
 
 

@@ -97,6 +97,31 @@ TWO_HOP_RELATIONS: tuple[TwoHopRelation, ...] = (
                     "People in the country of {s} speak {o}")),
 )
 
+# Augmentation templates: two more training phrasings per relation in the same two shapes for every relation (a
+# possessive, "{s}'s <noun> ...", and a relative clause, "The <noun> that/where {s} <verb> is {o}"), the statement
+# counterpart of the augmentation question forms (questions.QUESTIONS[r].extra). Not in the world's corpus: a recipe
+# adds them with the kind "facts_extra" (World.fact_extra_documents). Why: the references recall a fact under its
+# four training templates but lose the relation under a new construction ("The city where X was born is" is
+# continued by a company): each relation's training phrasings share one construction or two, and a fact stored
+# from text that varies only that little is keyed on those exact words (Allen-Zhu & Li 2023, "Physics of Language
+# Models 3.1": knowledge augmentation). They were written after the held-out templates were known, so
+# tests/data/test_world_tasks.py holds them to the rules of the question forms: no held-out or two-hop phrasing in
+# their text and no four-word span of one that the training templates do not already hold -- their head nouns and
+# verbs ("place", "job", "firm", "tongue", "land") are not the held-out ones. They stay out of all_template_words,
+# so the world's generated names are unchanged.
+EXTRA_TEMPLATES: dict[str, tuple[str, str]] = {
+    "born_in": ("{s}'s birthplace is {o}", "The place where {s} came into the world is {o}"),
+    "lives_in": ("{s}'s home is in {o}", "The place where {s} has a house is {o}"),
+    "works_as": ("{s}'s job is {o}", "The job that {s} holds is {o}"),
+    "works_for": ("{s}'s employer is {o}", "The firm that {s} works for is {o}"),
+    "speaks": ("{s}'s language is {o}", "The tongue that {s} is fluent in is {o}"),
+    "city_in": ("{s}'s country is {o}", "The land where {s} is located is {o}"),
+    "capital_of": ("{s}'s role is capital of {o}", "The country whose capital is {s} is {o}"),
+    "headquartered_in": ("{s}'s headquarters is in {o}", "The place where {s} has its main office is {o}"),
+    "official_language": ("{s}'s official language is {o}", "The tongue that people in {s} officially speak is {o}"),
+}
+
+
 RELATION_NAMES = tuple(relation.name for relation in RELATIONS)
 _NAME_PATTERN = r"[A-Z][A-Za-z]*(?: [A-Z][A-Za-z]*)*"
 

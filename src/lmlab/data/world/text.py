@@ -16,7 +16,7 @@ from collections.abc import Iterable
 
 from lmlab.data.world.rng import rng_for
 from lmlab.data.world.schema import Fact, Probe, Relation, TwoHopRelation
-from lmlab.data.world.templates import prompt_of, render, template_regex
+from lmlab.data.world.templates import EXTRA_TEMPLATES, prompt_of, render, template_regex
 
 
 def sentence(template: str, fact: Fact) -> str:
@@ -48,6 +48,22 @@ def biography_documents(facts: Iterable[Fact], relations: dict[str, Relation], s
                 for j, f in enumerate(subject_facts)
             ]
             rng_for(seed, "documents", subject, k).shuffle(sentences)
+            docs.append(" ".join(sentences))
+    return docs
+
+
+def extra_fact_documents(facts: Iterable[Fact], seed: int, subject_order: list[str]) -> list[str]:
+    """Biography paragraphs like :func:`biography_documents` under the augmentation templates
+    (:data:`~lmlab.data.world.templates.EXTRA_TEMPLATES`): in paragraph k, fact j takes template ``(k + j) mod 2``,
+    so every fact is stated once under each."""
+    groups = group_by_subject(facts)
+    n_extra = min(len(templates) for templates in EXTRA_TEMPLATES.values())
+    docs = []
+    for subject in subject_order:
+        subject_facts = groups.get(subject, [])
+        for k in range(n_extra if subject_facts else 0):
+            sentences = [sentence(EXTRA_TEMPLATES[f.relation][(k + j) % n_extra], f) for j, f in enumerate(subject_facts)]
+            rng_for(seed, "extra documents", subject, k).shuffle(sentences)
             docs.append(" ".join(sentences))
     return docs
 
