@@ -16,6 +16,7 @@ Layout (JSONL = one JSON object per line):
     corpus.jsonl          CorpusDocument.to_dict(): every training text with its kind and content split
     qa_train.jsonl        Probe.to_dict() for World.qa_probes("train")   qa_heldout.jsonl likewise
     qa_extra.jsonl        Probe.to_dict() for World.qa_probes("extra"): augmentation forms, not in the corpus
+    facts_extra.jsonl     {"text", "split"}: World.fact_extra_documents(None), augmentation templates, not in the corpus
     dialogues.jsonl       Dialogue.to_dict()
     attribute_text.jsonl  AttributeText.to_dict()
     sentiment_contrasts.jsonl  AttributeText.to_dict() + {"split"}: World.sentiment_contrast_texts(None), not in the corpus
@@ -79,6 +80,8 @@ def _files(world) -> dict[str, tuple[str, object]]:
         "qa_train.jsonl": ("jsonl", (p.to_dict() for p in world.qa_probes("train"))),
         "qa_heldout.jsonl": ("jsonl", (p.to_dict() for p in world.qa_probes("heldout"))),
         "qa_extra.jsonl": ("jsonl", (p.to_dict() for p in world.qa_probes("extra"))),
+        "facts_extra.jsonl": ("jsonl", ({"text": d, "split": split} for split in ("train", "validation")
+                                        for d in world.fact_extra_documents(split))),
         "dialogues.jsonl": ("jsonl", (d.to_dict() for d in world.dialogues())),
         "attribute_text.jsonl": ("jsonl", (t.to_dict() for t in world.attribute_texts())),
         "sentiment_contrasts.jsonl": ("jsonl", ({**t.to_dict(), "split": split} for split in ("train", "validation")
