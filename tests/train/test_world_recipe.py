@@ -266,7 +266,7 @@ def test_finer_kinds_pick_dialogues_by_their_labels():
         weighted_texts(world, (("chats", 1.0),))
 
 
-def test_sentiment_codes_contrasts_and_extra_question_forms_are_kinds_a_recipe_can_weight():
+def test_sentiment_codes_contrasts_and_augmentations_are_kinds_a_recipe_can_weight():
     world = build_world(WorldConfig.tiny())
     train_attributes = [d.text for d in world.corpus("train", kinds=("attributes",))]
     codes = weighted_texts(world, (("sentiment_codes", 1.0),))
@@ -277,6 +277,9 @@ def test_sentiment_codes_contrasts_and_extra_question_forms_are_kinds_a_recipe_c
     assert not set(extra) & {d.text for d in world.corpus()}  # text outside the corpus
     contrasts = weighted_texts(world, (("sentiment_contrasts", 1.0),))
     assert contrasts == [t.prefixed for t in world.sentiment_contrast_texts("train")] and contrasts
+    facts = weighted_texts(world, (("facts_extra", 2.0),))
+    assert facts == world.fact_extra_documents("train") * 2 and facts
+    assert not set(facts) & {d.text for d in world.corpus()}
 
 
 def test_scaled_down_recipe_learns_and_resumes(tmp_path):
