@@ -289,7 +289,7 @@ WORLD_RECIPES: dict[str, ReferenceRecipe] = {
     # at every depth (64 fresh tasks a depth; docs/claims.md, issue 11, session 15).
     "world-llama-2m-1k-retrieval-4": _RETRIEVAL_4,
     # Three stages of 600 steps from retrieval-4 with long-context tasks of 500-760 words and the augmentation
-    # templates, another stream seed each (the first two not shipped): key-value lists at 1,024 tokens 90-98% at
+    # templates, another stream seed each (the first two not shipped): key-value lists at 1,024 tokens 91-96% at
     # every depth (512 fresh tasks a depth), held-out paraphrase 65.6% (docs/claims.md, issue 11, session 16).
     "world-llama-2m-1k-retrieval-4-long1": _LONG_LISTS.scaled(init_from="world-llama-2m-1k-retrieval-4", stream_seed=5),
     "world-llama-2m-1k-retrieval-4-long2": _LONG_LISTS.scaled(init_from="world-llama-2m-1k-retrieval-4-long1",
