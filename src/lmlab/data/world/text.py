@@ -32,40 +32,33 @@ def group_by_subject(facts: Iterable[Fact]) -> dict[str, list[Fact]]:
     return groups
 
 
-def biography_documents(facts: Iterable[Fact], relations: dict[str, Relation], seed: int,
-                        subject_order: list[str]) -> list[str]:
-    """The fact documents (see module doc); deterministic for a given seed."""
+def _paragraphs(facts: Iterable[Fact], templates: dict[str, tuple[str, ...]], seed: int, subject_order: list[str],
+                stream: str) -> list[str]:
+    """One paragraph per (subject, k) for k < n (the fewest templates of any relation): fact j under template
+    ``(k + j) mod n``, sentences shuffled by ``rng_for(seed, stream, subject, k)``."""
     groups = group_by_subject(facts)
-    n_train = min(len(r.train_templates) for r in relations.values())
+    n = min(len(t) for t in templates.values())
     docs = []
     for subject in subject_order:
         subject_facts = groups.get(subject, [])
-        if not subject_facts:
-            continue
-        for k in range(n_train):
-            sentences = [
-                sentence(relations[f.relation].train_templates[(k + j) % n_train], f)
-                for j, f in enumerate(subject_facts)
-            ]
-            rng_for(seed, "documents", subject, k).shuffle(sentences)
+        for k in range(n if subject_facts else 0):
+            sentences = [sentence(templates[f.relation][(k + j) % n], f) for j, f in enumerate(subject_facts)]
+            rng_for(seed, stream, subject, k).shuffle(sentences)
             docs.append(" ".join(sentences))
     return docs
+
+
+def biography_documents(facts: Iterable[Fact], relations: dict[str, Relation], seed: int,
+                        subject_order: list[str]) -> list[str]:
+    """The fact documents (see module doc); deterministic for a given seed."""
+    templates = {name: r.train_templates for name, r in relations.items()}
+    return _paragraphs(facts, templates, seed, subject_order, "documents")
 
 
 def extra_fact_documents(facts: Iterable[Fact], seed: int, subject_order: list[str]) -> list[str]:
     """Biography paragraphs like :func:`biography_documents` under the augmentation templates
-    (:data:`~lmlab.data.world.templates.EXTRA_TEMPLATES`): in paragraph k, fact j takes template ``(k + j) mod 2``,
-    so every fact is stated once under each."""
-    groups = group_by_subject(facts)
-    n_extra = min(len(templates) for templates in EXTRA_TEMPLATES.values())
-    docs = []
-    for subject in subject_order:
-        subject_facts = groups.get(subject, [])
-        for k in range(n_extra if subject_facts else 0):
-            sentences = [sentence(EXTRA_TEMPLATES[f.relation][(k + j) % n_extra], f) for j, f in enumerate(subject_facts)]
-            rng_for(seed, "extra documents", subject, k).shuffle(sentences)
-            docs.append(" ".join(sentences))
-    return docs
+    (:data:`~lmlab.data.world.templates.EXTRA_TEMPLATES`): every fact is stated once under each."""
+    return _paragraphs(facts, EXTRA_TEMPLATES, seed, subject_order, "extra documents")
 
 
 def probes(facts: Iterable[Fact], relations: dict[str, Relation], split: str) -> list[Probe]:

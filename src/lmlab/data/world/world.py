@@ -153,17 +153,20 @@ class World:
         return out
 
     # ---- fact text ---------------------------------------------------------------------------
+    @property
+    def _subject_order(self) -> list[str]:
+        return [e.name for kind in SUBJECT_TYPES for e in self.entities[kind]]
+
     @cached_property
     def _fact_documents(self) -> tuple[str, ...]:
-        order = [e.name for kind in SUBJECT_TYPES for e in self.entities[kind]]
-        return tuple(text.biography_documents(self.facts, self.relations, self.config.seed, order))
+        return tuple(text.biography_documents(self.facts, self.relations, self.config.seed, self._subject_order))
 
     def fact_extra_documents(self, split: str | None = "train") -> list[str]:
         """Fact biographies under the augmentation templates (``templates.EXTRA_TEMPLATES``), which are not part of
         :meth:`corpus`; a recipe adds them with the kind ``"facts_extra"``. ``split`` selects by the same content
         split as the corpus (None: all)."""
-        order = [e.name for kind in SUBJECT_TYPES for e in self.entities[kind]]
-        return [d for d in text.extra_fact_documents(self.facts, self.config.seed, order) if self._on_side(d, split)]
+        docs = text.extra_fact_documents(self.facts, self.config.seed, self._subject_order)
+        return [d for d in docs if self._on_side(d, split)]
 
     def training_documents(self, extras: Sequence[str] = ()) -> list[str]:
         """Fact biographies (see :mod:`text`), then any ``extras`` in the order given:
