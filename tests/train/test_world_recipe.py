@@ -149,6 +149,44 @@ def test_last_line_every_asks_the_line_right_before_the_question(tiny_mix):
         WorldMixBlocks(world, tokenizer, texts, last_line_every=-1)
 
 
+def test_first_line_every_asks_the_first_line_and_leaves_the_last_line_tasks_alone(tiny_mix):
+    """``first_line_every=N``: the key-value tasks whose seed leaves remainder 1 by N ask their list's first line
+    (the farthest from the question), never a task that ``last_line_every`` sends to the last line; the depth draw
+    is unchanged, so other batches' tasks stay the same."""
+    import re
+
+    world, tokenizer, _ = tiny_mix
+    texts = [d.text for d in world.corpus("train")]
+    options = dict(block_size=512, long_rows=3, short_block=32, short_rows=4, long_every=1, long_words=(32, 80),
+                   kv_share=1.0, pack_tasks=True, seed=3)
+    task = re.compile(r"((?:The code of [^.]+? is \d+\. ?)+)\nWhat is the code of ([^?]+)\?")
+
+    def asked(**every) -> list[tuple[bool, bool]]:  # (first line asked, last line asked) per task
+        mix = WorldMixBlocks(world, tokenizer, texts, **every, **options)
+        docs = []  # each document (a task with its questions) decoded apart: a list starts its document
+        for k in range(6):
+            for ids in mix.batch(k)["input_ids"].tolist():
+                cuts = [i for i, t in enumerate(ids) if t == tokenizer.eos_id] + [len(ids)]
+                docs += [tokenizer.decode(ids[a + 1:b]) for a, b in zip(cuts, cuts[1:])]
+        out = []
+        for m in (task.match(doc) for doc in docs):
+            if m is None:
+                continue
+            keys = re.findall(r"The code of (.+?) is \d+\.", m.group(1))
+            out.append((keys[0] == m.group(2), keys[-1] == m.group(2)))
+        return out
+
+    uniform, first, both = asked(), asked(first_line_every=2), asked(first_line_every=2, last_line_every=2)
+    assert len(uniform) >= 16 and sum(f for f, _ in uniform) < len(uniform) / 4
+    assert sum(f for f, _ in first) >= len(first) / 3  # about half the tasks (odd seeds) ask the first line
+    # odd seeds ask the first line, even ones the last: every task one of the two, each about half of them
+    assert all(f or last for f, last in both)
+    assert sum(f for f, _ in both) >= len(both) / 3 and sum(last for _, last in both) >= len(both) / 3
+    for bad in (-1, 1):
+        with pytest.raises(LmlabError, match="first_line_every"):
+            WorldMixBlocks(world, tokenizer, texts, first_line_every=bad)
+
+
 def test_code_prefix_share_gives_lists_whose_codes_share_four_beginnings(tiny_mix):
     """``code_prefix_share=1``: every list's codes begin with 4 two-digit prefixes; 0 leaves the stream as it was."""
     import re
@@ -342,3 +380,28 @@ def test_a_recipe_can_start_from_an_unshipped_stage_which_is_trained_first(tmp_p
     assert tokenizer.encode("Mirova was born in") == lmlab.load_tokenizer(built / "model").encode("Mirova was born in")
     assert report["recipe"]["init_from"] == "tiny-stage" and report["recipe"]["stream_seed"] == 7
     assert model.num_parameters() == lmlab.load(built / "model").num_parameters()
+
+
+def test_recipe_precision_reaches_the_trainer_and_a_bad_one_is_named(tmp_path, monkeypatch):
+    """``precision="bf16"`` trains under bfloat16 autocast (the Trainer's run.precision); fp32 stays the default,
+    so every earlier recipe's stream and arithmetic are unchanged; anything else is refused by name."""
+    import lmlab.train.loop as loop
+
+    seen = []
+
+    class Recorded(loop.Trainer):
+        def __init__(self, model, cfg, *args, **kwargs):
+            seen.append(cfg.run.precision)
+            super().__init__(model, cfg, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "Trainer", Recorded)
+    tiny = ReferenceRecipe(init_from=None).scaled(d_model=32, n_layers=1, n_heads=2, block_size=128, long_rows=1,
+                                                  short_block=64, short_rows=2, steps=2, warmup_steps=1,
+                                                  long_words=(40, 60), ckpt_every=10, vocab_size=300, threads=1)
+    assert tiny.precision == "fp32"
+    _, _, _, report = train_reference_model(tmp_path / "bf16", tiny.scaled(precision="bf16"), progress=False,
+                                            evaluate=False, say=lambda _: None)
+    assert seen == ["bf16"] and report["recipe"]["precision"] == "bf16" and math.isfinite(report["final_loss"])
+    with pytest.raises(LmlabError, match="precision"):
+        train_reference_model(tmp_path / "bad", tiny.scaled(precision="fp8"), progress=False, evaluate=False,
+                              say=lambda _: None)

@@ -45,7 +45,7 @@ class WorldMixBlocks:
                  pack_tasks: bool = False, extra_questions: int = 0, length_ramp: int = 0, copy_steps: int = 0,
                  copy_rows: int = 0, copy_block: int | None = None, copy_batch: int | None = None,
                  invented_keys_share: float = 0.0, spread_invented_keys: bool = False, last_line_every: int = 0,
-                 code_prefix_share: float = 0.0, seed: int = 0) -> None:
+                 first_line_every: int = 0, code_prefix_share: float = 0.0, seed: int = 0) -> None:
         if not texts:
             raise LmlabError("texts: the training corpus is empty")
         if short_block < 16 or block_size < short_block or long_rows < 1 or short_rows < 1 or long_every < 1:
@@ -65,6 +65,9 @@ class WorldMixBlocks:
         if last_line_every < 0:
             raise LmlabError(f"world mix: last_line_every must be >= 0, got {last_line_every}")
         self.last_line_every = last_line_every
+        if first_line_every < 0 or first_line_every == 1:  # remainder 1 of 1 never occurs
+            raise LmlabError(f"world mix: first_line_every must be 0 or >= 2, got {first_line_every}")
+        self.first_line_every = first_line_every
         if not 0.0 <= code_prefix_share <= 1.0:
             raise LmlabError(f"world mix: code_prefix_share must be in [0, 1], got {code_prefix_share}")
         self.code_prefix_share = code_prefix_share
@@ -137,6 +140,8 @@ class WorldMixBlocks:
             seed = self._task_seed(k, r, attempt)
             if kind == "kv_retrieval" and self.last_line_every and seed % self.last_line_every == 0:
                 depth = 1.0  # the list's last line, right before the question (see last_line_every)
+            elif kind == "kv_retrieval" and self.first_line_every and seed % self.first_line_every == 1:
+                depth = 0.0  # the list's first line, the farthest from the question (see first_line_every)
             # drawn only when asked for, like ``invented``
             shared = kind == "kv_retrieval" and self.code_prefix_share > 0 and rng.random() < self.code_prefix_share
             task = self.world.long_context_task(kind, n_words, depth, seed=seed, invented_keys=invented,
