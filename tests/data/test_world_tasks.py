@@ -129,6 +129,33 @@ def test_sentiment_contrasts_are_minimal_pairs_carrying_their_label(world):
                                            .sentiment_contrast_texts()]
 
 
+def test_sentiment_contrast_dialogues_ask_for_every_label_the_reply_carries(world):
+    """Each sentiment text is requested and answered in both other labels: the request names the reply's label
+    (by the world's labelling function), the reply is the contrast text, the subject is the text's own, every
+    subject is asked for every label with the same openings, and no training dialogue is a validation text."""
+    contrasts = world.sentiment_contrast_texts(split=None)
+    requests = world.sentiment_contrast_dialogues(split=None)
+    assert len(requests) == len(contrasts) > 0
+    for contrast, dialogue in zip(contrasts, requests):
+        user, reply = dialogue.messages[0]["content"], dialogue.messages[-1]["content"]
+        value = AXES["sentiment"][label_sentiment(reply)][0]
+        assert user == f"Write a {value} sentence about {contrast.subject}." and reply == contrast.text
+        assert dialogue.style == f"sentiment:{value}" and dialogue.kind == "attribute"
+    originals = [d for d in world.dialogues() if d.style.startswith("sentiment:")]
+    assert len(requests) == 2 * len(originals)
+    for i, original in enumerate(originals):  # each original's opening is asked for under all three labels
+        pair = requests[2 * i:2 * i + 2]
+        assert {original.style, *(d.style for d in pair)} == {"sentiment:positive", "sentiment:neutral",
+                                                             "sentiment:negative"}
+        assert all(d.messages[0]["content"].endswith(f"about {contrasts[2 * i].subject}.") for d in pair)
+        assert original.messages[0]["content"].endswith(f"about {contrasts[2 * i].subject}.")
+    train = world.sentiment_contrast_dialogues()
+    validation = {d.text for d in world.corpus("validation")}
+    assert 0.8 * len(requests) < len(train) < len(requests) and not {d.text for d in train} & validation
+    assert [d.text for d in train] == [d.text for d in build_world(WorldConfig.quickstart())
+                                       .sentiment_contrast_dialogues()]
+
+
 def test_every_heldout_paraphrase_word_occurs_in_training_text(world, corpus_text):
     """Held-out templates recombine training words (docs/world.md): a word no training text contains would
     measure whether a model can read past a token it never met, not paraphrase generalisation. Until session 13,

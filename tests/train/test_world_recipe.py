@@ -315,6 +315,9 @@ def test_sentiment_codes_contrasts_and_augmentations_are_kinds_a_recipe_can_weig
     assert not set(extra) & {d.text for d in world.corpus()}  # text outside the corpus
     contrasts = weighted_texts(world, (("sentiment_contrasts", 1.0),))
     assert contrasts == [t.prefixed for t in world.sentiment_contrast_texts("train")] and contrasts
+    requests = weighted_texts(world, (("sentiment_contrast_dialogues", 1.5),))
+    train_requests = [d.text for d in world.sentiment_contrast_dialogues("train")]
+    assert requests[:len(train_requests)] == train_requests and len(requests) == int(1.5 * len(train_requests))
     facts = weighted_texts(world, (("facts_extra", 2.0),))
     assert facts == world.fact_extra_documents("train") * 2 and facts
     assert not set(facts) & {d.text for d in world.corpus()}

@@ -238,6 +238,20 @@ class World:
         items = sentiment_contrasts(list(self._attribute_texts), rng_for(self.config.seed, "sentiment_contrasts"))
         return [t for t in items if self._on_side(t.prefixed, split)]
 
+    def sentiment_contrast_dialogues(self, split: str | None = "train") -> list[dialogues.Dialogue]:
+        """The sentiment contrasts as attribute requests: for every sentiment text, a dialogue asking for each
+        other label about the same subject, answered by the text with its sentiment word swapped to that label.
+
+        Why: each subject's request is answered by a few sentences whose openings each belong to one label, so a
+        model can pick the sentiment word from the opening and ignore the request (world-llama-2m-1k-v5: 88.9%,
+        five of eight misses the opposite label; docs/claims.md, issue 11). With every opening asked for and
+        answered in every label, only the request tells which word follows. Not part of :meth:`corpus`; a recipe
+        adds them with the kind ``"sentiment_contrast_dialogues"``. ``split`` keeps those whose rendered text
+        falls on that side of the corpus's content split (None: all)."""
+        items = self.sentiment_contrast_texts(None)
+        out = [dialogues.attribute_dialogue(t.subject, t.axis, t.value, t.text) for t in items]
+        return [d for d in out if self._on_side(d.text, split)]
+
     def _on_side(self, text: str, split: str | None) -> bool:
         """Whether ``text`` falls on ``split``'s side of the corpus's content split (None: either)."""
         if split not in (None, "train", "validation"):

@@ -20,6 +20,7 @@ Layout (JSONL = one JSON object per line):
     dialogues.jsonl       Dialogue.to_dict()
     attribute_text.jsonl  AttributeText.to_dict()
     sentiment_contrasts.jsonl  AttributeText.to_dict() + {"split"}: World.sentiment_contrast_texts(None), not in the corpus
+    sentiment_contrast_dialogues.jsonl  Dialogue.to_dict() + {"split"}: World.sentiment_contrast_dialogues(None), not in the corpus
     edits.jsonl           World.edit_requests() records
     facts.json            {"relations": {...}, "two_hop_relations": {...}, "facts": [...]}
     entities.json         {type: [Entity.to_dict()]}
@@ -86,6 +87,9 @@ def _files(world) -> dict[str, tuple[str, object]]:
         "attribute_text.jsonl": ("jsonl", (t.to_dict() for t in world.attribute_texts())),
         "sentiment_contrasts.jsonl": ("jsonl", ({**t.to_dict(), "split": split} for split in ("train", "validation")
                                                 for t in world.sentiment_contrast_texts(split))),
+        "sentiment_contrast_dialogues.jsonl": ("jsonl", ({**d.to_dict(), "split": split}
+                                                         for split in ("train", "validation")
+                                                         for d in world.sentiment_contrast_dialogues(split))),
         "edits.jsonl": ("jsonl", world.edit_requests()),
         "facts.json": ("json", {
             "relations": {name: r.to_dict() for name, r in world.relations.items()},
