@@ -42,7 +42,8 @@ def test_same_seed_writes_byte_identical_directories(tmp_path):
             "preferences.jsonl", "long_context.jsonl", "parallel.jsonl", "facts.json", "entities.json",
             "bias_truth.json", "languages.json", "world_config.json", "corpus.jsonl", "qa_train.jsonl",
             "qa_heldout.jsonl", "dialogues.jsonl", "attribute_text.jsonl", "edits.jsonl", "qa_extra.jsonl",
-            "sentiment_contrasts.jsonl", "facts_extra.jsonl", "sentiment_contrast_dialogues.jsonl"} <= set(a)
+            "sentiment_contrasts.jsonl", "facts_extra.jsonl", "sentiment_contrast_dialogues.jsonl",
+            "style_contrast_dialogues.jsonl"} <= set(a)
     assert all(a[name] == b[name] for name in a)
     assert all(a[name] for name in a), "no file may be empty"
 

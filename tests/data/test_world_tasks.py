@@ -13,7 +13,7 @@ import pytest
 
 from lmlab.data.world import WorldConfig, build_world, label_formality, label_politeness, label_sentiment
 from lmlab.data.world.attribute_text import AXES, attribute_text_words
-from lmlab.data.world.dialogues import dialogue_words
+from lmlab.data.world.dialogues import STYLE_INSTRUCTIONS, dialogue_words
 from lmlab.data.world.questions import QUESTIONS, question_regex, question_words
 from lmlab.data.world.split import content_split
 from lmlab.data.world.templates import EXTRA_TEMPLATES, RELATIONS
@@ -154,6 +154,31 @@ def test_sentiment_contrast_dialogues_ask_for_every_label_the_reply_carries(worl
     assert 0.8 * len(requests) < len(train) < len(requests) and not {d.text for d in train} & validation
     assert [d.text for d in train] == [d.text for d in build_world(WorldConfig.quickstart())
                                        .sentiment_contrast_dialogues()]
+
+
+def test_style_contrast_dialogues_ask_each_fact_question_in_every_style(world):
+    """Each fact dialogue's question comes back in the styles that fact lacks for it: the same user turn, the
+    system instruction of the new style (none for plain), a reply whose politeness label is that style's and
+    which still states the fact; so every (fact, question) is answered in all three styles, none twice. The
+    train side holds no validation text and no corpus text."""
+    originals = [d for d in world.dialogues() if d.kind == "fact"]
+    contrasts = world.style_contrast_dialogues(split=None)
+    wanted = {"plain": 0, "polite": 1, "rude": -1}
+    styles: dict[tuple, list[str]] = {}
+    for d in [*originals, *contrasts]:
+        styles.setdefault((d.fact, d.messages[-2]["content"]), []).append(d.style)
+    assert all(sorted(found) == sorted(wanted) for found in styles.values())
+    assert 0 < len(contrasts) < 2 * len(originals)  # a fact's styles often share a question already
+    for d in contrasts:
+        system = [m["content"] for m in d.messages if m["role"] == "system"]
+        assert system == ([STYLE_INSTRUCTIONS[d.style]] if d.style != "plain" else [])
+        reply = d.messages[-1]["content"]
+        assert label_politeness(reply) == d.politeness == wanted[d.style]
+        assert d.fact.subject in reply and d.fact.object in reply
+    train = world.style_contrast_dialogues()
+    corpus = {d.text for d in world.corpus()}
+    assert 0.8 * len(contrasts) < len(train) < len(contrasts) and not {d.text for d in train} & corpus
+    assert [d.text for d in train] == [d.text for d in build_world(WorldConfig.quickstart()).style_contrast_dialogues()]
 
 
 def test_every_heldout_paraphrase_word_occurs_in_training_text(world, corpus_text):

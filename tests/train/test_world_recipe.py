@@ -318,6 +318,9 @@ def test_sentiment_codes_contrasts_and_augmentations_are_kinds_a_recipe_can_weig
     requests = weighted_texts(world, (("sentiment_contrast_dialogues", 1.5),))
     train_requests = [d.text for d in world.sentiment_contrast_dialogues("train")]
     assert requests[:len(train_requests)] == train_requests and len(requests) == int(1.5 * len(train_requests))
+    styles = weighted_texts(world, (("style_contrast_dialogues", 1.0),))
+    assert styles == [d.text for d in world.style_contrast_dialogues("train")] and styles
+    assert not set(styles) & {d.text for d in world.corpus()}
     facts = weighted_texts(world, (("facts_extra", 2.0),))
     assert facts == world.fact_extra_documents("train") * 2 and facts
     assert not set(facts) & {d.text for d in world.corpus()}

@@ -382,12 +382,14 @@ SUBKINDS = {
 }
 # Kinds outside the world's corpus a recipe may add: the augmentation question forms (QUESTIONS[r].extra), the fact
 # biographies under the augmentation templates (templates.EXTRA_TEMPLATES) and the sentiment texts' counterfactual
-# copies with their codes (World.sentiment_contrast_texts) or as attribute requests (World.sentiment_contrast_dialogues).
+# copies with their codes (World.sentiment_contrast_texts) or as attribute requests (World.sentiment_contrast_dialogues),
+# and each fact question asked in every reply style (World.style_contrast_dialogues).
 EXTRA_KINDS = {"qa_extra": lambda world: world.qa_extra_documents("train"),
                "facts_extra": lambda world: world.fact_extra_documents("train"),
                "sentiment_contrasts": lambda world: [t.prefixed for t in world.sentiment_contrast_texts("train")],
                "sentiment_contrast_dialogues": lambda world: [d.text for d in
-                                                              world.sentiment_contrast_dialogues("train")]}
+                                                              world.sentiment_contrast_dialogues("train")],
+               "style_contrast_dialogues": lambda world: [d.text for d in world.style_contrast_dialogues("train")]}
 
 
 def weighted_texts(world, kind_weights) -> list[str]:

@@ -81,6 +81,33 @@ def fact_dialogues(facts: list[Fact], relations: dict[str, Relation], rng: rando
     return out
 
 
+def style_contrasts(originals: list[Dialogue], relations: dict[str, Relation], rng: random.Random) -> list[Dialogue]:
+    """For every fact dialogue, the same question asked in each style the fact has no dialogue for with that
+    question (the system instruction changed, the reply restyled): with them, every (fact, question) pair of
+    the originals is answered plainly, politely and rudely.
+
+    Why: :func:`fact_dialogues` draws each style's question on its own, so a fact's polite and rude requests
+    mostly use different question forms and a model can tell the style from (subject, question) without reading
+    the system instruction; given a held-out question it then answers both instructions alike (a fresh
+    ``world-llama-2m-1k-v5``-style run: 53.9% system-prompt politeness, docs/claims.md, issue 11, session 18).
+    """
+    facts = [d for d in originals if d.kind == "fact"]
+    asked = {(d.fact, d.messages[-2]["content"], d.style) for d in facts}
+    out = []
+    for original in facts:
+        user = dict(original.messages[-2])
+        for style in STYLES:
+            if (original.fact, user["content"], style) in asked:
+                continue
+            asked.add((original.fact, user["content"], style))
+            reply = styled_reply(original.fact, relations[original.fact.relation], style, rng)
+            system = [] if style == "plain" else [{"role": "system", "content": STYLE_INSTRUCTIONS[style]}]
+            messages = [*system, user, {"role": "assistant", "content": reply}]
+            out.append(Dialogue(tuple(messages), render_messages(messages), "fact", style,
+                                label_politeness(reply), original.fact))
+    return out
+
+
 def attribute_request(subject: str, value: str) -> list[dict]:
     return [{"role": "user", "content": ATTRIBUTE_REQUEST.format(value=value, e=subject)}]
 

@@ -252,6 +252,15 @@ class World:
         out = [dialogues.attribute_dialogue(t.subject, t.axis, t.value, t.text) for t in items]
         return [d for d in out if self._on_side(d.text, split)]
 
+    def style_contrast_dialogues(self, split: str | None = "train") -> list[dialogues.Dialogue]:
+        """Every fact dialogue's question asked again in both other styles (:func:`dialogues.style_contrasts`),
+        so only the system instruction tells a polite reply from a rude one. Not part of :meth:`corpus`; a recipe
+        adds them with the kind ``"style_contrast_dialogues"``. ``split`` as in
+        :meth:`sentiment_contrast_dialogues`."""
+        out = dialogues.style_contrasts(list(self._dialogues), self.relations,
+                                        rng_for(self.config.seed, "style_contrasts"))
+        return [d for d in out if self._on_side(d.text, split)]
+
     def _on_side(self, text: str, split: str | None) -> bool:
         """Whether ``text`` falls on ``split``'s side of the corpus's content split (None: either)."""
         if split not in (None, "train", "validation"):

@@ -21,6 +21,7 @@ Layout (JSONL = one JSON object per line):
     attribute_text.jsonl  AttributeText.to_dict()
     sentiment_contrasts.jsonl  AttributeText.to_dict() + {"split"}: World.sentiment_contrast_texts(None), not in the corpus
     sentiment_contrast_dialogues.jsonl  Dialogue.to_dict() + {"split"}: World.sentiment_contrast_dialogues(None), not in the corpus
+    style_contrast_dialogues.jsonl  Dialogue.to_dict() + {"split"}: World.style_contrast_dialogues(None), not in the corpus
     edits.jsonl           World.edit_requests() records
     facts.json            {"relations": {...}, "two_hop_relations": {...}, "facts": [...]}
     entities.json         {type: [Entity.to_dict()]}
@@ -90,6 +91,9 @@ def _files(world) -> dict[str, tuple[str, object]]:
         "sentiment_contrast_dialogues.jsonl": ("jsonl", ({**d.to_dict(), "split": split}
                                                          for split in ("train", "validation")
                                                          for d in world.sentiment_contrast_dialogues(split))),
+        "style_contrast_dialogues.jsonl": ("jsonl", ({**d.to_dict(), "split": split}
+                                                     for split in ("train", "validation")
+                                                     for d in world.style_contrast_dialogues(split))),
         "edits.jsonl": ("jsonl", world.edit_requests()),
         "facts.json": ("json", {
             "relations": {name: r.to_dict() for name, r in world.relations.items()},
