@@ -80,7 +80,7 @@ def test_unknown_reference_name_is_a_one_line_error():
     with pytest.raises(LmlabError, match=r"unknown name 'world-llama-9b' \(shipped: world-llama-0.9m, world-llama-2m-1k, world-llama-0.9m-1k, "
                        r"world-llama-2m-1k-v2, world-llama-2m-1k-retrieval, world-llama-2m-1k-retrieval-2, "
                        r"world-llama-2m-1k-aug, world-llama-2m-1k-retrieval-3, world-llama-2m-1k-retrieval-4, "
-                       r"world-llama-2m-1k-retrieval-5, world-llama-2m-1k-v5\)"):
+                       r"world-llama-2m-1k-retrieval-5, world-llama-2m-1k-v5, world-llama-2m-1k-v6\)"):
         load_reference("world-llama-9b")
 
 
@@ -149,7 +149,8 @@ def test_reference_cli_rejects_an_unknown_name_in_one_line(capsys, monkeypatch):
     assert err == ["error: --name: unknown reference 'bogus' (shipped: world-llama-0.9m, world-llama-2m-1k, "
                    "world-llama-0.9m-1k, world-llama-2m-1k-v2, world-llama-2m-1k-retrieval, "
                    "world-llama-2m-1k-retrieval-2, world-llama-2m-1k-aug, world-llama-2m-1k-retrieval-3, "
-                   "world-llama-2m-1k-retrieval-4, world-llama-2m-1k-retrieval-5, world-llama-2m-1k-v5)"]
+                   "world-llama-2m-1k-retrieval-4, world-llama-2m-1k-retrieval-5, world-llama-2m-1k-v5, "
+                   "world-llama-2m-1k-v6)"]
     # a recipe kept for its record but not shipped builds only into a directory of one's own
     monkeypatch.setitem(world_recipe.WORLD_RECIPES, "world-llama-unshipped", world_recipe.ReferenceRecipe())
     assert main(["--name", "world-llama-unshipped"]) == 2

@@ -341,6 +341,18 @@ WORLD_RECIPES: dict[str, ReferenceRecipe] = {
                                                              ("attributes", 1.0), ("sentiment_dialogues", 3.0),
                                                              ("qa_extra", 2.0), ("sentiment_contrasts", 1.0),
                                                              ("facts_extra", 2.0))),
+    # The 30-minute recipe that meets every target (session 18): v5 with two contrast augmentations -- each
+    # sentiment request asked for under every label (sentiment_contrast_dialogues) and each fact question answered
+    # in every reply style (style_contrast_dialogues), both balanced against the originals -- and half the
+    # key-value lists asking their first line. 1,701 s of training on 2 threads (docs/claims.md, issue 11).
+    "world-llama-2m-1k-v6": _ONE_RUN_30.scaled(long_words=(200, 800), first_line_every=2,
+                                               kind_weights=(("facts", 4.0), ("qa", 2.0), ("dialogues", 0.5),
+                                                             ("attributes", 1.0), ("sentiment_dialogues", 1.5),
+                                                             ("qa_extra", 2.0), ("sentiment_contrasts", 1.0),
+                                                             ("facts_extra", 2.0),
+                                                             ("sentiment_contrast_dialogues", 2.0),
+                                                             ("fact_dialogues", 0.5),
+                                                             ("style_contrast_dialogues", 1.0))),
     # The first one: a warm start of the quickstart model (world-llama-0.9m), one task per long row.
     "world-llama-0.9m-1k": ReferenceRecipe(),
 }
