@@ -1,8 +1,15 @@
 """ROME deletion with the sensitive-information paper's objectives: each defended objective reduces what it targets,
-measured on the edited model (not on the search's own log): fact erasure lowers the answer's probability; the
-head-projection defence takes the answer out of the logit lens's top-k at the defence layers; the max-entropy
-defence raises the lens entropy; input rephrasing lowers the answer under the rephrased prompts more than deletion
-without it. Errors are one line and leave the model untouched."""
+measured on the edited model: fact erasure lowers the answer's probability; the head-projection defence removes most
+of the answer's margin at the defence layers' logit lens; the max-entropy defence raises the lens entropy. From the
+search's log: each objective is the term its search minimises, and input rephrasing adds the rephrased prompts'
+rows to it. Errors are one line and leave the model untouched.
+
+Each defence is checked against the unedited model, not against plain erasure. On this 3-layer toy the lens at
+layers 1-2 is nearly the output, so plain erasure also empties the lens's top-k and raises its entropy, and the
+toy has never seen the rephrasings. Which of two deletions went further depended on the CPU's rounding: the second
+request's search starts from a model the first deletion changed and saturates, and AVX2, SSE and two AVX-512 builds
+each ordered the defences and plain erasure differently. The comparison with plain erasure is the world reference's
+table (``scripts/edit_deletion.py``; docs/claims.md, issue 17, session 6)."""
 
 import pytest
 import torch
@@ -13,6 +20,7 @@ from lmlab.core.tokenizer import train_bpe
 from lmlab.edit import EditRequest, edit
 from lmlab.edit.attacks import layer_logprobs
 from lmlab.edit.deletion import lens_entropy, margin_loss
+from lmlab.edit.locate import CONTEXT_SEEDS
 from lmlab.errors import LmlabError
 
 torch.set_num_threads(1)
@@ -96,9 +104,8 @@ def test_margin_loss_values():
     assert float(margin_loss(probs, torch.tensor([1, 2]), 2)) == 0.0  # inside the band: no loss
 
 
-def test_head_projection_takes_the_answer_out_of_every_defence_layers_top_k(model, tok, requests, tmp_path):
-    """With k = 50 the margin defence must push the answer below rank 50 at every defence layer's logit lens;
-    plain fact erasure only lowers it a few ranks (it targets the output probability, not the lens's top-k)."""
+def test_head_projection_removes_most_of_the_answers_margin_at_the_defence_layers(model, tok, requests, tmp_path):
+    """With k = 50 the margin defence pushes the answer down towards rank 50 at the defence layers' logit lens."""
     ans, k = _answer_ids(tok, requests), 50
     layers = [1, 2]  # the lens after the edited layer 0 (the only ones delta reaches at the last position)
 
@@ -110,17 +117,14 @@ def test_head_projection_takes_the_answer_out_of_every_defence_layers_top_k(mode
 
     m0, hits0 = margin_and_hits(_lens(model, tok, requests))
     assert hits0 == 4 and m0 > 0.5  # the answer is in every defence layer's top-k for both prompts
-    erased = _deleted(model, tok, requests, tmp_path, objective="fact_erasure")
-    _, hits_erased = margin_and_hits(_lens(model, tok, requests))
-    erased.revert(model)
     delta = _deleted(model, tok, requests, tmp_path, objective="head_projection", defence_k=k)
     try:
         m1, hits1 = margin_and_hits(_lens(model, tok, requests))
     finally:
         delta.revert(model)
-    # the defence removes the answer from most of the 4 (layer, prompt) top-k lists and nearly all of the margin
-    # (on an AVX-512 CPU 2 of 4 remain, margin 0.94 -> 0.011; without AVX-512 none, fp32 rounding on this toy)
-    assert hits1 <= hits0 // 2 and m1 < 0.02 * m0 and hits_erased > hits1, (m0, m1, hits0, hits_erased, hits1)
+    # most of the margin goes (0.94 -> 0.00001-0.17 on the CPUs tried); how many of the 4 (layer, prompt) top-k
+    # lists the answer leaves varied from 0 to 4 with the CPU
+    assert m1 < 0.25 * m0, (m0, m1, hits0, hits1)
 
 
 def test_max_entropy_raises_the_lens_entropy(model, tok, requests, tmp_path):
@@ -128,34 +132,52 @@ def test_max_entropy_raises_the_lens_entropy(model, tok, requests, tmp_path):
         return float(lens_entropy(lens[1:].reshape(-1, lens.shape[-1])))
 
     e0 = entropy(_lens(model, tok, requests))
-    erased = _deleted(model, tok, requests, tmp_path, objective="fact_erasure")
-    e_erased = entropy(_lens(model, tok, requests))
-    erased.revert(model)
     delta = _deleted(model, tok, requests, tmp_path, objective="max_entropy")
     try:
         e1 = entropy(_lens(model, tok, requests))
     finally:
         delta.revert(model)
-    assert e1 > e0 + 0.2 and e1 > e_erased, (e0, e_erased, e1)
+    assert e1 > e0 + 1.0, (e0, e1)  # 0.41 nats -> 2.9-4.4 on the CPUs tried
 
 
-def test_input_rephrasing_lowers_the_answer_under_the_rephrasings(model, tok, requests, tmp_path):
+@pytest.mark.parametrize("objective", ["fact_erasure", "head_projection", "max_entropy"])
+def test_each_objective_is_the_term_the_search_minimises(model, tok, requests, tmp_path, objective):
+    """The search's loss is its objective's term plus the KL term (no weight decay here): the answer's probability,
+    the lens margin or the negative lens entropy. Fails if an objective were wired to another one's term."""
+    delta = _deleted(model, tok, requests, tmp_path, objective=objective, defence_k=50)
+    delta.revert(model)
+    term = {"fact_erasure": "answer_prob", "head_projection": "margin", "max_entropy": "lens_entropy"}[objective]
+    sign = -1.0 if objective == "max_entropy" else 1.0
+    for log in delta.metadata["log"]:
+        assert log["objective"] == objective and log["steps"] == FAST["v_num_grad_steps"]
+        assert log["loss"] == pytest.approx(sign * log[term] + log["kl"], rel=1e-5, abs=1e-7), log
+    # and the first request's search lowered its term (answer probability 0.21 -> 0.17, margin 0.573 -> 0.558, entropy
+    # 1.77 -> 2.30: the bare prompt's answer falls, the context-templated rows hardly hold it; the second request starts
+    # from a model the first deletion already changed, its answer nearly gone before its own search, on this toy)
+    log = delta.metadata["log"][0]
+    assert sign * (log[f"initial_{term}"] - log[term]) > 0.01, log
+
+
+def test_input_rephrasing_puts_the_rephrasings_into_the_objective(model, tok, requests, tmp_path):
+    """The rephrased prompts join the context-templated ones in the erasure objective. The toy has never seen the
+    rephrasings (its answer under them is ~1e-4), so their rows lower the search's initial mean answer probability by
+    their share of the rows. (What the defence does to a paraphrase attack needs a model that knows the paraphrases:
+    the world reference's table, docs/claims.md.)"""
     prompts = [t.replace("{}", r.subject) for r, group in zip(requests, REPHRASINGS) for t in group]
     ans = _answer_ids(tok, requests).repeat_interleave(2)
-
-    def p_answer():
-        return layer_logprobs(model, tok, prompts)[-1].exp().gather(-1, ans[:, None])[:, 0].mean()
-
+    p_before = layer_logprobs(model, tok, prompts)[-1].exp().gather(-1, ans[:, None])[:, 0]  # [4]
+    assert (p_before < 0.01).all(), p_before
     plain = _deleted(model, tok, requests, tmp_path, objective="fact_erasure")
-    p_plain = p_answer()
     plain.revert(model)
     defended = _deleted(model, tok, requests, tmp_path, objective="fact_erasure", rephrasings=REPHRASINGS)
-    try:
-        p_defended = p_answer()
-        assert defended.metadata["log"][0]["n_rephrasings"] == 2
-    finally:
-        defended.revert(model)
-    assert p_defended < 0.5 * p_plain, (p_plain, p_defended)
+    defended.revert(model)
+    # the rewrite rows: the bare prompt and the generated context templates (locate.context_templates)
+    n_context = 1 + sum(max(1, c // len(CONTEXT_SEEDS)) * len(CONTEXT_SEEDS)
+                        for _, c in FAST["context_template_length_params"])
+    for with_ir, without in zip(defended.metadata["log"], plain.metadata["log"]):
+        assert with_ir["n_rephrasings"] == 2 and without["n_rephrasings"] == 0
+        expected = without["initial_answer_prob"] * n_context / (n_context + 2)  # the 2 rows add ~0
+        assert with_ir["initial_answer_prob"] == pytest.approx(expected, abs=0.01), (with_ir, without)
 
 
 def test_revert_is_exact_and_errors_are_one_line_and_apply_nothing(model, tok, requests, tmp_path):
