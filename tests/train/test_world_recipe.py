@@ -352,6 +352,10 @@ def test_scaled_down_recipe_learns_and_resumes(tmp_path):
     logged = [json.loads(line) for line in (out / "train" / "copy_gain.jsonl").read_text().splitlines()]
     assert [row["step"] for row in logged] == [4, 20, 40]
     assert all(math.isfinite(row["copy_gain"]) for row in logged) and math.isfinite(report["copy_gain"])
+    # resuming the finished run records the same final loss as the run that finished it (the last step's,
+    # not the last logged row's 10-step mean: log_every=10 and the final window holds 10 steps)
+    *_, again = train_reference_model(out, recipe, resume=True, progress=False, evaluate=False, say=lambda _: None)
+    assert again["final_loss"] == report["final_loss"]
 
 
 def test_a_recipe_can_start_from_an_unshipped_stage_which_is_trained_first(tmp_path, monkeypatch):

@@ -379,6 +379,8 @@ class Trainer:
                     for key in out:
                         if key not in ("loss", "lr", "grad_norm", "tokens", "loss_units"):
                             row[key] = sum(w[key] for w in window) / len(window)
+                    if final:  # a resumed finished run reports this row: keep the last step's own loss
+                        row["last_step_loss"] = out["loss"]
                     window, window_time = [], 0.0
                 if self.val_data is not None and ((run.eval_every and self.step % run.eval_every == 0)
                                                or self.step == run.max_steps):

@@ -544,7 +544,11 @@ def train_reference_model(out: Path, recipe: ReferenceRecipe = ReferenceRecipe()
 
 
 def _last_logged(metrics: Path) -> dict:
-    """``final_loss``, ``tokens_per_s`` and ``wall_time_s`` of a finished run, from its last metrics line."""
+    """``final_loss``, ``tokens_per_s`` and ``wall_time_s`` of a finished run, from its last metrics line.
+
+    ``final_loss`` is the last step's loss, as a fresh run reports it (``last_step_loss``); runs logged before
+    that field existed give the last row's window mean instead."""
     lines = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     last = [m for m in lines if "loss" in m][-1]
-    return {"final_loss": last["loss"], "tokens_per_s": last["tokens_per_s"], "wall_time_s": last["elapsed_s"]}
+    return {"final_loss": last.get("last_step_loss", last["loss"]), "tokens_per_s": last["tokens_per_s"],
+            "wall_time_s": last["elapsed_s"]}
