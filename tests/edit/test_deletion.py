@@ -122,8 +122,8 @@ def test_head_projection_removes_most_of_the_answers_margin_at_the_defence_layer
         m1, hits1 = margin_and_hits(_lens(model, tok, requests))
     finally:
         delta.revert(model)
-    # most of the margin goes (0.94 -> 0.00001-0.17 on the CPUs tried); how many of the 4 (layer, prompt) top-k
-    # lists the answer leaves varied from 0 to 4 with the CPU
+    # most of the margin goes (0.94 -> 0.011-0.17 on the four CPUs tried); how many of the 4 (layer, prompt) top-k
+    # lists the answer leaves varied from 0 to 2 with the CPU
     assert m1 < 0.25 * m0, (m0, m1, hits0, hits1)
 
 
@@ -137,7 +137,7 @@ def test_max_entropy_raises_the_lens_entropy(model, tok, requests, tmp_path):
         e1 = entropy(_lens(model, tok, requests))
     finally:
         delta.revert(model)
-    assert e1 > e0 + 1.0, (e0, e1)  # 0.41 nats -> 2.9-4.4 on the CPUs tried
+    assert e1 > e0 + 1.0, (e0, e1)  # 0.41 nats -> 3.1-3.9 on the CPUs tried
 
 
 @pytest.mark.parametrize("objective", ["fact_erasure", "head_projection", "max_entropy"])
@@ -160,7 +160,7 @@ def test_each_objective_is_the_term_the_search_minimises(model, tok, requests, t
 
 def test_input_rephrasing_puts_the_rephrasings_into_the_objective(model, tok, requests, tmp_path):
     """The rephrased prompts join the context-templated ones in the erasure objective. The toy has never seen the
-    rephrasings (its answer under them is ~1e-4), so their rows lower the search's initial mean answer probability by
+    rephrasings (its answer under them is below 1e-3), so their rows lower the search's initial mean answer probability by
     their share of the rows. (What the defence does to a paraphrase attack needs a model that knows the paraphrases:
     the world reference's table, docs/claims.md.)"""
     prompts = [t.replace("{}", r.subject) for r, group in zip(requests, REPHRASINGS) for t in group]
