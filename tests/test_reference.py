@@ -156,3 +156,27 @@ def test_reference_cli_rejects_an_unknown_name_in_one_line(capsys, monkeypatch):
     assert main(["--name", "world-llama-unshipped"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         "error: --name: 'world-llama-unshipped' is a recipe that is not shipped; give --out DIR to build it there"]
+
+
+def test_reference_cli_precision_replaces_the_recipes(capsys, monkeypatch, tmp_path):
+    from lmlab.reference import main
+    from lmlab.train import world_recipe
+
+    assert main(["--precision", "bf16"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: --precision: only for a world reference; 'world-llama-0.9m' trains in fp32"]
+
+    class Trained(Exception):
+        pass
+
+    seen = []
+
+    def train(run, recipe, **kwargs):
+        seen.append(recipe)
+        raise Trained
+
+    monkeypatch.setattr(world_recipe, "train_reference_model", train)
+    shipped = world_recipe.WORLD_RECIPES["world-llama-2m-1k-v6"]
+    with pytest.raises(Trained):
+        main(["--name", "world-llama-2m-1k-v6", "--out", str(tmp_path / "v6"), "--precision", "fp32"])
+    assert shipped.precision == "bf16" and seen == [shipped.scaled(precision="fp32")]

@@ -153,9 +153,13 @@ def _install(staged: Path, out: Path) -> None:
 
 
 def build_world_reference(out: Path | None = None, run: Path | None = None, steps: int | None = None,
-                          resume: bool = False, progress: bool = True, say=print, name: str = WORLD_NAME) -> dict:
+                          resume: bool = False, progress: bool = True, say=print, name: str = WORLD_NAME,
+                          precision: str | None = None) -> dict:
     """Train (or, with ``resume``, continue) the recipe of world reference ``name`` in ``run``, evaluate it in
-    full and on the :data:`SUBSET` the tests re-check, and write checkpoint + record to ``out`` (atomically)."""
+    full and on the :data:`SUBSET` the tests re-check, and write checkpoint + record to ``out`` (atomically).
+
+    ``precision`` ("fp32" / "bf16") replaces the recipe's: which one trains faster depends on the CPU
+    (``benchmarks/train_precision.py``), and either gives other weights than the shipped ones, as another CPU does."""
     import platform
 
     import torch
@@ -166,6 +170,8 @@ def build_world_reference(out: Path | None = None, run: Path | None = None, step
 
     out = Path(out) if out is not None else ASSETS / name
     recipe = WORLD_RECIPES[name] if steps is None else WORLD_RECIPES[name].scaled(steps=steps)
+    if precision is not None:
+        recipe = recipe.scaled(precision=precision)
     with tempfile.TemporaryDirectory(prefix="lmlab-reference-") as tmp:
         run = Path(run) if run is not None else Path(tmp) / "run"
         model, tokenizer, world, report = train_reference_model(run, recipe, resume=resume, progress=progress,
@@ -184,7 +190,8 @@ def build_world_reference(out: Path | None = None, run: Path | None = None, step
     files = {f.name: sha256(f) for f in sorted(staged.iterdir())}
     record = {
         "name": out.name,
-        "recipe": f"python -m lmlab.reference --name {name} --steps {recipe.steps}",
+        "recipe": f"python -m lmlab.reference --name {name} --steps {recipe.steps}"
+                  + (f" --precision {precision}" if precision is not None else ""),
         "recipe_fields": recipe.to_dict(), "world": {"preset": "quickstart", "seed": recipe.seed},
         "seed": recipe.seed, "steps": recipe.steps, "vocab_size": report["vocab_size"],
         "parameters": report["parameters"], "n_facts": report["n_facts"], "final_loss": report["final_loss"],
@@ -208,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help=f"{NAME} only")
     p.add_argument("--run", type=Path, default=None, help="a world reference: keep the training run (checkpoints) here")
     p.add_argument("--resume", action="store_true", help="a world reference: continue the run in --run")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+                   help="a world reference: train in this precision instead of the recipe's (see "
+                        "benchmarks/train_precision.py for which is faster on this CPU)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     try:
@@ -220,7 +230,9 @@ def main(argv: list[str] | None = None) -> int:
             raise LmlabError(f"--name: {args.name!r} is a recipe that is not shipped; give --out DIR to build it there")
         if args.name in WORLD_NAMES or unshipped:
             record = build_world_reference(args.out, args.run, args.steps, args.resume, progress=not args.no_progress,
-                                           name=args.name)
+                                           name=args.name, precision=args.precision)
+        elif args.precision is not None:
+            raise LmlabError(f"--precision: only for a world reference; {args.name!r} trains in fp32")
         else:
             record = build_reference(args.out or ASSET_DIR, args.steps or 500, args.seed,
                                      progress=not args.no_progress)
