@@ -98,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{rows:>3} x {t:<5} {m['fp32'] * 1e3:9.0f} {m['bf16'] * 1e3:9.0f} {m['bf16'] / m['fp32']:10.2f} "
               f"{rows * t / m['fp32']:11,.0f} {rows * t / m['bf16']:11,.0f}")
     rows = r.long_rows * r.block_size
-    f32, b16 = gemm_seconds(rows, r.d_model, args.vocab, torch.float32), gemm_seconds(rows, r.d_model, args.vocab,
-                                                                                       torch.bfloat16)
+    f32 = gemm_seconds(rows, r.d_model, args.vocab, torch.float32)
+    b16 = gemm_seconds(rows, r.d_model, args.vocab, torch.bfloat16)
     print(f"output-head GEMM {rows} x {r.d_model} x {args.vocab}: fp32 {f32 * 1e3:.2f} ms, bf16 {b16 * 1e3:.2f} ms, "
           f"bf16/fp32 {b16 / f32:.2f}")
     return 0

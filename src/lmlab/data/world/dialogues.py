@@ -55,7 +55,11 @@ def render_messages(messages: list[dict], add_generation_prompt: bool = False) -
 
 def fact_request(fact: Fact, question: str, style: str) -> list[dict]:
     """The messages before the assistant's reply (system instruction for polite/rude, then the question)."""
-    user = {"role": "user", "content": question.replace("{s}", fact.subject)}
+    return _instructed({"role": "user", "content": question.replace("{s}", fact.subject)}, style)
+
+
+def _instructed(user: dict, style: str) -> list[dict]:
+    """``user`` preceded by ``style``'s system instruction (none for plain)."""
     if style == "plain":
         return [user]
     return [{"role": "system", "content": STYLE_INSTRUCTIONS[style]}, user]
@@ -74,11 +78,16 @@ def fact_dialogues(facts: list[Fact], relations: dict[str, Relation], rng: rando
     for fact in facts:
         for style in STYLES:
             question = rng.choice(QUESTIONS[fact.relation].train)
-            reply = styled_reply(fact, relations[fact.relation], style, rng)
-            messages = [*fact_request(fact, question, style), {"role": "assistant", "content": reply}]
-            out.append(Dialogue(tuple(messages), render_messages(messages), "fact", style,
-                                label_politeness(reply), fact))
+            out.append(_fact_dialogue(fact, fact_request(fact, question, style), style, relations, rng))
     return out
+
+
+def _fact_dialogue(fact: Fact, request: list[dict], style: str, relations: dict[str, Relation],
+                   rng: random.Random) -> Dialogue:
+    """``request`` answered by the fact in ``style`` (the reply's frame drawn from ``rng``)."""
+    reply = styled_reply(fact, relations[fact.relation], style, rng)
+    messages = [*request, {"role": "assistant", "content": reply}]
+    return Dialogue(tuple(messages), render_messages(messages), "fact", style, label_politeness(reply), fact)
 
 
 def style_contrasts(originals: list[Dialogue], relations: dict[str, Relation], rng: random.Random) -> list[Dialogue]:
@@ -100,11 +109,7 @@ def style_contrasts(originals: list[Dialogue], relations: dict[str, Relation], r
             if (original.fact, user["content"], style) in asked:
                 continue
             asked.add((original.fact, user["content"], style))
-            reply = styled_reply(original.fact, relations[original.fact.relation], style, rng)
-            system = [] if style == "plain" else [{"role": "system", "content": STYLE_INSTRUCTIONS[style]}]
-            messages = [*system, user, {"role": "assistant", "content": reply}]
-            out.append(Dialogue(tuple(messages), render_messages(messages), "fact", style,
-                                label_politeness(reply), original.fact))
+            out.append(_fact_dialogue(original.fact, _instructed(user, style), style, relations, rng))
     return out
 
 

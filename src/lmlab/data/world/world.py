@@ -254,9 +254,9 @@ class World:
 
     def style_contrast_dialogues(self, split: str | None = "train") -> list[dialogues.Dialogue]:
         """Every fact dialogue's question asked again in the styles that fact lacks for it
-        (:func:`dialogues.style_contrasts`), so only the system instruction tells a polite reply from a rude one. Not part of :meth:`corpus`; a recipe
-        adds them with the kind ``"style_contrast_dialogues"``. ``split`` as in
-        :meth:`sentiment_contrast_dialogues`."""
+        (:func:`dialogues.style_contrasts`), so only the system instruction tells a polite reply from a rude one.
+        Not part of :meth:`corpus`; a recipe adds them with the kind ``"style_contrast_dialogues"``. ``split`` as
+        in :meth:`sentiment_contrast_dialogues`."""
         out = dialogues.style_contrasts(list(self._dialogues), self.relations,
                                         rng_for(self.config.seed, "style_contrasts"))
         return [d for d in out if self._on_side(d.text, split)]
